@@ -1,0 +1,158 @@
+//! Test support for integration tests: a real local cluster (started by `scripts/cluster up`, or
+//! attached through `ASYNCPOOL_TEST_KUBECONFIG` / `KUBECONFIG`) and one temporary namespace per test.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub const K8S_VERSION: &str = "v1.36.3";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("ASYNCPOOL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/asyncpool"))
+}
+
+/// The kubectl built by `scripts/cluster`.
+pub fn kubectl_path() -> PathBuf {
+    cache_dir().join(format!("k8s-{K8S_VERSION}")).join("kubectl")
+}
+
+/// The kubeconfig of the test cluster: an explicit one, or the local cluster (started on demand;
+/// `scripts/cluster up` reuses a running one).
+pub fn kubeconfig_path() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ASYNCPOOL_TEST_KUBECONFIG") {
+            return PathBuf::from(path);
+        }
+        let status = Command::new(repo_root().join("scripts/cluster"))
+            .arg("up")
+            .status()
+            .expect("run scripts/cluster up");
+        assert!(status.success(), "scripts/cluster up failed");
+        let state = std::env::var_os("ASYNCPOOL_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp/asyncpool-cluster"));
+        state.join("kubeconfig")
+    })
+}
+
+pub async fn client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client")
+}
+
+/// Runs kubectl against the test cluster.
+pub fn kubectl(args: &[&str]) -> Output {
+    Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Runs kubectl with `stdin` as its standard input.
+pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Installs the CRD generated from the Rust types and waits until it is Established.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = asyncpool::crd::crd();
+    let name = crd.metadata.name.clone().expect("crd name");
+    crds.patch(&name, &PatchParams::apply("asyncpool-tests").force(), &Patch::Apply(&crd))
+        .await
+        .expect("apply CRD");
+    eventually("CRD Established", Duration::from_secs(30), || {
+        let crds = crds.clone();
+        let name = name.clone();
+        async move {
+            let crd = crds.get(&name).await.ok()?;
+            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        }
+    })
+    .await;
+    // Discovery (what kubectl resolves `awp` with) catches up with an Established CRD shortly after.
+    eventually("AsyncWorkerPool in discovery", Duration::from_secs(30), || async {
+        let out = kubectl(&["api-resources", "--api-group=asyncpool.dev", "-o", "name"]);
+        String::from_utf8_lossy(&out.stdout).contains("asyncworkerpools").then_some(())
+    })
+    .await;
+}
+
+/// A namespace that lives as long as the test: created with a unique name, deleted on drop
+/// (the controller-manager then garbage-collects everything in it).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"asyncpool.dev/test": "true"}}
+        }))
+        .expect("namespace object");
+        namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl deletes without needing this test's runtime.
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+    }
+}
