@@ -1,0 +1,808 @@
+//! One pool's history and the decision pipeline:
+//! read the sources → update the history → recommend (from the load, or from the silence when
+//! nothing answers) → scale-down stabilization → warm-up gate → rate limits → min/max.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use crate::queue::contract::{QueueSnapshot, Scope};
+
+use super::policy::Policy;
+use super::rates::{RateEstimate, RateTracker};
+use super::window::LoadWindow;
+
+/// Rate limits count per second, not per call: decisions may come on every sidecar change,
+/// and a chatty pool must not compound ×10 ten times a second.
+const RATE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Smallest growth allowed per second, so a pool of 0 or 1 is not held to ×rate of almost
+/// nothing (the HPA's +4 pods).
+const MIN_SCALE_UP_STEP: u32 = 4;
+
+/// Averages of whole loads carry float noise (10.000000001); it must not add a worker.
+const CEIL_SLACK: f64 = 1e-9;
+
+/// One worker pod as the operator saw it this round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodReading {
+    pub name: String,
+    /// The sidecar's answer; `None` when it did not answer, answered garbage or out-of-range
+    /// values. Missing data is never read as zero. A snapshot that fails
+    /// [`QueueSnapshot::validate`] counts as `None`.
+    pub snapshot: Option<QueueSnapshot>,
+    /// The pod's Ready condition. A silent pod that is not ready is starting or failing: it is
+    /// not missing data while other sources answer, and it is not capacity.
+    pub ready: bool,
+}
+
+/// A pool-wide reading that does not come through a pod, e.g. the operator reading a Redis
+/// list itself. It is the only way to see load at zero replicas, so scaling from zero needs it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ExternalReading {
+    /// The pool's sources are its pods alone (proxy and report sources).
+    #[default]
+    NotConfigured,
+    /// An external reading was expected and failed: missing data.
+    Missing,
+    /// Pool-wide figures, taken as one value whatever their `scope` says.
+    Reading(QueueSnapshot),
+}
+
+/// Everything the policy needs from one round of observation.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observation {
+    /// Time since an arbitrary origin, the same for every call on one [`Scaler`]. A time earlier
+    /// than the previous call's is taken as the previous call's.
+    pub now: Duration,
+    /// The Deployment's `spec.replicas`.
+    pub current_replicas: u32,
+    pub pods: Vec<PodReading>,
+    pub external: ExternalReading,
+}
+
+/// Which window drives the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Following the stable-window load.
+    Stable,
+    /// A burst: following the panic-window load, never scaling down, until a stable window
+    /// passes without a burst.
+    Panic,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Stable => "stable",
+            Mode::Panic => "panic",
+        }
+    }
+}
+
+/// How complete this round's data was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricsState {
+    /// Every source answered.
+    Available,
+    /// Some sources answered; `missing` ready pods (or the external source) did not.
+    Partial { missing: usize },
+    /// No source has answered since `since`.
+    Missing { since: Duration },
+    /// Nothing to read: no pods and no external source (a pool at zero, or pods not listed yet).
+    NoSource,
+}
+
+impl MetricsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsState::Available => "available",
+            MetricsState::Partial { .. } => "partial",
+            MetricsState::Missing { .. } => "missing",
+            MetricsState::NoSource => "no_source",
+        }
+    }
+}
+
+/// What settled the decision: a bounded set, fit for a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionKind {
+    /// More replicas for more load.
+    ScaleUp,
+    /// Fewer replicas for less load.
+    ScaleDown,
+    /// The load fits the current size (within tolerance).
+    Hold,
+    /// The load asks for fewer replicas but a scale-down is held back: stabilization window,
+    /// panic, or not yet a full stable window of complete data since start or since a gap.
+    Stabilizing,
+    /// min or max overrode what the load asked for.
+    Clamped,
+    /// Data is missing: no scale-down, and no fallback in force.
+    MissingData,
+    /// No source answered for longer than the grace: the fallback size is in force.
+    Fallback,
+    /// The pool is paused.
+    Paused,
+    /// The policy fails [`Policy::validate`]; the size holds.
+    InvalidPolicy,
+}
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::ScaleUp => "scale_up",
+            DecisionKind::ScaleDown => "scale_down",
+            DecisionKind::Hold => "hold",
+            DecisionKind::Stabilizing => "stabilizing",
+            DecisionKind::Clamped => "clamped",
+            DecisionKind::MissingData => "missing_data",
+            DecisionKind::Fallback => "fallback",
+            DecisionKind::Paused => "paused",
+            DecisionKind::InvalidPolicy => "invalid_policy",
+        }
+    }
+}
+
+/// The outcome of one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The replicas to set.
+    pub replicas: u32,
+    /// Why, in words, with the figures used.
+    pub reason: String,
+    pub kind: DecisionKind,
+    pub mode: Mode,
+    pub metrics: MetricsState,
+    /// The windowed load the decision was based on; when paused, the stable-window load; 0
+    /// when no load was used (missing data, no source, invalid policy).
+    pub load: f64,
+    /// The pool's load in this round's readings, `None` when nothing answered. Pods that did
+    /// not answer are not in it.
+    pub observed_load: Option<f64>,
+    /// Arrival rate and service time when the counters allow them (whether or not the
+    /// policy is rate-aware).
+    pub rates: Option<RateEstimate>,
+    /// `replicas` differs from the current replicas.
+    pub changed: bool,
+}
+
+/// One pool's scaling state. Same inputs in the same order give the same decisions: no clock,
+/// no randomness, no I/O.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaler {
+    last_now: Duration,
+    loads: LoadWindow,
+    rates: RateTracker,
+    /// Highest recommendation per second over `scale_down_delay`, for stabilization.
+    recommendations: VecDeque<(Duration, u32)>,
+    /// Sizes seen or decided during the last [`RATE_PERIOD`]: the base of the rate limits.
+    sizes: VecDeque<(Duration, u32)>,
+    /// The last time the panic window was over the threshold.
+    burst_seen: Option<Duration>,
+    /// Every round since then had complete data. Scale-down waits until that is a stable window
+    /// ago, so the average it acts on holds no gap and no undercount.
+    complete_since: Duration,
+    /// No source has answered since then.
+    silent_since: Option<Duration>,
+}
+
+impl Scaler {
+    /// A scaler for a pool found at `current_replicas`. It honours that size as a
+    /// recommendation for one stabilization window and scales down only after a full stable
+    /// window of data, so an operator restart causes no scale-down.
+    pub fn new(now: Duration, current_replicas: u32) -> Self {
+        Self {
+            last_now: now,
+            loads: LoadWindow::default(),
+            rates: RateTracker::default(),
+            recommendations: VecDeque::from([(now, current_replicas)]),
+            sizes: VecDeque::new(),
+            burst_seen: None,
+            complete_since: now,
+            silent_since: None,
+        }
+    }
+
+    /// Decides the pool's size for this round and records the round in the history.
+    pub fn decide(&mut self, policy: &Policy, obs: &Observation) -> Decision {
+        let now = obs.now.max(self.last_now);
+        self.last_now = now;
+        let current = obs.current_replicas;
+        let reading = Reading::of(obs);
+        let metrics = self.classify(now, &reading);
+
+        if let Err(error) = policy.validate() {
+            // An invalid policy's windows cannot bound the history, so none is kept; once fixed,
+            // scale-down waits for a full window again.
+            self.complete_since = now;
+            return Decision {
+                replicas: current,
+                reason: format!("invalid policy, holding {current}: {error}"),
+                kind: DecisionKind::InvalidPolicy,
+                mode: Mode::Stable,
+                metrics,
+                load: 0.0,
+                observed_load: reading.load,
+                rates: None,
+                changed: false,
+            };
+        }
+
+        // History is kept while paused too, so resuming acts on fresh data.
+        if let Some(load) = reading.load {
+            self.loads.record(now, load);
+        }
+        self.loads.forget_older_than(now, policy.stable_window);
+        let rates = self.rates.update(
+            now,
+            policy.panic_window,
+            obs.pods
+                .iter()
+                .map(|pod| (pod.name.as_str(), usable(pod.snapshot.as_ref()))),
+        );
+
+        if policy.paused {
+            self.burst_seen = None;
+            self.remember_recommendation(now, current, policy.scale_down_delay);
+            self.remember_sizes(now, current, current);
+            return Decision {
+                replicas: current,
+                reason: format!("paused: holding {current}"),
+                kind: DecisionKind::Paused,
+                mode: Mode::Stable,
+                metrics,
+                load: self.loads.mean(now, policy.stable_window).unwrap_or(0.0),
+                observed_load: reading.load,
+                rates,
+                changed: false,
+            };
+        }
+
+        let proposal = match metrics {
+            MetricsState::NoSource => Proposal {
+                recommendation: current,
+                kind: Some(DecisionKind::Hold),
+                mode: self.mode_at(now, policy),
+                load: 0.0,
+                because: vec![if current == 0 {
+                    "nothing to read at zero replicas (scaling from zero needs an external \
+                     reading)"
+                        .to_owned()
+                } else {
+                    "nothing to read: no pods listed and no external reading".to_owned()
+                }],
+            },
+            MetricsState::Missing { since } => {
+                self.recommend_when_silent(policy, now, current, since)
+            }
+            MetricsState::Available | MetricsState::Partial { .. } => {
+                self.recommend_from_load(policy, now, current, &reading, metrics, rates)
+            }
+        };
+        let outcome = self.settle(policy, now, current, proposal);
+        Decision {
+            replicas: outcome.replicas,
+            reason: outcome.reason,
+            kind: outcome.kind,
+            mode: outcome.mode,
+            metrics,
+            load: outcome.load,
+            observed_load: reading.load,
+            rates,
+            changed: outcome.replicas != current,
+        }
+    }
+
+    fn classify(&mut self, now: Duration, reading: &Reading) -> MetricsState {
+        let metrics = if reading.sources == 0 {
+            MetricsState::NoSource
+        } else if reading.load.is_none() {
+            MetricsState::Missing {
+                since: *self.silent_since.get_or_insert(now),
+            }
+        } else if reading.missing > 0 {
+            MetricsState::Partial {
+                missing: reading.missing,
+            }
+        } else {
+            MetricsState::Available
+        };
+        if !matches!(metrics, MetricsState::Missing { .. }) {
+            self.silent_since = None;
+        }
+        if metrics != MetricsState::Available {
+            self.complete_since = now;
+        }
+        metrics
+    }
+
+    /// Panic lasts until a stable window passes without a burst.
+    fn mode_at(&mut self, now: Duration, policy: &Policy) -> Mode {
+        match self.burst_seen {
+            Some(seen) if now < seen.saturating_add(policy.stable_window) => Mode::Panic,
+            _ => {
+                self.burst_seen = None;
+                Mode::Stable
+            }
+        }
+    }
+
+    /// No source answers: hold, then the fallback once the grace is over. Never lower.
+    fn recommend_when_silent(
+        &mut self,
+        policy: &Policy,
+        now: Duration,
+        current: u32,
+        since: Duration,
+    ) -> Proposal {
+        let silent_for = now.saturating_sub(since);
+        let grace = policy.missing_data_grace;
+        let (recommendation, kind, clause) = match policy.fallback_replicas {
+            _ if silent_for < grace => (
+                current,
+                DecisionKind::MissingData,
+                match policy.fallback_replicas {
+                    Some(fallback) => format!(
+                        "no source answered for {}; fallback to {fallback} after {}",
+                        Secs(silent_for),
+                        Secs(grace)
+                    ),
+                    None => format!(
+                        "no source answered for {} (no fallback configured)",
+                        Secs(silent_for)
+                    ),
+                },
+            ),
+            Some(fallback) if fallback > current => (
+                fallback,
+                DecisionKind::Fallback,
+                format!(
+                    "no source answered for {}: fallback to {fallback}",
+                    Secs(silent_for)
+                ),
+            ),
+            Some(fallback) => (
+                current,
+                DecisionKind::Fallback,
+                format!(
+                    "no source answered for {}: fallback {fallback} is not above the current \
+                     size, and missing data never scales down",
+                    Secs(silent_for)
+                ),
+            ),
+            None => (
+                current,
+                DecisionKind::MissingData,
+                format!(
+                    "no source answered for {} and no fallback is configured",
+                    Secs(silent_for)
+                ),
+            ),
+        };
+        Proposal {
+            recommendation,
+            kind: Some(kind),
+            mode: self.mode_at(now, policy),
+            load: 0.0,
+            because: vec![clause],
+        }
+    }
+
+    /// The load-based recommendation: the larger of the stable and panic window means, the
+    /// Little's-law term, tolerance, and no scale-down in panic or on partial data.
+    fn recommend_from_load(
+        &mut self,
+        policy: &Policy,
+        now: Duration,
+        current: u32,
+        reading: &Reading,
+        metrics: MetricsState,
+        rates: Option<RateEstimate>,
+    ) -> Proposal {
+        let observed = reading.load.unwrap_or(0.0);
+        let stable_load = self
+            .loads
+            .mean(now, policy.stable_window)
+            .unwrap_or(observed);
+        let panic_load = self
+            .loads
+            .mean(now, policy.panic_window)
+            .unwrap_or(observed);
+        let per_worker = policy.target_per_worker;
+        let ready = reading.ready_workers.max(1);
+        let burst = panic_load / per_worker >= policy.panic_threshold * f64::from(ready);
+        if burst {
+            self.burst_seen = Some(now);
+        }
+        let mode = self.mode_at(now, policy);
+
+        // Both windows count in both modes: a rise shows in the short window first, and a
+        // scale-down must be justified by both. Only the long one would under-provision for a
+        // minute after every rise short of a panic, and at target = concurrency that queue grows.
+        let (load, window) = if panic_load > stable_load {
+            (panic_load, policy.panic_window)
+        } else {
+            (stable_load, policy.stable_window)
+        };
+        let windowed = format!("load {} ({} mean)", Num(load), Secs(window));
+        let basis = match mode {
+            Mode::Stable => windowed,
+            Mode::Panic => {
+                let why = if burst {
+                    format!(
+                        "panic: the {} load needs ≥ {} × the {ready} ready workers",
+                        Secs(policy.panic_window),
+                        Num(policy.panic_threshold)
+                    )
+                } else {
+                    let ago = now.saturating_sub(self.burst_seen.unwrap_or(now));
+                    format!("panic since a burst {} ago", Secs(ago))
+                };
+                format!("{why}: {windowed}")
+            }
+        };
+        let queue_workers = load / per_worker;
+        let mut sizing = format!(
+            "{basis} / {} per worker = {} workers",
+            Num(per_worker),
+            Num(queue_workers)
+        );
+
+        let mut workers = queue_workers;
+        if policy.rate_aware
+            && let Some(rates) = rates
+        {
+            let rate_workers = rates.load / policy.rate_load_per_worker();
+            if rate_workers > queue_workers {
+                sizing.push_str(&format!(
+                    ", but arrivals {}/s × {} s service keep {} busy / {} per worker = {} workers",
+                    Num(rates.arrivals_per_second),
+                    Num(rates.mean_service_seconds),
+                    Num(rates.load),
+                    Num(policy.rate_load_per_worker()),
+                    Num(rate_workers)
+                ));
+                workers = rate_workers;
+            }
+        }
+
+        let mut recommendation = whole_workers(workers);
+        if recommendation != current
+            && current > 0
+            && (workers / f64::from(current) - 1.0).abs() <= policy.tolerance
+        {
+            sizing.push_str(&format!(
+                ", within {} % of {current}",
+                Num(policy.tolerance * 100.0)
+            ));
+            recommendation = current;
+        } else {
+            sizing.push_str(&format!(" → {recommendation}"));
+        }
+        let mut because = vec![sizing];
+
+        let mut kind = None;
+        if recommendation < current && mode == Mode::Panic {
+            because.push("no scale-down in panic".to_owned());
+            recommendation = current;
+            kind = Some(DecisionKind::Stabilizing);
+        }
+        if recommendation < current
+            && let MetricsState::Partial { missing } = metrics
+        {
+            because.push(format!(
+                "{missing} of {} sources gave no reading: no scale-down on partial data",
+                reading.sources
+            ));
+            recommendation = current;
+            kind = Some(DecisionKind::MissingData);
+        }
+        Proposal {
+            recommendation,
+            kind,
+            mode,
+            load,
+            because,
+        }
+    }
+
+    /// From a recommendation to the replicas to set: stabilization, warm-up gate, rate
+    /// limits, min/max. Every path goes through here, so every path is bounded.
+    fn settle(
+        &mut self,
+        policy: &Policy,
+        now: Duration,
+        current: u32,
+        proposal: Proposal,
+    ) -> Outcome {
+        let Proposal {
+            recommendation,
+            mut kind,
+            mode,
+            load,
+            mut because,
+        } = proposal;
+
+        let highest = self.remember_recommendation(now, recommendation, policy.scale_down_delay);
+        let mut target = recommendation;
+        if target < current && highest > target {
+            target = highest.min(current);
+            because.push(format!(
+                "the highest recommendation in the last {} is {highest}",
+                Secs(policy.scale_down_delay)
+            ));
+            if target == current {
+                kind = Some(DecisionKind::Stabilizing);
+            }
+        }
+
+        let complete_for = now.saturating_sub(self.complete_since);
+        if target < current && complete_for < policy.stable_window {
+            target = current;
+            kind = Some(DecisionKind::Stabilizing);
+            because.push(format!(
+                "no scale-down before {} of complete data ({} so far)",
+                Secs(policy.stable_window),
+                Secs(complete_for)
+            ));
+        }
+
+        if let Some((limited, clause)) = self.rate_limit(policy, now, current, target) {
+            target = limited;
+            because.push(clause);
+        }
+
+        // validate() guarantees min <= max, so clamp cannot panic here.
+        let replicas = target.clamp(policy.min_replicas, policy.max_replicas);
+        if replicas != target {
+            kind = Some(DecisionKind::Clamped);
+            because.push(if replicas > target {
+                format!("raised to the minimum {replicas}")
+            } else {
+                format!("capped at the maximum {replicas}")
+            });
+        }
+        self.remember_sizes(now, current, replicas);
+
+        let kind = kind.unwrap_or(match replicas.cmp(&current) {
+            Ordering::Greater => DecisionKind::ScaleUp,
+            Ordering::Less => DecisionKind::ScaleDown,
+            Ordering::Equal => DecisionKind::Hold,
+        });
+        because.push(match replicas.cmp(&current) {
+            Ordering::Greater => format!("scaling up {current} → {replicas}"),
+            Ordering::Less => format!("scaling down {current} → {replicas}"),
+            Ordering::Equal => format!("holding {current}"),
+        });
+        Outcome {
+            replicas,
+            kind,
+            mode,
+            load,
+            reason: because.join("; "),
+        }
+    }
+
+    /// Records a recommendation and returns the highest one within `delay`, this one included.
+    fn remember_recommendation(
+        &mut self,
+        now: Duration,
+        recommendation: u32,
+        delay: Duration,
+    ) -> u32 {
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) >= delay)
+        {
+            self.recommendations.pop_front();
+        }
+        // One entry per second (its highest) keeps the history as long as the delay in
+        // seconds, however often decisions come.
+        match self.recommendations.back_mut() {
+            Some((at, highest)) if at.as_secs() == now.as_secs() => {
+                *highest = (*highest).max(recommendation);
+            }
+            _ => self.recommendations.push_back((now, recommendation)),
+        }
+        self.recommendations
+            .iter()
+            .map(|(_, recommendation)| *recommendation)
+            .fold(recommendation, u32::max)
+    }
+
+    fn remember_sizes(&mut self, now: Duration, current: u32, decided: u32) {
+        self.sizes.push_back((now, current));
+        if decided != current {
+            self.sizes.push_back((now, decided));
+        }
+    }
+
+    /// Growth per second: at most ×`max_scale_up_rate`, at least +[`MIN_SCALE_UP_STEP`], from
+    /// the smallest size of the last second. Shrink per second: at most ÷`max_scale_down_rate`
+    /// from the largest. Returns the limited target and why, when the limit bit.
+    fn rate_limit(
+        &mut self,
+        policy: &Policy,
+        now: Duration,
+        current: u32,
+        target: u32,
+    ) -> Option<(u32, String)> {
+        while self
+            .sizes
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) >= RATE_PERIOD)
+        {
+            self.sizes.pop_front();
+        }
+        let recent = self.sizes.iter().map(|(_, size)| *size);
+        let smallest = recent.clone().fold(current, u32::min);
+        let largest = recent.fold(current, u32::max);
+        match target.cmp(&current) {
+            Ordering::Greater => {
+                let by_rate = to_count((f64::from(smallest) * policy.max_scale_up_rate).ceil());
+                let ceiling = by_rate
+                    .max(smallest.saturating_add(MIN_SCALE_UP_STEP))
+                    .max(current);
+                (target > ceiling).then(|| {
+                    (
+                        ceiling,
+                        format!(
+                            "limited to {ceiling}: at most ×{} (or +{MIN_SCALE_UP_STEP}) per \
+                             second from {smallest}",
+                            Num(policy.max_scale_up_rate)
+                        ),
+                    )
+                })
+            }
+            Ordering::Less => {
+                let floor = to_count((f64::from(largest) / policy.max_scale_down_rate).floor())
+                    .min(current);
+                (target < floor).then(|| {
+                    (
+                        floor,
+                        format!(
+                            "limited to {floor}: at most ÷{} per second from {largest}",
+                            Num(policy.max_scale_down_rate)
+                        ),
+                    )
+                })
+            }
+            Ordering::Equal => None,
+        }
+    }
+}
+
+/// A recommendation before it settles.
+struct Proposal {
+    recommendation: u32,
+    /// Set when something other than the load's direction explains the outcome.
+    kind: Option<DecisionKind>,
+    mode: Mode,
+    load: f64,
+    because: Vec<String>,
+}
+
+/// A settled decision, before the round's data is attached.
+struct Outcome {
+    replicas: u32,
+    kind: DecisionKind,
+    mode: Mode,
+    load: f64,
+    reason: String,
+}
+
+/// What this round's sources said, summed up.
+struct Reading {
+    /// Pod-scoped loads added up, plus the largest pool-scoped load; `None` if nothing answered.
+    load: Option<f64>,
+    /// Places there were to read: pods, and the external source when configured.
+    sources: usize,
+    /// Ready pods (and the external source) without a usable reading.
+    missing: usize,
+    /// Ready pods not known to be draining: the serving capacity, for the panic threshold.
+    ready_workers: u32,
+}
+
+impl Reading {
+    fn of(obs: &Observation) -> Self {
+        let mut pod_scoped = 0.0;
+        let mut pool_scoped: Option<f64> = None;
+        let mut add = |load: f64, scope: Scope| match scope {
+            Scope::Pod => pod_scoped += load,
+            // A shared queue is the same list seen from every pod: one value, never a sum.
+            Scope::Pool => pool_scoped = Some(pool_scoped.map_or(load, |seen| seen.max(load))),
+        };
+        let mut answered = 0usize;
+        let mut missing = 0usize;
+        let mut ready_workers = 0u32;
+        for pod in &obs.pods {
+            match usable(pod.snapshot.as_ref()) {
+                Some(snapshot) => {
+                    answered += 1;
+                    // A draining pod's work still counts, but it is leaving: not capacity.
+                    add(load_of(snapshot), snapshot.scope);
+                    if pod.ready && !snapshot.draining {
+                        ready_workers = ready_workers.saturating_add(1);
+                    }
+                }
+                None if pod.ready => {
+                    missing += 1;
+                    ready_workers = ready_workers.saturating_add(1);
+                }
+                None => {}
+            }
+        }
+        let mut sources = obs.pods.len();
+        match &obs.external {
+            ExternalReading::NotConfigured => {}
+            ExternalReading::Missing => {
+                sources += 1;
+                missing += 1;
+            }
+            ExternalReading::Reading(snapshot) => {
+                sources += 1;
+                match usable(Some(snapshot)) {
+                    Some(snapshot) => {
+                        answered += 1;
+                        add(load_of(snapshot), Scope::Pool);
+                    }
+                    None => missing += 1,
+                }
+            }
+        }
+        Self {
+            load: (answered > 0).then(|| pod_scoped + pool_scoped.unwrap_or(0.0)),
+            sources,
+            missing,
+            ready_workers,
+        }
+    }
+}
+
+/// A snapshot the policy may use: one that passes the contract's range checks.
+fn usable(snapshot: Option<&QueueSnapshot>) -> Option<&QueueSnapshot> {
+    snapshot.filter(|snapshot| snapshot.validate().is_ok())
+}
+
+/// What waits plus what runs. In f64 so that no sum of pods can overflow.
+fn load_of(snapshot: &QueueSnapshot) -> f64 {
+    snapshot.queued as f64 + snapshot.in_flight as f64
+}
+
+/// Whole workers for a load counted in workers: any load needs at least one worker.
+fn whole_workers(workers: f64) -> u32 {
+    if workers.is_nan() || workers <= 0.0 {
+        return 0;
+    }
+    to_count((workers - CEIL_SLACK).ceil()).max(1)
+}
+
+/// A float count to u32: `as` saturates (NaN becomes 0), which is the wanted behaviour.
+fn to_count(value: f64) -> u32 {
+    value as u32
+}
+
+/// A number for a reason: whole when it is, else one decimal.
+struct Num(f64);
+
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if (self.0 - self.0.round()).abs() < 0.05 {
+            write!(f, "{:.0}", self.0)
+        } else {
+            write!(f, "{:.1}", self.0)
+        }
+    }
+}
+
+/// A duration for a reason, in seconds.
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} s", Num(self.0.as_secs_f64()))
+    }
+}
