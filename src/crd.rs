@@ -495,8 +495,8 @@ fn default_true() -> bool {
 /// The CRD as committed under `crds/`: generated from the types above. Descriptions inside the
 /// embedded pod template are dropped (they repeat the core API's docs and would push the CRD
 /// past the size that client-side `kubectl apply` can store in its annotation).
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
-{
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     let mut crd = AsyncWorkerPool::crd();
     for version in &mut crd.spec.versions {
         let template = version

@@ -41,7 +41,9 @@ fn set(object: &mut Value, path: &str, value: Value) {
             .entry(part)
             .or_insert_with(|| json!({}));
     }
-    let map = cursor.as_object_mut().expect("object at the end of the path");
+    let map = cursor
+        .as_object_mut()
+        .expect("object at the end of the path");
     if value.is_null() {
         map.remove(last);
     } else {
@@ -56,13 +58,29 @@ async fn crd_is_established_and_explains_its_fields() {
 
     let explain = kubectl(&["explain", "awp.spec"]);
     let text = String::from_utf8_lossy(&explain.stdout);
-    assert!(explain.status.success(), "kubectl explain failed: {}", String::from_utf8_lossy(&explain.stderr));
-    for expected in ["AsyncWorkerPool", "maxReplicas", "Most workers to run", "concurrency", "supervision"] {
-        assert!(text.contains(expected), "kubectl explain awp.spec lacks {expected:?}:\n{text}");
+    assert!(
+        explain.status.success(),
+        "kubectl explain failed: {}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+    for expected in [
+        "AsyncWorkerPool",
+        "maxReplicas",
+        "Most workers to run",
+        "concurrency",
+        "supervision",
+    ] {
+        assert!(
+            text.contains(expected),
+            "kubectl explain awp.spec lacks {expected:?}:\n{text}"
+        );
     }
     let nested = kubectl(&["explain", "awp.spec.scaling.panicWindow"]);
     let text = String::from_utf8_lossy(&nested.stdout);
-    assert!(text.contains("catches bursts"), "nested field docs missing:\n{text}");
+    assert!(
+        text.contains("catches bursts"),
+        "nested field docs missing:\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -72,8 +90,18 @@ async fn valid_example_is_accepted_and_listed_with_printer_columns() {
     let ns = TestNamespace::new(&client, "api-valid").await;
 
     let example = support::repo_root().join("examples/chat-api.yaml");
-    let apply = kubectl(&["apply", "-n", &ns.name, "-f", example.to_str().expect("utf-8 path")]);
-    assert!(apply.status.success(), "apply failed: {}", String::from_utf8_lossy(&apply.stderr));
+    let apply = kubectl(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-f",
+        example.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        apply.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
 
     let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &ns.name);
     let stored = pools.get("chat-api").await.expect("pool stored");
@@ -86,17 +114,31 @@ async fn valid_example_is_accepted_and_listed_with_printer_columns() {
     let table = String::from_utf8_lossy(&get.stdout);
     let header = table.lines().next().unwrap_or_default();
     let columns: Vec<&str> = header.split_whitespace().collect();
-    assert_eq!(columns, ["NAME", "DESIRED", "READY", "LOAD", "AGE"], "table:\n{table}");
+    assert_eq!(
+        columns,
+        ["NAME", "DESIRED", "READY", "LOAD", "AGE"],
+        "table:\n{table}"
+    );
     assert!(table.contains("chat-api"), "table:\n{table}");
 
     let wide = kubectl(&["get", "asyncworkerpools", "-n", &ns.name, "-o", "wide"]);
-    let header = String::from_utf8_lossy(&wide.stdout).lines().next().unwrap_or_default().to_owned();
+    let header = String::from_utf8_lossy(&wide.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     for column in ["MIN", "MAX", "PAUSED"] {
-        assert!(header.contains(column), "wide output lacks {column}: {header}");
+        assert!(
+            header.contains(column),
+            "wide output lacks {column}: {header}"
+        );
     }
 
     let category = kubectl(&["get", "asyncpool", "-n", &ns.name, "-o", "name"]);
-    assert!(String::from_utf8_lossy(&category.stdout).contains("chat-api"), "category asyncpool lists the pool");
+    assert!(
+        String::from_utf8_lossy(&category.stdout).contains("chat-api"),
+        "category asyncpool lists the pool"
+    );
 }
 
 #[tokio::test]
@@ -111,36 +153,174 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
     );
 
     let cases: Vec<Case> = vec![
-        ("min above max", vec![("spec/minReplicas", json!(6))], "minReplicas must not be greater than maxReplicas"),
-        ("negative min", vec![("spec/minReplicas", json!(-1))], "spec.minReplicas: Invalid value"),
-        ("zero max", vec![("spec/maxReplicas", json!(0))], "spec.maxReplicas: Invalid value"),
-        ("max missing", vec![("spec/maxReplicas", Value::Null)], "spec.maxReplicas: Required value"),
-        ("zero concurrency", vec![("spec/concurrency", json!(0))], "spec.concurrency: Invalid value"),
-        ("zero target", vec![("spec/queue/targetPerWorker", json!(0))], "spec.queue.targetPerWorker: Invalid value"),
-        ("negative target", vec![("spec/queue/targetPerWorker", json!(-5))], "spec.queue.targetPerWorker: Invalid value"),
-        ("unknown source", vec![("spec/queue/source", json!("kafka"))], "spec.queue.source: Unsupported value: \"kafka\""),
-        ("missing template", vec![("spec/template", Value::Null)], "spec.template: Required value"),
-        ("template without containers", vec![("spec/template/spec/containers", json!([]))], "template.spec.containers must list at least the app container"),
-        ("bad duration", vec![("spec/scaling/stableWindow", json!("1 minute"))], "must be a duration such as 500ms, 30s, 2m or 1h30m"),
-        ("duration without unit", vec![("spec/supervision/drainTimeout", json!("30"))], "spec.supervision.drainTimeout: Invalid value"),
-        ("jitter above maxRequests", vec![("spec/supervision/maxRequests", json!(100)), ("spec/supervision/maxRequestsJitter", json!(101))], "maxRequestsJitter must be between 0 and maxRequests"),
-        ("jitter without maxRequests", vec![("spec/supervision/maxRequestsJitter", json!(10))], "maxRequestsJitter must be between 0 and maxRequests"),
-        ("negative jitter", vec![("spec/supervision/maxRequests", json!(100)), ("spec/supervision/maxRequestsJitter", json!(-1))], "spec.supervision.maxRequestsJitter: Invalid value"),
-        ("redis source without redis", vec![("spec/queue/source", json!("redis"))], "queue.redis is required when queue.source is redis"),
-        ("redis settings on proxy source", vec![("spec/queue/redis", json!({"url": "redis://r:6379", "key": "jobs"}))], "queue.redis is only used when queue.source is redis"),
-        ("stream without group", vec![("spec/queue/source", json!("redis")), ("spec/queue/redis", json!({"url": "redis://r:6379", "key": "jobs", "kind": "stream"}))], "queue.redis.group is required for a stream"),
-        ("redis url without scheme", vec![("spec/queue/source", json!("redis")), ("spec/queue/redis", json!({"url": "r:6379", "key": "jobs"}))], "queue.redis.url must start with redis://"),
-        ("panic window longer than stable window", vec![("spec/scaling/panicWindow", json!("2m"))], "panicWindow must not be longer than scaling.stableWindow"),
-        ("app on the sidecar's port", vec![("spec/port", json!(8080))], "port must not be 8080 or 9090"),
-        ("zero workers with the proxy source", vec![("spec/minReplicas", json!(0))], "minReplicas must be at least 1 with queue.source proxy"),
-        ("replicas outside min and max", vec![("spec/replicas", json!(9))], "replicas must lie between minReplicas and maxReplicas"),
-        ("queue bound below concurrency", vec![("spec/queue/maxQueue", json!(3))], "queue.maxQueue must be at least concurrency"),
-        ("tolerance of 100 percent", vec![("spec/scaling/tolerancePercent", json!(100))], "spec.scaling.tolerancePercent: Invalid value"),
-        ("scale-up rate below 1", vec![("spec/scaling/maxScaleUpRate", json!(0.5))], "spec.scaling.maxScaleUpRate: Invalid value"),
-        ("scale-down rate of exactly 1", vec![("spec/scaling/maxScaleDownRate", json!(1.0))], "maxScaleDownRate must be greater than 1"),
-        ("panic window under a second", vec![("spec/scaling/panicWindow", json!("200ms"))], "scaling windows must lie between 1s and 1h"),
-        ("fallback above max", vec![("spec/scaling/fallbackReplicas", json!(50))], "fallbackReplicas must lie between minReplicas and maxReplicas"),
-        ("concurrency as a string", vec![("spec/concurrency", json!("ten"))], "spec.concurrency: Invalid value"),
+        (
+            "min above max",
+            vec![("spec/minReplicas", json!(6))],
+            "minReplicas must not be greater than maxReplicas",
+        ),
+        (
+            "negative min",
+            vec![("spec/minReplicas", json!(-1))],
+            "spec.minReplicas: Invalid value",
+        ),
+        (
+            "zero max",
+            vec![("spec/maxReplicas", json!(0))],
+            "spec.maxReplicas: Invalid value",
+        ),
+        (
+            "max missing",
+            vec![("spec/maxReplicas", Value::Null)],
+            "spec.maxReplicas: Required value",
+        ),
+        (
+            "zero concurrency",
+            vec![("spec/concurrency", json!(0))],
+            "spec.concurrency: Invalid value",
+        ),
+        (
+            "zero target",
+            vec![("spec/queue/targetPerWorker", json!(0))],
+            "spec.queue.targetPerWorker: Invalid value",
+        ),
+        (
+            "negative target",
+            vec![("spec/queue/targetPerWorker", json!(-5))],
+            "spec.queue.targetPerWorker: Invalid value",
+        ),
+        (
+            "unknown source",
+            vec![("spec/queue/source", json!("kafka"))],
+            "spec.queue.source: Unsupported value: \"kafka\"",
+        ),
+        (
+            "missing template",
+            vec![("spec/template", Value::Null)],
+            "spec.template: Required value",
+        ),
+        (
+            "template without containers",
+            vec![("spec/template/spec/containers", json!([]))],
+            "template.spec.containers must list at least the app container",
+        ),
+        (
+            "bad duration",
+            vec![("spec/scaling/stableWindow", json!("1 minute"))],
+            "must be a duration such as 500ms, 30s, 2m or 1h30m",
+        ),
+        (
+            "duration without unit",
+            vec![("spec/supervision/drainTimeout", json!("30"))],
+            "spec.supervision.drainTimeout: Invalid value",
+        ),
+        (
+            "jitter above maxRequests",
+            vec![
+                ("spec/supervision/maxRequests", json!(100)),
+                ("spec/supervision/maxRequestsJitter", json!(101)),
+            ],
+            "maxRequestsJitter must be between 0 and maxRequests",
+        ),
+        (
+            "jitter without maxRequests",
+            vec![("spec/supervision/maxRequestsJitter", json!(10))],
+            "maxRequestsJitter must be between 0 and maxRequests",
+        ),
+        (
+            "negative jitter",
+            vec![
+                ("spec/supervision/maxRequests", json!(100)),
+                ("spec/supervision/maxRequestsJitter", json!(-1)),
+            ],
+            "spec.supervision.maxRequestsJitter: Invalid value",
+        ),
+        (
+            "redis source without redis",
+            vec![("spec/queue/source", json!("redis"))],
+            "queue.redis is required when queue.source is redis",
+        ),
+        (
+            "redis settings on proxy source",
+            vec![(
+                "spec/queue/redis",
+                json!({"url": "redis://r:6379", "key": "jobs"}),
+            )],
+            "queue.redis is only used when queue.source is redis",
+        ),
+        (
+            "stream without group",
+            vec![
+                ("spec/queue/source", json!("redis")),
+                (
+                    "spec/queue/redis",
+                    json!({"url": "redis://r:6379", "key": "jobs", "kind": "stream"}),
+                ),
+            ],
+            "queue.redis.group is required for a stream",
+        ),
+        (
+            "redis url without scheme",
+            vec![
+                ("spec/queue/source", json!("redis")),
+                ("spec/queue/redis", json!({"url": "r:6379", "key": "jobs"})),
+            ],
+            "queue.redis.url must start with redis://",
+        ),
+        (
+            "panic window longer than stable window",
+            vec![("spec/scaling/panicWindow", json!("2m"))],
+            "panicWindow must not be longer than scaling.stableWindow",
+        ),
+        (
+            "app on the sidecar's port",
+            vec![("spec/port", json!(8080))],
+            "port must not be 8080 or 9090",
+        ),
+        (
+            "zero workers with the proxy source",
+            vec![("spec/minReplicas", json!(0))],
+            "minReplicas must be at least 1 with queue.source proxy",
+        ),
+        (
+            "replicas outside min and max",
+            vec![("spec/replicas", json!(9))],
+            "replicas must lie between minReplicas and maxReplicas",
+        ),
+        (
+            "queue bound below concurrency",
+            vec![("spec/queue/maxQueue", json!(3))],
+            "queue.maxQueue must be at least concurrency",
+        ),
+        (
+            "tolerance of 100 percent",
+            vec![("spec/scaling/tolerancePercent", json!(100))],
+            "spec.scaling.tolerancePercent: Invalid value",
+        ),
+        (
+            "scale-up rate below 1",
+            vec![("spec/scaling/maxScaleUpRate", json!(0.5))],
+            "spec.scaling.maxScaleUpRate: Invalid value",
+        ),
+        (
+            "scale-down rate of exactly 1",
+            vec![("spec/scaling/maxScaleDownRate", json!(1.0))],
+            "maxScaleDownRate must be greater than 1",
+        ),
+        (
+            "panic window under a second",
+            vec![("spec/scaling/panicWindow", json!("200ms"))],
+            "scaling windows must lie between 1s and 1h",
+        ),
+        (
+            "fallback above max",
+            vec![("spec/scaling/fallbackReplicas", json!(50))],
+            "fallbackReplicas must lie between minReplicas and maxReplicas",
+        ),
+        (
+            "concurrency as a string",
+            vec![("spec/concurrency", json!("ten"))],
+            "spec.concurrency: Invalid value",
+        ),
     ];
     assert!(cases.len() >= 12);
 
@@ -157,9 +337,19 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
             Err(error) => failures.push(format!("{case}: expected {expected:?}, got {error}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 
     // The same base pool is accepted, so each refusal above is due to its one change.
-    let base: DynamicObject = serde_json::from_value(valid_pool("valid-base")).expect("pool object");
-    pools.create(&PostParams::default(), &base).await.expect("the base pool is valid");
+    let base: DynamicObject =
+        serde_json::from_value(valid_pool("valid-base")).expect("pool object");
+    pools
+        .create(&PostParams::default(), &base)
+        .await
+        .expect("the base pool is valid");
 }

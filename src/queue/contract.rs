@@ -100,7 +100,9 @@ impl QueueSnapshot {
             }
         }
         if self.completed_total > self.arrived_total {
-            return Err(ContractError::OutOfRange("completedTotal exceeds arrivedTotal"));
+            return Err(ContractError::OutOfRange(
+                "completedTotal exceeds arrivedTotal",
+            ));
         }
         Ok(())
     }
@@ -129,15 +131,33 @@ mod tests {
             ("", "empty"),
             ("<html>502</html>", "html"),
             (r#"{"version":1}"#, "missing fields"),
-            (&EXAMPLE.replace("\"queued\": 12", "\"queued\": -3"), "negative gauge"),
-            (&EXAMPLE.replace("\"queued\": 12", "\"queued\": 1.5"), "fractional gauge"),
-            (&EXAMPLE.replace("\"version\": 1", "\"version\": 2"), "future version"),
+            (
+                &EXAMPLE.replace("\"queued\": 12", "\"queued\": -3"),
+                "negative gauge",
+            ),
+            (
+                &EXAMPLE.replace("\"queued\": 12", "\"queued\": 1.5"),
+                "fractional gauge",
+            ),
+            (
+                &EXAMPLE.replace("\"version\": 1", "\"version\": 2"),
+                "future version",
+            ),
             (&EXAMPLE.replace("91822.5", "-1.0"), "negative seconds"),
-            (&EXAMPLE.replace("48188", "48211"), "completed beyond arrived"),
-            (&EXAMPLE.replace("\"queued\": 12", "\"queued\": 18014398509481984"), "absurd gauge"),
+            (
+                &EXAMPLE.replace("48188", "48211"),
+                "completed beyond arrived",
+            ),
+            (
+                &EXAMPLE.replace("\"queued\": 12", "\"queued\": 18014398509481984"),
+                "absurd gauge",
+            ),
         ];
         for (body, what) in cases {
-            assert!(QueueSnapshot::parse(body.as_bytes()).is_err(), "{what} was accepted");
+            assert!(
+                QueueSnapshot::parse(body.as_bytes()).is_err(),
+                "{what} was accepted"
+            );
         }
     }
 }

@@ -2,6 +2,9 @@
 //! attached through `ASYNCPOOL_TEST_KUBECONFIG` / `KUBECONFIG`) and one temporary namespace per test.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod fleet;
+pub mod operator;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -22,12 +25,16 @@ pub fn repo_root() -> PathBuf {
 fn cache_dir() -> PathBuf {
     std::env::var_os("ASYNCPOOL_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/asyncpool"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/asyncpool")
+        })
 }
 
 /// The kubectl built by `scripts/cluster`.
 pub fn kubectl_path() -> PathBuf {
-    cache_dir().join(format!("k8s-{K8S_VERSION}")).join("kubectl")
+    cache_dir()
+        .join(format!("k8s-{K8S_VERSION}"))
+        .join("kubectl")
 }
 
 /// The kubeconfig of the test cluster: an explicit one, or the local cluster (started on demand;
@@ -100,7 +107,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -110,24 +120,38 @@ pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = asyncpool::crd::crd();
     let name = crd.metadata.name.clone().expect("crd name");
-    crds.patch(&name, &PatchParams::apply("asyncpool-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("apply CRD");
+    crds.patch(
+        &name,
+        &PatchParams::apply("asyncpool-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
     eventually("CRD Established", Duration::from_secs(30), || {
         let crds = crds.clone();
         let name = name.clone();
         async move {
             let crd = crds.get(&name).await.ok()?;
-            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
             established.then_some(())
         }
     })
     .await;
     // Discovery (what kubectl resolves `awp` with) catches up with an Established CRD shortly after.
-    eventually("AsyncWorkerPool in discovery", Duration::from_secs(30), || async {
-        let out = kubectl(&["api-resources", "--api-group=asyncpool.dev", "-o", "name"]);
-        String::from_utf8_lossy(&out.stdout).contains("asyncworkerpools").then_some(())
-    })
+    eventually(
+        "AsyncWorkerPool in discovery",
+        Duration::from_secs(30),
+        || async {
+            let out = kubectl(&["api-resources", "--api-group=asyncpool.dev", "-o", "name"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("asyncworkerpools")
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -145,7 +169,10 @@ impl TestNamespace {
             "metadata": {"name": name, "labels": {"asyncpool.dev/test": "true"}}
         }))
         .expect("namespace object");
-        namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         Self { name }
     }
 }
@@ -153,6 +180,12 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Drop cannot await; kubectl deletes without needing this test's runtime.
-        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
     }
 }

@@ -1,0 +1,168 @@
+//! The asyncpool operator: reconciles AsyncWorkerPools into workers and scales them on the
+//! queue length their sidecars report. Settings come from flags or the environment.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use asyncpool::controller::{LeaderConfig, OperatorConfig};
+use asyncpool::duration::parse_duration;
+use asyncpool::leader::LeaseTiming;
+use asyncpool::queue::reader::ReaderConfig;
+use asyncpool::reconcile::Settings;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "asyncpool-operator", version, about)]
+struct Args {
+    /// Watch pools in this namespace only (default: all namespaces).
+    #[arg(long, env = "ASYNCPOOL_NAMESPACE")]
+    namespace: Option<String>,
+    /// Image of the sidecar injected into worker pods.
+    #[arg(
+        long,
+        env = "ASYNCPOOL_SIDECAR_IMAGE",
+        default_value = "ghcr.io/asyncpool/sidecar:0.1.0"
+    )]
+    sidecar_image: String,
+    /// Address of /metrics, /livez and /readyz.
+    #[arg(
+        long,
+        env = "ASYNCPOOL_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
+    listen: SocketAddr,
+    /// Elect a leader among replicas on a Lease (turn off only for a single replica).
+    #[arg(long, env = "ASYNCPOOL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "ASYNCPOOL_LEASE_NAME",
+        default_value = "asyncpool-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: the operator's own, from POD_NAMESPACE).
+    #[arg(long, env = "ASYNCPOOL_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: the pod name, from POD_NAME or HOSTNAME).
+    #[arg(long, env = "ASYNCPOOL_IDENTITY")]
+    identity: Option<String>,
+    /// How long the lease holds without renewal; a follower takes over after it.
+    #[arg(long, env = "ASYNCPOOL_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews the lease.
+    #[arg(long, env = "ASYNCPOOL_LEASE_RENEW", default_value = "5s", value_parser = parse_duration)]
+    lease_renew: Duration,
+    /// Read sidecars through their watch stream (falls back to polling per pod).
+    #[arg(long, env = "ASYNCPOOL_WATCH_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_sidecars: bool,
+    /// Time between polls of one sidecar when it is polled.
+    #[arg(long, env = "ASYNCPOOL_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Longest a sidecar read may take.
+    #[arg(long, env = "ASYNCPOOL_READ_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    read_timeout: Duration,
+    /// Sidecar reads in flight at once.
+    #[arg(long, env = "ASYNCPOOL_MAX_CONCURRENT_READS", default_value_t = 64)]
+    max_concurrent_reads: usize,
+    /// Port of the sidecar contract on every worker pod.
+    #[arg(long, env = "ASYNCPOOL_SIDECAR_ADMIN_PORT", default_value_t = asyncpool::resources::ADMIN_PORT)]
+    sidecar_admin_port: u16,
+    /// Reconcile every pool at least this often, so time windows advance.
+    #[arg(long, env = "ASYNCPOOL_TICK", default_value = "1s", value_parser = parse_duration)]
+    tick: Duration,
+    /// Pools reconciled at once.
+    #[arg(long, env = "ASYNCPOOL_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    reconcile_concurrency: u16,
+    /// Log format: text or json.
+    #[arg(long, env = "ASYNCPOOL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+
+    // An unreachable API server is retried with backoff rather than ending the process.
+    let client = loop {
+        match kube::Client::try_default().await {
+            Ok(client) => break client,
+            Err(error) => {
+                tracing::error!(%error, "cannot build a Kubernetes client; retrying in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("asyncpool-{:08x}", rand::random::<u32>()));
+    let leader = args.leader_elect.then(|| LeaderConfig {
+        lease_name: args.lease_name,
+        lease_namespace: args
+            .lease_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into()),
+        identity,
+        timing: LeaseTiming {
+            duration: args.lease_duration,
+            renew_every: args.lease_renew,
+        },
+    });
+    let config = OperatorConfig {
+        namespace: args.namespace,
+        settings: Settings {
+            sidecar_image: args.sidecar_image,
+            tick: args.tick,
+            ..Settings::default()
+        },
+        reader: ReaderConfig {
+            port: args.sidecar_admin_port,
+            watch: args.watch_sidecars,
+            poll_interval: args.poll_interval,
+            request_timeout: args.read_timeout,
+            max_concurrent_polls: args.max_concurrent_reads,
+            ..ReaderConfig::default()
+        },
+        leader,
+        http_listen: args.listen,
+        concurrency: args.reconcile_concurrency,
+    };
+    match asyncpool::controller::run(client, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

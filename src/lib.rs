@@ -1,0 +1,15 @@
+//! asyncpool: a Kubernetes operator that runs pools of async workers and scales them on the
+//! queue length that a sidecar in each worker pod exposes.
+
+pub mod controller;
+pub mod crd;
+pub mod duration;
+pub mod leader;
+pub mod metrics;
+pub mod pool;
+pub mod queue;
+pub mod reconcile;
+pub mod resources;
+pub mod scaling;
+pub mod sidecar;
+pub mod status;

@@ -1,0 +1,234 @@
+//! The operator's Prometheus metrics. Every label takes values from a bounded set (error
+//! categories, decision kinds) or names a pool, whose series are removed when the pool goes.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::queue::reader::{PoolKey, ReadObserver};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolReplicaLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconcile_errors: Family<CategoryLabel, Counter>,
+    pub reconcile_seconds: Histogram,
+    pub decisions: Family<KindLabel, Counter>,
+    pub pool_load: Family<PoolLabels, Gauge<f64, AtomicU64>>,
+    pub pool_replicas: Family<PoolReplicaLabels, Gauge>,
+    pub read_seconds: Family<ModeLabel, Histogram>,
+    pub read_errors: Family<CategoryLabel, Counter>,
+    pub leader: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("asyncpool");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        let reconcile_errors = Family::<CategoryLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by category",
+            reconcile_errors.clone(),
+        );
+        let reconcile_seconds = latency_histogram();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            reconcile_seconds.clone(),
+        );
+        let decisions = Family::<KindLabel, Counter>::default();
+        registry.register("decisions", "Scaling decisions by kind", decisions.clone());
+        let pool_load = Family::<PoolLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "pool_load",
+            "Requests queued plus in flight in a pool",
+            pool_load.clone(),
+        );
+        let pool_replicas = Family::<PoolReplicaLabels, Gauge>::default();
+        registry.register(
+            "pool_replicas",
+            "Replicas of a pool: desired, current, ready",
+            pool_replicas.clone(),
+        );
+        let read_seconds = Family::<ModeLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "sidecar_read_duration_seconds",
+            "Time to read a sidecar (poll or first watch line)",
+            read_seconds.clone(),
+        );
+        let read_errors = Family::<CategoryLabel, Counter>::default();
+        registry.register(
+            "sidecar_read_errors",
+            "Failed sidecar reads by category",
+            read_errors.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica holds the leader lease (1) or not (0)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_seconds,
+            decisions,
+            pool_load,
+            pool_replicas,
+            read_seconds,
+            read_errors,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn record_pool(
+        &self,
+        pool: &PoolKey,
+        load: Option<f64>,
+        desired: i32,
+        current: i32,
+        ready: i32,
+    ) {
+        let labels = PoolLabels {
+            namespace: pool.namespace.clone(),
+            pool: pool.name.clone(),
+        };
+        match load {
+            Some(load) => {
+                self.pool_load.get_or_create(&labels).set(load);
+            }
+            None => {
+                self.pool_load.remove(&labels);
+            }
+        }
+        for (kind, value) in [("desired", desired), ("current", current), ("ready", ready)] {
+            self.pool_replicas
+                .get_or_create(&PoolReplicaLabels {
+                    namespace: pool.namespace.clone(),
+                    pool: pool.name.clone(),
+                    kind,
+                })
+                .set(i64::from(value));
+        }
+    }
+
+    /// Drops a deleted pool's series so that memory and cardinality follow the live pools.
+    pub fn forget_pool(&self, pool: &PoolKey) {
+        let labels = PoolLabels {
+            namespace: pool.namespace.clone(),
+            pool: pool.name.clone(),
+        };
+        self.pool_load.remove(&labels);
+        for kind in ["desired", "current", "ready"] {
+            self.pool_replicas.remove(&PoolReplicaLabels {
+                namespace: pool.namespace.clone(),
+                pool: pool.name.clone(),
+                kind,
+            });
+        }
+    }
+}
+
+impl ReadObserver for Metrics {
+    fn read_ok(&self, latency: Duration, watch: bool) {
+        // A watch stream reports its first line's latency only; later lines carry none.
+        if latency > Duration::ZERO {
+            let mode = if watch { "watch" } else { "poll" };
+            self.read_seconds
+                .get_or_create(&ModeLabel { mode })
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    fn read_failed(&self, category: &'static str) {
+        self.read_errors
+            .get_or_create(&CategoryLabel { category })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_series_appear_and_go() {
+        let metrics = Metrics::default();
+        let pool = PoolKey {
+            namespace: "team".into(),
+            name: "chat".into(),
+        };
+        metrics.record_pool(&pool, Some(57.0), 6, 5, 5);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"asyncpool_pool_load{namespace="team",pool="chat"} 57.0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"asyncpool_pool_replicas{namespace="team",pool="chat",kind="desired"} 6"#
+            ),
+            "{text}"
+        );
+        metrics.forget_pool(&pool);
+        assert!(!metrics.encode().contains(r#"pool="chat""#));
+    }
+}

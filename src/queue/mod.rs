@@ -1,0 +1,5 @@
+//! Reading worker queues: the sidecar contract and, on the operator side, the clients that poll
+//! and watch it.
+
+pub mod contract;
+pub mod reader;

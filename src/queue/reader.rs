@@ -1,0 +1,547 @@
+//! Reading every worker's sidecar: one task per pod keeps the latest snapshot, from a watch
+//! stream (`GET /queue?watch=true`) when the sidecar offers one, else by polling `GET /queue`.
+//! A pod that does not answer, answers garbage or answers out-of-range values has no reading:
+//! missing data, never zero. Each change wakes the pool's reconcile at once, which is how the
+//! reaction time gets close to a network round trip instead of a polling interval.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, timeout};
+
+use super::contract::QueueSnapshot;
+
+/// Largest body or line accepted from a sidecar; anything longer is garbage.
+const MAX_BODY: usize = 64 * 1024;
+
+/// How sidecars are read.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// The port of the sidecar contract.
+    pub port: u16,
+    /// Try the watch stream first; without it every pod is polled.
+    pub watch: bool,
+    /// Time between polls of one pod (also the pace at which a broken watch is retried).
+    pub poll_interval: Duration,
+    /// Longest a connect or a poll may take.
+    pub request_timeout: Duration,
+    /// A watch stream silent for this long is considered broken (the sidecar sends a heartbeat).
+    pub watch_idle_timeout: Duration,
+    /// A reading older than this no longer counts.
+    pub stale_after: Duration,
+    /// Polls in flight at once across all pods.
+    pub max_concurrent_polls: usize,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        Self {
+            port: crate::resources::ADMIN_PORT,
+            watch: true,
+            poll_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+            watch_idle_timeout: Duration::from_secs(6),
+            stale_after: Duration::from_secs(3),
+            max_concurrent_polls: 64,
+        }
+    }
+}
+
+/// Identifies a pool: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PodKey {
+    pool: PoolKey,
+    pod: String,
+}
+
+/// The latest thing learned about one pod's sidecar.
+#[derive(Debug, Clone)]
+pub enum Reading {
+    /// A valid snapshot and when it arrived.
+    Snapshot {
+        snapshot: QueueSnapshot,
+        at: Instant,
+    },
+    /// The last attempt failed; why, in words.
+    Failed { error: String },
+}
+
+/// How a read failed, in a bounded set for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, String),
+    #[error("timed out")]
+    Timeout,
+    #[error("HTTP error: {0}")]
+    Http(String),
+    #[error("answered status {0}")]
+    Status(u16),
+    #[error("invalid answer: {0}")]
+    Invalid(String),
+}
+
+impl ReadError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReadError::Connect(..) => "connect",
+            ReadError::Timeout => "timeout",
+            ReadError::Http(_) => "http",
+            ReadError::Status(_) => "status",
+            ReadError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Observes read outcomes (the operator's metrics implement it).
+pub trait ReadObserver: Send + Sync + 'static {
+    fn read_ok(&self, latency: Duration, watch: bool);
+    fn read_failed(&self, category: &'static str);
+}
+
+struct Running {
+    address: IpAddr,
+    task: AbortHandle,
+}
+
+/// All per-pod reader tasks, and their latest readings.
+pub struct SidecarReaders {
+    config: ReaderConfig,
+    readings: Arc<Mutex<HashMap<PodKey, Reading>>>,
+    running: Mutex<HashMap<PodKey, Running>>,
+    changes: mpsc::UnboundedSender<PoolKey>,
+    polls: Arc<Semaphore>,
+    observer: Arc<dyn ReadObserver>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicked holder cannot leave these maps half-updated (single inserts and removes).
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SidecarReaders {
+    /// Readers that announce every changed reading on `changes` (the pool whose pod changed).
+    pub fn new(
+        config: ReaderConfig,
+        changes: mpsc::UnboundedSender<PoolKey>,
+        observer: Arc<dyn ReadObserver>,
+    ) -> Self {
+        let polls = Arc::new(Semaphore::new(config.max_concurrent_polls.max(1)));
+        Self {
+            config,
+            readings: Arc::default(),
+            running: Mutex::default(),
+            changes,
+            polls,
+            observer,
+        }
+    }
+
+    /// Makes the set of read pods of `pool` exactly `pods` (name and address): starts readers
+    /// for new pods or new addresses, stops the ones for pods that are gone.
+    pub fn sync_pool(&self, pool: &PoolKey, pods: &[(String, IpAddr)]) {
+        let mut running = lock(&self.running);
+        let wanted: HashMap<&str, IpAddr> = pods.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
+        running.retain(|key, reader| {
+            if &key.pool != pool {
+                return true;
+            }
+            let keep = wanted.get(key.pod.as_str()) == Some(&reader.address);
+            if !keep {
+                reader.task.abort();
+                lock(&self.readings).remove(key);
+            }
+            keep
+        });
+        for (name, address) in pods {
+            let key = PodKey {
+                pool: pool.clone(),
+                pod: name.clone(),
+            };
+            if running.contains_key(&key) {
+                continue;
+            }
+            let task = tokio::spawn(read_pod(
+                key.clone(),
+                SocketAddr::new(*address, self.config.port),
+                self.config.clone(),
+                self.readings.clone(),
+                self.changes.clone(),
+                self.polls.clone(),
+                self.observer.clone(),
+            ))
+            .abort_handle();
+            running.insert(
+                key,
+                Running {
+                    address: *address,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops reading every pod of a pool (the pool is gone, or this replica stopped leading).
+    pub fn forget_pool(&self, pool: &PoolKey) {
+        self.sync_pool(pool, &[]);
+    }
+
+    /// The current snapshot of each named pod, `None` where data is missing or stale.
+    pub fn snapshots(
+        &self,
+        pool: &PoolKey,
+        pods: &[String],
+    ) -> Vec<(String, Result<QueueSnapshot, String>)> {
+        let readings = lock(&self.readings);
+        let now = Instant::now();
+        pods.iter()
+            .map(|pod| {
+                let key = PodKey {
+                    pool: pool.clone(),
+                    pod: pod.clone(),
+                };
+                let result = match readings.get(&key) {
+                    Some(Reading::Snapshot { snapshot, at })
+                        if now.duration_since(*at) <= self.config.stale_after =>
+                    {
+                        Ok(snapshot.clone())
+                    }
+                    Some(Reading::Snapshot { at, .. }) => Err(format!(
+                        "last reading is {:.1}s old",
+                        now.duration_since(*at).as_secs_f64()
+                    )),
+                    Some(Reading::Failed { error }) => Err(error.clone()),
+                    None => Err("not read yet".to_owned()),
+                };
+                (pod.clone(), result)
+            })
+            .collect()
+    }
+}
+
+impl Drop for SidecarReaders {
+    fn drop(&mut self) {
+        for reader in lock(&self.running).values() {
+            reader.task.abort();
+        }
+    }
+}
+
+/// Stores a reading and announces the pool when what the scaler sees changed.
+fn record(
+    key: &PodKey,
+    reading: Reading,
+    readings: &Mutex<HashMap<PodKey, Reading>>,
+    changes: &mpsc::UnboundedSender<PoolKey>,
+) {
+    let changed = {
+        let mut map = lock(readings);
+        let changed = match (map.get(key), &reading) {
+            (
+                Some(Reading::Snapshot { snapshot: old, .. }),
+                Reading::Snapshot { snapshot: new, .. },
+            ) => old.load() != new.load() || old.draining != new.draining,
+            (Some(Reading::Failed { .. }), Reading::Failed { .. }) => false,
+            _ => true,
+        };
+        map.insert(key.clone(), reading);
+        changed
+    };
+    if changed {
+        // The receiver is gone only while the operator shuts down.
+        let _ = changes.send(key.pool.clone());
+    }
+}
+
+async fn read_pod(
+    key: PodKey,
+    address: SocketAddr,
+    config: ReaderConfig,
+    readings: Arc<Mutex<HashMap<PodKey, Reading>>>,
+    changes: mpsc::UnboundedSender<PoolKey>,
+    polls: Arc<Semaphore>,
+    observer: Arc<dyn ReadObserver>,
+) {
+    let mut next_watch_attempt = Instant::now();
+    loop {
+        if config.watch && Instant::now() >= next_watch_attempt {
+            let outcome = watch_stream(address, &config, |snapshot, latency| {
+                observer.read_ok(latency, true);
+                record(
+                    &key,
+                    Reading::Snapshot {
+                        snapshot,
+                        at: Instant::now(),
+                    },
+                    &readings,
+                    &changes,
+                );
+            })
+            .await;
+            if let Err(error) = outcome {
+                tracing::debug!(pool = %key.pool.name, pod = %key.pod, %error, "watch stream ended; polling");
+            }
+            // Until the watch works again, polling keeps the data fresh.
+            next_watch_attempt = Instant::now() + config.poll_interval * 10;
+        }
+        let started = Instant::now();
+        let result = {
+            let _permit = polls.acquire().await;
+            poll_once(address, &config).await
+        };
+        match result {
+            Ok(snapshot) => {
+                observer.read_ok(started.elapsed(), false);
+                record(
+                    &key,
+                    Reading::Snapshot {
+                        snapshot,
+                        at: Instant::now(),
+                    },
+                    &readings,
+                    &changes,
+                );
+            }
+            Err(error) => {
+                observer.read_failed(error.category());
+                record(
+                    &key,
+                    Reading::Failed {
+                        error: error.to_string(),
+                    },
+                    &readings,
+                    &changes,
+                );
+            }
+        }
+        tokio::time::sleep_until(started + config.poll_interval).await;
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(address: SocketAddr, config: &ReaderConfig) -> Result<Sender, ReadError> {
+    let stream = timeout(config.request_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ReadError::Timeout)?
+        .map_err(|e| ReadError::Connect(address, e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| ReadError::Http(e.to_string()))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+fn request(address: SocketAddr, path: &str) -> Result<Request<Empty<Bytes>>, ReadError> {
+    Request::get(path)
+        .header(hyper::header::HOST, address.to_string())
+        .body(Empty::new())
+        .map_err(|e| ReadError::Http(e.to_string()))
+}
+
+/// One `GET /queue`.
+async fn poll_once(address: SocketAddr, config: &ReaderConfig) -> Result<QueueSnapshot, ReadError> {
+    let work = async {
+        let mut sender = connect(address, config).await?;
+        let response = sender
+            .send_request(request(address, "/queue")?)
+            .await
+            .map_err(|e| ReadError::Http(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(ReadError::Status(response.status().as_u16()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ReadError::Invalid(e.to_string()))?
+            .to_bytes();
+        QueueSnapshot::parse(&body).map_err(|e| ReadError::Invalid(e.to_string()))
+    };
+    timeout(config.request_timeout, work)
+        .await
+        .map_err(|_| ReadError::Timeout)?
+}
+
+/// Follows `GET /queue?watch=true`, handing each valid line to `on_snapshot`, until the stream
+/// breaks, goes silent past the idle timeout, or sends garbage.
+async fn watch_stream(
+    address: SocketAddr,
+    config: &ReaderConfig,
+    mut on_snapshot: impl FnMut(QueueSnapshot, Duration),
+) -> Result<(), ReadError> {
+    let started = Instant::now();
+    let mut sender = connect(address, config).await?;
+    let response = timeout(
+        config.request_timeout,
+        sender.send_request(request(address, "/queue?watch=true")?),
+    )
+    .await
+    .map_err(|_| ReadError::Timeout)?
+    .map_err(|e| ReadError::Http(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(ReadError::Status(response.status().as_u16()));
+    }
+    let mut body = response.into_body();
+    let mut buffer = BytesMut::new();
+    let mut first = true;
+    loop {
+        let frame = timeout(config.watch_idle_timeout, body.frame())
+            .await
+            .map_err(|_| ReadError::Timeout)?;
+        let Some(frame) = frame else {
+            return Err(ReadError::Http("stream closed".into()));
+        };
+        let frame = frame.map_err(|e| ReadError::Http(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line = buffer.split_to(end + 1);
+            let line = &line[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let snapshot =
+                QueueSnapshot::parse(line).map_err(|e| ReadError::Invalid(e.to_string()))?;
+            let latency = if first {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            };
+            first = false;
+            on_snapshot(snapshot, latency);
+        }
+        if buffer.remaining() > MAX_BODY {
+            return Err(ReadError::Invalid("line too long".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    struct NoMetrics;
+    impl ReadObserver for NoMetrics {
+        fn read_ok(&self, _: Duration, _: bool) {}
+        fn read_failed(&self, _: &'static str) {}
+    }
+
+    const SNAPSHOT: &str = r#"{"version":1,"queued":3,"inFlight":2,"capacity":10,"arrivedTotal":5,"completedTotal":0,"busySecondsTotal":0.5,"oldestInFlightSeconds":0.1,"draining":false}"#;
+
+    /// A one-route HTTP server on loopback that answers every request with `response`.
+    async fn serve(response: String) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        address
+    }
+
+    fn http(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn config(port: u16) -> ReaderConfig {
+        ReaderConfig {
+            port,
+            watch: false,
+            poll_interval: Duration::from_millis(20),
+            request_timeout: Duration::from_millis(300),
+            ..ReaderConfig::default()
+        }
+    }
+
+    async fn first_result(address: SocketAddr) -> Result<QueueSnapshot, String> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let readers = SidecarReaders::new(config(address.port()), tx, Arc::new(NoMetrics));
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+        let announced = timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a reading is announced");
+        assert_eq!(announced, Some(pool.clone()));
+        readers.snapshots(&pool, &["pod-a".into()]).remove(0).1
+    }
+
+    #[tokio::test]
+    async fn valid_answer_is_a_reading() {
+        let address = serve(http("200 OK", SNAPSHOT)).await;
+        let snapshot = first_result(address).await.expect("valid snapshot");
+        assert_eq!(snapshot.load(), 5);
+    }
+
+    #[tokio::test]
+    async fn garbage_error_status_and_silence_are_missing_data() {
+        for response in [
+            http("200 OK", "{\"queued\": \"lots\"}"),
+            http("200 OK", &SNAPSHOT.replace("\"queued\":3", "\"queued\":-3")),
+            http("503 Service Unavailable", "draining"),
+            "garbage\r\n\r\n".to_owned(),
+        ] {
+            let address = serve(response.clone()).await;
+            assert!(
+                first_result(address).await.is_err(),
+                "accepted {response:?}"
+            );
+        }
+        // A listener that accepts and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let result = first_result(address).await;
+        assert!(result.unwrap_err().contains("timed out"));
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn pods_that_leave_are_forgotten() {
+        let address = serve(http("200 OK", SNAPSHOT)).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let readers = SidecarReaders::new(config(address.port()), tx, Arc::new(NoMetrics));
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+        timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+        readers.forget_pool(&pool);
+        let after = readers.snapshots(&pool, &["pod-a".into()]);
+        assert_eq!(after[0].1, Err("not read yet".to_owned()));
+    }
+}

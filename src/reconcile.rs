@@ -1,0 +1,765 @@
+//! Reconciling one pool, as a pipeline: observe → validate → decide → build → apply → status →
+//! events. Each step either hands the next one what it needs or stops with a reason that ends
+//! up in the pool's conditions (for problems a user must fix) or in a `ReconcileError` (for
+//! problems that a retry can fix).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
+use crate::metrics::{CategoryLabel, KindLabel, Metrics, ResultLabel};
+use crate::pool::EffectiveSpec;
+use crate::queue::reader::{PoolKey, SidecarReaders};
+use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
+use crate::scaling::{Decision, DecisionKind, MetricsState, Observation, PodReading, Scaler};
+use crate::status::{self, Judgement, merge_conditions};
+
+/// Annotation holding a hash of what the operator last applied, so that an unchanged pool
+/// costs no API write.
+const APPLIED_HASH: &str = "asyncpool.dev/applied-hash";
+/// Restarts after which a container that is not ready counts as crash-looping.
+const CRASH_RESTARTS: i32 = 3;
+
+/// Operator-wide settings that reconcile needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Image of the injected sidecar, unless a pool overrides it.
+    pub sidecar_image: String,
+    /// Reconcile at least this often, so that time windows advance without changes.
+    pub tick: Duration,
+    /// Least time between two status writes that only change the load figure.
+    pub status_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sidecar_image: "ghcr.io/asyncpool/sidecar:0.1.0".into(),
+            tick: Duration::from_secs(1),
+            status_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the operator remembers about a pool between reconciles (lost on restart by design:
+/// a fresh scaler seeded with the current size does not scale down until it has a window of
+/// history, so a restart causes no flapping).
+struct PoolMemory {
+    scaler: Scaler,
+    last_status_write: Option<Instant>,
+}
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub readers: SidecarReaders,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    origin: Instant,
+    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        pods: Store<Pod>,
+        readers: SidecarReaders,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+    ) -> Self {
+        Self {
+            client,
+            pods,
+            readers,
+            settings,
+            metrics,
+            recorder,
+            origin: Instant::now(),
+            memory: Mutex::default(),
+        }
+    }
+
+    /// Drops everything kept for pools that no longer exist.
+    pub fn forget_pools_except(&self, live: &[PoolKey]) {
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<PoolKey> = memory
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for pool in gone {
+            memory.remove(&pool);
+            self.readers.forget_pool(&pool);
+            self.metrics.forget_pool(&pool);
+            tracing::info!(namespace = %pool.namespace, pool = %pool.name, "pool deleted; forgot it");
+        }
+    }
+}
+
+/// A failure that a retry may fix; its category is a bounded metrics label.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the pool has no namespace")]
+    NoNamespace,
+    #[error("reading the {what}: {source}")]
+    Observe {
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error("applying the {what}: {source}")]
+    Apply {
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error("writing the status: {0}")]
+    Status(kube::Error),
+    #[error("building the {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl ReconcileError {
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::NoNamespace => "invalid_object",
+            ReconcileError::Observe { .. } => "observe",
+            ReconcileError::Apply { .. } => "apply",
+            ReconcileError::Status(_) => "status",
+            ReconcileError::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+/// One worker pod as reconcile sees it.
+#[derive(Debug, Clone)]
+struct WorkerPod {
+    name: String,
+    ip: Option<IpAddr>,
+    ready: bool,
+    crash_looping: bool,
+}
+
+/// Step 1's result: the cluster's current state for this pool.
+struct Observed {
+    deployment: Option<Deployment>,
+    service: Option<Service>,
+    /// Same-named objects that belong to someone else.
+    foreign: Vec<String>,
+    pods: Vec<WorkerPod>,
+}
+
+/// Step 3's result.
+struct Plan {
+    replicas: i32,
+    decision: Option<Decision>,
+    handled_request: Option<i32>,
+    degraded: Option<String>,
+}
+
+pub async fn reconcile(
+    pool: Arc<AsyncWorkerPool>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_pool(&pool, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let label = ResultLabel {
+        result: if result.is_ok() { "ok" } else { "error" },
+    };
+    ctx.metrics.reconciles.get_or_create(&label).inc();
+    if let Err(error) = &result {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&CategoryLabel {
+                category: error.category(),
+            })
+            .inc();
+    }
+    result
+}
+
+/// How a failed reconcile is retried: soon, then backing off is left to the next trigger.
+pub fn error_policy(
+    pool: Arc<AsyncWorkerPool>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, category = error.category(), "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = pool.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let key = PoolKey {
+        namespace: namespace.clone(),
+        name: pool.name_any(),
+    };
+
+    let observed = observe(pool, &key, ctx).await?;
+
+    let effective = match EffectiveSpec::from_spec(&pool.spec, pool.spec.paused) {
+        Ok(effective) => effective,
+        Err(problem) => {
+            let ready = Judgement::new(status::READY, false, "InvalidSpec", problem.to_string());
+            write_status(pool, ctx, &key, &observed, None, &[ready], true).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if !observed.foreign.is_empty() {
+        let message = format!(
+            "{} already exist and are not owned by this pool; rename the pool or remove them",
+            observed.foreign.join(" and ")
+        );
+        let ready = Judgement::new(status::READY, false, "NotOwned", message);
+        write_status(pool, ctx, &key, &observed, None, &[ready], true).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+
+    let plan = decide(pool, &key, ctx, &observed, &effective);
+
+    let deployment =
+        resources::deployment(pool, &effective, &ctx.settings.sidecar_image, plan.replicas);
+    let service = resources::service(pool);
+    let (deployment, service) = match (deployment, service) {
+        (Ok(d), Ok(s)) => (d, s),
+        (Err(problem), _) | (_, Err(problem)) => {
+            let ready =
+                Judgement::new(status::READY, false, "InvalidTemplate", problem.to_string());
+            write_status(pool, ctx, &key, &observed, None, &[ready], true).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let scaled_from = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.replicas);
+    apply_if_changed(
+        ctx,
+        &namespace,
+        deployment,
+        observed.deployment.as_ref(),
+        "Deployment",
+    )
+    .await?;
+    apply_if_changed(
+        ctx,
+        &namespace,
+        service,
+        observed.service.as_ref(),
+        "Service",
+    )
+    .await?;
+
+    let judgements = judge(pool, &observed, &plan);
+    let scaled = scaled_from.is_some_and(|from| from != plan.replicas);
+    write_status(pool, ctx, &key, &observed, Some(&plan), &judgements, scaled).await?;
+
+    if let (true, Some(from)) = (scaled, scaled_from) {
+        publish_scale_event(pool, ctx, from, &plan).await;
+    }
+    Ok(Action::requeue(ctx.settings.tick))
+}
+
+// --- observe -----------------------------------------------------------------------------------
+
+fn controlled_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pool: &AsyncWorkerPool,
+) -> bool {
+    let uid = pool.uid();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+}
+
+async fn observe(
+    pool: &AsyncWorkerPool,
+    key: &PoolKey,
+    ctx: &Context,
+) -> Result<Observed, ReconcileError> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let (deployment, service) = tokio::try_join!(
+        async {
+            deployments
+                .get_opt(&key.name)
+                .await
+                .map_err(|source| ReconcileError::Observe {
+                    what: "Deployment",
+                    source,
+                })
+        },
+        async {
+            services
+                .get_opt(&key.name)
+                .await
+                .map_err(|source| ReconcileError::Observe {
+                    what: "Service",
+                    source,
+                })
+        },
+    )?;
+    let mut foreign = Vec::new();
+    let deployment = match deployment {
+        Some(d) if !controlled_by(&d.metadata, pool) => {
+            foreign.push(format!("Deployment {}", key.name));
+            None
+        }
+        other => other,
+    };
+    let service = match service {
+        Some(s) if !controlled_by(&s.metadata, pool) => {
+            foreign.push(format!("Service {}", key.name));
+            None
+        }
+        other => other,
+    };
+
+    let pods: Vec<WorkerPod> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(key.namespace.as_str()))
+        .filter(|p| p.labels().get(POOL_LABEL) == Some(&key.name))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .map(|p| worker_pod(p))
+        .collect();
+    let readable: Vec<(String, IpAddr)> = pods
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.ip?)))
+        .collect();
+    ctx.readers.sync_pool(key, &readable);
+    Ok(Observed {
+        deployment,
+        service,
+        foreign,
+        pods,
+    })
+}
+
+fn worker_pod(pod: &Pod) -> WorkerPod {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let crash_looping = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|containers| {
+            containers.iter().any(|c| {
+                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+                waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
+                    || (!c.ready && c.restart_count >= CRASH_RESTARTS)
+            })
+        });
+    WorkerPod {
+        name: pod.name_any(),
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        ready,
+        crash_looping,
+    }
+}
+
+// --- decide ------------------------------------------------------------------------------------
+
+fn decide(
+    pool: &AsyncWorkerPool,
+    key: &PoolKey,
+    ctx: &Context,
+    observed: &Observed,
+    effective: &EffectiveSpec,
+) -> Plan {
+    let policy = &effective.policy;
+    let clamp = |n: i32| n.clamp(pool.spec.min_replicas, pool.spec.max_replicas);
+    let current = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.replicas)
+        .unwrap_or_else(|| clamp(pool.spec.replicas.unwrap_or(pool.spec.min_replicas)));
+    let now = ctx.origin.elapsed();
+    let handled = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.handled_replicas_request);
+    let request = pool.spec.replicas;
+    let degraded = observed
+        .pods
+        .iter()
+        .filter(|p| p.crash_looping)
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>();
+    let degraded =
+        (!degraded.is_empty()).then(|| format!("crash-looping workers: {}", degraded.join(", ")));
+
+    let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = memory.entry(key.clone()).or_insert_with(|| PoolMemory {
+        scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
+        last_status_write: None,
+    });
+
+    // `kubectl scale` while autoscaling: move there at once and carry on from that size.
+    if let Some(requested) = request
+        && request != handled
+        && !pool.spec.paused
+    {
+        let replicas = clamp(requested);
+        entry.scaler = Scaler::new(now, u32::try_from(replicas).unwrap_or(0));
+        return Plan {
+            replicas,
+            decision: None,
+            handled_request: request,
+            degraded,
+        };
+    }
+
+    let snapshots = ctx.readers.snapshots(
+        key,
+        &observed
+            .pods
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>(),
+    );
+    let pods = observed
+        .pods
+        .iter()
+        .zip(snapshots)
+        .map(|(pod, (_, reading))| PodReading {
+            name: pod.name.clone(),
+            snapshot: reading.ok(),
+            ready: pod.ready,
+        })
+        .collect();
+    let observation = Observation {
+        now,
+        current_replicas: u32::try_from(current).unwrap_or(0),
+        pods,
+        external: Default::default(),
+    };
+    let decision = entry.scaler.decide(policy, &observation);
+    drop(memory);
+    ctx.metrics
+        .decisions
+        .get_or_create(&KindLabel {
+            kind: decision.kind.as_str(),
+        })
+        .inc();
+
+    let mut replicas = i32::try_from(decision.replicas).unwrap_or(i32::MAX);
+    if pool.spec.paused {
+        replicas = request.map_or(current, clamp);
+    } else if degraded.is_some() && replicas > current {
+        // A crash-looping template only makes more crashing workers: hold the size.
+        replicas = current;
+    }
+    Plan {
+        replicas,
+        decision: Some(decision),
+        handled_request: request,
+        degraded,
+    }
+}
+
+// --- apply -------------------------------------------------------------------------------------
+
+fn content_hash<T: Serialize>(object: &T, what: &'static str) -> Result<String, ReconcileError> {
+    let bytes =
+        serde_json::to_vec(object).map_err(|source| ReconcileError::Serialize { what, source })?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Ok(format!("{:016x}", hasher.finish()))
+}
+
+/// Server-side applies `desired` unless the live object already carries the same content.
+async fn apply_if_changed<K>(
+    ctx: &Context,
+    namespace: &str,
+    mut desired: K,
+    live: Option<&K>,
+    what: &'static str,
+) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let hash = content_hash(&desired, what)?;
+    if live
+        .is_some_and(|l| l.annotations().get(APPLIED_HASH) == Some(&hash) && !drifted(l, &desired))
+    {
+        return Ok(());
+    }
+    desired.annotations_mut().insert(APPLIED_HASH.into(), hash);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = desired.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|source| ReconcileError::Apply { what, source })?;
+    Ok(())
+}
+
+/// Whether someone changed a field we own behind our back (e.g. `kubectl scale deployment`):
+/// the hash annotation alone would not show it.
+fn drifted<K: Serialize>(live: &K, desired: &K) -> bool {
+    let replicas = |object: &K| {
+        serde_json::to_value(object)
+            .ok()
+            .and_then(|v| v.pointer("/spec/replicas").cloned())
+    };
+    replicas(live) != replicas(desired)
+}
+
+// --- status ------------------------------------------------------------------------------------
+
+fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgement> {
+    let ready_workers = observed.pods.iter().filter(|p| p.ready).count();
+    let wanted = usize::try_from(plan.replicas).unwrap_or(0);
+    let ready = if ready_workers > 0 || wanted == 0 {
+        Judgement::new(
+            status::READY,
+            true,
+            "WorkersReady",
+            format!("{ready_workers} of {wanted} workers ready"),
+        )
+    } else {
+        Judgement::new(
+            status::READY,
+            false,
+            "WaitingForWorkers",
+            format!("0 of {wanted} workers ready"),
+        )
+    };
+    let current = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.replicas);
+    let scaling = match (&plan.decision, current) {
+        (Some(d), Some(current)) if plan.replicas != current => {
+            let reason = if plan.replicas > current {
+                "ScalingUp"
+            } else {
+                "ScalingDown"
+            };
+            Judgement::new(status::SCALING, true, reason, d.reason.clone())
+        }
+        (None, _) => Judgement::new(
+            status::SCALING,
+            true,
+            "ScaleRequested",
+            format!("scale subresource asked for {} replicas", plan.replicas),
+        ),
+        (Some(d), _) => Judgement::new(status::SCALING, false, "Stable", d.reason.clone()),
+    };
+    let metrics = match plan.decision.as_ref().map(|d| &d.metrics) {
+        Some(MetricsState::Available) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            true,
+            "AllWorkersReport",
+            "every worker reports its queue",
+        ),
+        Some(MetricsState::Partial { missing }) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            true,
+            "SomeWorkersSilent",
+            format!("{missing} worker(s) do not report; they never cause a scale-down"),
+        ),
+        Some(MetricsState::Missing { .. }) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            false,
+            "NoReadings",
+            "no worker answers /queue with valid data; holding the size (or fallbackReplicas)",
+        ),
+        Some(MetricsState::NoSource) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            false,
+            "NoWorkers",
+            "no worker pod is running yet to report its queue",
+        ),
+        None => Judgement::new(
+            status::METRICS_AVAILABLE,
+            false,
+            "NotDecided",
+            "no scaling decision this round",
+        ),
+    };
+    let degraded = match &plan.degraded {
+        Some(message) => Judgement::new(
+            status::DEGRADED,
+            true,
+            "CrashLooping",
+            format!("{message}; scale-up is held"),
+        ),
+        None => Judgement::new(
+            status::DEGRADED,
+            false,
+            "Healthy",
+            "no worker is crash-looping",
+        ),
+    };
+    let paused = if pool.spec.paused {
+        Judgement::new(
+            status::PAUSED,
+            true,
+            "Paused",
+            "spec.paused is set: the size is held",
+        )
+    } else {
+        Judgement::new(
+            status::PAUSED,
+            false,
+            "Autoscaling",
+            "the pool follows its load",
+        )
+    };
+    if plan
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.kind == DecisionKind::Fallback)
+    {
+        tracing::info!(pool = %pool.name_any(), "fallback replicas in effect");
+    }
+    vec![ready, scaling, metrics, degraded, paused]
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_status(
+    pool: &AsyncWorkerPool,
+    ctx: &Context,
+    key: &PoolKey,
+    observed: &Observed,
+    plan: Option<&Plan>,
+    judgements: &[Judgement],
+    urgent: bool,
+) -> Result<(), ReconcileError> {
+    let previous = pool.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let deployment_status = observed.deployment.as_ref().and_then(|d| d.status.as_ref());
+    let next = AsyncWorkerPoolStatus {
+        observed_generation: pool.metadata.generation,
+        replicas: deployment_status.and_then(|s| s.replicas).unwrap_or(0),
+        ready_replicas: deployment_status
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+        desired_replicas: plan.map_or(previous.desired_replicas, |p| p.replicas),
+        load: plan.and_then(|p| p.decision.as_ref()?.observed_load),
+        last_scale_time: if urgent && plan.is_some() {
+            Some(now.clone())
+        } else {
+            previous.last_scale_time.clone()
+        },
+        selector: Some(resources::selector_string(&key.name)),
+        handled_replicas_request: plan
+            .map_or(previous.handled_replicas_request, |p| p.handled_request),
+        conditions: merge_conditions(
+            &previous.conditions,
+            judgements,
+            pool.metadata.generation,
+            &now,
+        ),
+    };
+    if next == previous {
+        return Ok(());
+    }
+    ctx.metrics.record_pool(
+        key,
+        next.load,
+        next.desired_replicas,
+        next.replicas,
+        next.ready_replicas,
+    );
+    // A status that differs only in load figures is written at a bounded rate.
+    let only_figures = {
+        let mut a = next.clone();
+        a.load = previous.load;
+        a.replicas = previous.replicas;
+        a.ready_replicas = previous.ready_replicas;
+        a == previous
+    };
+    {
+        let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = memory.get_mut(key) {
+            let recent = entry
+                .last_status_write
+                .is_some_and(|t| t.elapsed() < ctx.settings.status_interval);
+            if only_figures && recent && !urgent {
+                return Ok(());
+            }
+            entry.last_status_write = Some(Instant::now());
+        }
+    }
+    let api: Api<AsyncWorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "status": next,
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(ReconcileError::Status)?;
+    Ok(())
+}
+
+// --- events ------------------------------------------------------------------------------------
+
+async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, plan: &Plan) {
+    let why = plan.decision.as_ref().map_or_else(
+        || "requested through the scale subresource".to_owned(),
+        |d| d.reason.clone(),
+    );
+    let event = Event {
+        type_: EventType::Normal,
+        reason: if plan.replicas > from {
+            "ScaledUp"
+        } else {
+            "ScaledDown"
+        }
+        .into(),
+        note: Some(format!("{from} → {} workers: {why}", plan.replicas)),
+        action: "Scale".into(),
+        secondary: None,
+    };
+    // Events are best effort: a failure to record one must not fail the reconcile.
+    if let Err(error) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::debug!(%error, "could not publish the scale event");
+    }
+}

@@ -1,0 +1,396 @@
+//! Pure builders for the Kubernetes objects a pool owns: the worker Deployment (the user's pod
+//! template with the sidecar injected) and the Service in front of the sidecars. No client
+//! calls: reconcile applies what these return.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, Probe, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{AsyncWorkerPool, RedisKind};
+use crate::pool::EffectiveSpec;
+
+/// Label that ties worker pods, the Deployment and the Service to their pool.
+pub const POOL_LABEL: &str = "asyncpool.dev/pool";
+/// The injected container's name.
+pub const SIDECAR_CONTAINER: &str = "asyncpool-sidecar";
+/// Port where the sidecar serves the app's traffic.
+pub const SERVE_PORT: u16 = 8080;
+/// Port of the sidecar contract (`/queue`, `/metrics`, probes, drain).
+pub const ADMIN_PORT: u16 = 9090;
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "asyncpool-operator";
+/// Seconds the sidecar keeps serving after a drain starts, so endpoint removal can propagate.
+const DRAIN_GRACE_SECONDS: i64 = 5;
+
+/// Why an object cannot be built from a pool.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BuildError {
+    #[error("the pool has no name or namespace yet")]
+    Unnamed,
+    #[error("the pod template already has a container named {SIDECAR_CONTAINER}; rename it")]
+    SidecarNameTaken,
+    #[error(
+        "container {container} uses port {port}, which the sidecar needs; move the app to spec.port"
+    )]
+    PortTaken { container: String, port: i32 },
+}
+
+/// Labels that select a pool's worker pods.
+pub fn selector_labels(pool_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(POOL_LABEL.to_owned(), pool_name.to_owned())])
+}
+
+/// The label selector string for `status.selector` (the scale subresource) and pod lists.
+pub fn selector_string(pool_name: &str) -> String {
+    format!("{POOL_LABEL}={pool_name}")
+}
+
+fn owned_meta(pool: &AsyncWorkerPool) -> Result<ObjectMeta, BuildError> {
+    let owner: OwnerReference = pool.controller_owner_ref(&()).ok_or(BuildError::Unnamed)?;
+    let mut labels = selector_labels(&pool.name_any());
+    labels.insert("app.kubernetes.io/managed-by".into(), "asyncpool".into());
+    Ok(ObjectMeta {
+        name: Some(pool.name_any()),
+        namespace: Some(pool.namespace().ok_or(BuildError::Unnamed)?),
+        labels: Some(labels),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The worker Deployment: the user's template plus the sidecar, at `replicas`.
+pub fn deployment(
+    pool: &AsyncWorkerPool,
+    effective: &EffectiveSpec,
+    sidecar_image: &str,
+    replicas: i32,
+) -> Result<Deployment, BuildError> {
+    let name = pool.name_any();
+    let mut template = pool.spec.template.clone();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(selector_labels(&name));
+
+    let pod = template.spec.get_or_insert_with(Default::default);
+    for container in &pod.containers {
+        if container.name == SIDECAR_CONTAINER {
+            return Err(BuildError::SidecarNameTaken);
+        }
+        for port in container.ports.iter().flatten() {
+            if port.container_port == i32::from(SERVE_PORT)
+                || port.container_port == i32::from(ADMIN_PORT)
+            {
+                return Err(BuildError::PortTaken {
+                    container: container.name.clone(),
+                    port: port.container_port,
+                });
+            }
+        }
+    }
+    // The app must outlive the sidecar's drain: its preStop hook returns only once the sidecar
+    // has finished every admitted request, and only then does the app get SIGTERM.
+    for container in &mut pod.containers {
+        if container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .is_none()
+        {
+            container
+                .lifecycle
+                .get_or_insert_with(Lifecycle::default)
+                .pre_stop = Some(LifecycleHandler {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/wait-for-drain".into()),
+                    port: IntOrString::Int(i32::from(ADMIN_PORT)),
+                    ..HTTPGetAction::default()
+                }),
+                ..LifecycleHandler::default()
+            });
+        }
+    }
+    let image = pool
+        .spec
+        .sidecar
+        .as_ref()
+        .and_then(|s| s.image.clone())
+        .unwrap_or_else(|| sidecar_image.to_owned());
+    let resources = pool.spec.sidecar.as_ref().and_then(|s| s.resources.clone());
+    pod.containers
+        .push(sidecar_container(effective, image, resources));
+    let drain_seconds =
+        i64::try_from(effective.sidecar.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2);
+    pod.termination_grace_period_seconds = Some(drain_seconds + DRAIN_GRACE_SECONDS + 5);
+
+    Ok(Deployment {
+        metadata: owned_meta(pool)?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            template,
+            // Surge first and never remove a ready worker before its replacement is ready.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn sidecar_container(
+    effective: &EffectiveSpec,
+    image: String,
+    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+) -> Container {
+    let s = &effective.sidecar;
+    let mut vars = vec![
+        env("ASYNCPOOL_LISTEN", format!("0.0.0.0:{SERVE_PORT}")),
+        env("ASYNCPOOL_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        env("ASYNCPOOL_UPSTREAM", format!("127.0.0.1:{}", s.app_port)),
+        env("ASYNCPOOL_SOURCE", s.source.as_str()),
+        env("ASYNCPOOL_CONCURRENCY", s.concurrency.to_string()),
+        env("ASYNCPOOL_MAX_QUEUE", s.max_queue.to_string()),
+        env("ASYNCPOOL_QUEUE_TIMEOUT", s.queue_timeout.0.clone()),
+        env("ASYNCPOOL_DRAIN_GRACE", format!("{DRAIN_GRACE_SECONDS}s")),
+        env("ASYNCPOOL_DRAIN_TIMEOUT", s.drain_timeout_text.0.clone()),
+        env("ASYNCPOOL_LOG_FORMAT", "json"),
+    ];
+    if let Some(redis) = &s.redis {
+        vars.push(env("ASYNCPOOL_REDIS_URL", redis.url.clone()));
+        vars.push(env("ASYNCPOOL_REDIS_KEY", redis.key.clone()));
+        vars.push(env(
+            "ASYNCPOOL_REDIS_KIND",
+            match redis.kind {
+                RedisKind::List => "list",
+                RedisKind::Stream => "stream",
+            },
+        ));
+        if let Some(group) = &redis.group {
+            vars.push(env("ASYNCPOOL_REDIS_GROUP", group.clone()));
+        }
+    }
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    Container {
+        name: SIDECAR_CONTAINER.into(),
+        image: Some(image),
+        env: Some(vars),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("serve".into()),
+                container_port: i32::from(SERVE_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: i32::from(ADMIN_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz", 1)),
+        liveness_probe: Some(probe("/livez", 10)),
+        resources,
+        ..Container::default()
+    }
+}
+
+/// The Service in front of the pool: clients reach the sidecars, which queue for the app.
+pub fn service(pool: &AsyncWorkerPool) -> Result<Service, BuildError> {
+    Ok(Service {
+        metadata: owned_meta(pool)?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&pool.name_any())),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("serve".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(extra_spec: &str) -> AsyncWorkerPool {
+        let yaml = format!(
+            r#"
+apiVersion: asyncpool.dev/v1alpha1
+kind: AsyncWorkerPool
+metadata: {{name: chat, namespace: team, uid: 1234-5678}}
+spec:
+  maxReplicas: 8
+  concurrency: 4
+  template:
+    metadata: {{labels: {{app: chat}}}}
+    spec: {{containers: [{{name: app, image: chat:1}}]}}
+{extra_spec}"#
+        );
+        serde_yaml::from_str(&yaml).expect("valid pool")
+    }
+
+    fn effective(pool: &AsyncWorkerPool) -> EffectiveSpec {
+        EffectiveSpec::from_spec(&pool.spec, false).expect("valid spec")
+    }
+
+    fn env_of(container: &Container, name: &str) -> Option<String> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    #[test]
+    fn deployment_injects_the_sidecar_and_keeps_the_app() {
+        let pool = pool("");
+        let d = deployment(&pool, &effective(&pool), "asyncpool/sidecar:0.1", 3).unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("chat"));
+        assert_eq!(
+            d.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "AsyncWorkerPool"
+        );
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let labels = spec.template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels.get("app").map(String::as_str), Some("chat"));
+        assert_eq!(labels.get(POOL_LABEL).map(String::as_str), Some("chat"));
+        let pod = spec.template.spec.unwrap();
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app", SIDECAR_CONTAINER]);
+        let sidecar = &pod.containers[1];
+        assert_eq!(sidecar.image.as_deref(), Some("asyncpool/sidecar:0.1"));
+        assert_eq!(
+            env_of(sidecar, "ASYNCPOOL_CONCURRENCY").as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            env_of(sidecar, "ASYNCPOOL_MAX_QUEUE").as_deref(),
+            Some("40")
+        );
+        assert_eq!(
+            env_of(sidecar, "ASYNCPOOL_UPSTREAM").as_deref(),
+            Some("127.0.0.1:8000")
+        );
+        let app_hook = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            app_hook.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/wait-for-drain")
+        );
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        let rolling = spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    }
+
+    #[test]
+    fn redis_source_reaches_the_sidecar() {
+        let pool = pool(
+            "  queue: {source: redis, redis: {url: 'redis://r:6379', key: jobs, kind: stream, group: g}}",
+        );
+        let d = deployment(&pool, &effective(&pool), "img", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let sidecar = pod
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap();
+        assert_eq!(
+            env_of(sidecar, "ASYNCPOOL_SOURCE").as_deref(),
+            Some("redis")
+        );
+        assert_eq!(
+            env_of(sidecar, "ASYNCPOOL_REDIS_KIND").as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            env_of(sidecar, "ASYNCPOOL_REDIS_GROUP").as_deref(),
+            Some("g")
+        );
+    }
+
+    #[test]
+    fn sidecar_image_override_and_clashes() {
+        let pool = pool("  sidecar: {image: mirror/sidecar:1}");
+        let d = deployment(&pool, &effective(&pool), "default", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers[1].image.as_deref(), Some("mirror/sidecar:1"));
+
+        let mut clash = pool.clone();
+        clash.spec.template.spec.as_mut().unwrap().containers[0].name = SIDECAR_CONTAINER.into();
+        assert_eq!(
+            deployment(&clash, &effective(&clash), "img", 1).unwrap_err(),
+            BuildError::SidecarNameTaken
+        );
+        let mut port = pool.clone();
+        port.spec.template.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+            container_port: 9090,
+            ..ContainerPort::default()
+        }]);
+        assert!(matches!(
+            deployment(&port, &effective(&port), "img", 1),
+            Err(BuildError::PortTaken { port: 9090, .. })
+        ));
+    }
+
+    #[test]
+    fn service_targets_the_sidecar() {
+        let s = service(&pool("")).unwrap();
+        let spec = s.spec.unwrap();
+        assert_eq!(
+            spec.selector.unwrap().get(POOL_LABEL).map(String::as_str),
+            Some("chat")
+        );
+        assert_eq!(
+            spec.ports.unwrap()[0].target_port,
+            Some(IntOrString::String("serve".into()))
+        );
+    }
+}

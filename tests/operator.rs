@@ -1,0 +1,559 @@
+//! The operator end to end on the local cluster: a real API server, controller-manager and
+//! scheduler, kwok pods on 127.x addresses, real sidecar processes on those addresses, and the
+//! operator binary as a process. Pools use short windows so that each test takes seconds.
+
+mod support;
+
+use std::time::Duration;
+
+use asyncpool::crd::AsyncWorkerPool;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::fleet::{Fleet, FleetMode};
+use support::operator::OperatorProcess;
+use support::{TestNamespace, client, eventually, install_crd, kubectl};
+use tokio::time::Instant;
+
+/// A pool with windows short enough for tests: 1 s panic window, 4 s stable window, 3 s
+/// scale-down delay, 2 s metrics timeout.
+fn pool(name: &str, extra: serde_json::Value) -> AsyncWorkerPool {
+    let mut spec = json!({
+        "minReplicas": 1,
+        "maxReplicas": 6,
+        "concurrency": 10,
+        "queue": {"source": "report", "targetPerWorker": 10},
+        "scaling": {"stableWindow": "4s", "panicWindow": "1s", "scaleDownDelay": "3s", "metricsTimeout": "2s"},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+        }
+    });
+    merge(&mut spec, extra);
+    serde_json::from_value(json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("pool object")
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
+
+struct Setup {
+    client: Client,
+    ns: TestNamespace,
+    pools: Api<AsyncWorkerPool>,
+    deployments: Api<Deployment>,
+}
+
+async fn setup(prefix: &str) -> Setup {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    Setup {
+        pools: Api::namespaced(client.clone(), &ns.name),
+        deployments: Api::namespaced(client.clone(), &ns.name),
+        client,
+        ns,
+    }
+}
+
+async fn replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
+    deployments.get_opt(name).await.ok()??.spec?.replicas
+}
+
+async fn wait_replicas(deployments: &Api<Deployment>, name: &str, want: i32, limit: Duration) {
+    eventually(
+        &format!("Deployment {name} at {want} replicas"),
+        limit,
+        || async move { (replicas(deployments, name).await == Some(want)).then_some(()) },
+    )
+    .await;
+}
+
+async fn condition(
+    pools: &Api<AsyncWorkerPool>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String)> {
+    let pool = pools.get(name).await.ok()?;
+    let c = pool
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason))
+}
+
+async fn wait_condition(
+    pools: &Api<AsyncWorkerPool>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    limit: Duration,
+) -> String {
+    eventually(
+        &format!("{type_}={status} on {name}"),
+        limit,
+        || async move {
+            let (s, reason) = condition(pools, name, type_).await?;
+            (s == status).then_some(reason)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn pool_becomes_a_deployment_and_service_that_scale_with_load() {
+    let s = setup("e2e-scale").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    s.pools
+        .create(&PostParams::default(), &pool("chat", json!({})))
+        .await
+        .expect("create pool");
+    let fleet = Fleet::start(&s.client, &s.ns.name, "chat");
+
+    wait_replicas(&s.deployments, "chat", 1, Duration::from_secs(20)).await;
+    let deployment = s.deployments.get("chat").await.expect("deployment");
+    let containers: Vec<String> = deployment
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(containers, ["app", "asyncpool-sidecar"]);
+    let services: Api<Service> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let service = eventually("the Service", Duration::from_secs(10), || async {
+        services.get_opt("chat").await.ok()?
+    })
+    .await;
+    assert!(service.metadata.owner_references.unwrap()[0].controller == Some(true));
+
+    // kubectl wait works on the standard conditions.
+    fleet.set_total_load(0);
+    let wait = kubectl(&[
+        "wait",
+        "-n",
+        &s.ns.name,
+        "--for=condition=Ready",
+        "awp/chat",
+        "--timeout=30s",
+    ]);
+    assert!(
+        wait.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+
+    // A burst: 45 queued + in flight needs 5 workers at 10 each.
+    let burst = Instant::now();
+    fleet.set_total_load(45);
+    wait_replicas(&s.deployments, "chat", 5, Duration::from_secs(10)).await;
+    let reaction = burst.elapsed();
+    assert!(
+        reaction < Duration::from_secs(5),
+        "scale-up took {reaction:?}"
+    );
+
+    // Far more load than max allows: never above max.
+    fleet.set_total_load(500);
+    wait_replicas(&s.deployments, "chat", 6, Duration::from_secs(10)).await;
+    let status = eventually("status shows the load", Duration::from_secs(10), || async {
+        let status = s.pools.get("chat").await.ok()?.status?;
+        (status.desired_replicas == 6 && status.load == Some(500.0)).then_some(status)
+    })
+    .await;
+    assert_eq!(status.selector.as_deref(), Some("asyncpool.dev/pool=chat"));
+
+    // Load falls: no scale-down before the 3 s delay, then down to min and never below.
+    let calm = Instant::now();
+    fleet.set_total_load(0);
+    let mut lowest = i32::MAX;
+    let mut first_drop = None;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let now = replicas(&s.deployments, "chat").await.unwrap_or(6);
+        if now < 6 && first_drop.is_none() {
+            first_drop = Some(calm.elapsed());
+        }
+        lowest = lowest.min(now);
+        if now == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_drop = first_drop.expect("the pool scaled down");
+    assert!(
+        first_drop >= Duration::from_secs(3),
+        "scaled down after {first_drop:?}, before the 3 s delay"
+    );
+    assert_eq!(
+        lowest, 1,
+        "the pool should end at min and never go below it"
+    );
+    // It stays at min.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replicas(&s.deployments, "chat").await, Some(1));
+
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "ScaledUp"),
+        "events: {reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "ScaledDown"),
+        "events: {reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn silent_or_garbage_sidecars_hold_the_size_and_fallback_applies() {
+    let s = setup("e2e-missing").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    let spec = json!({"scaling": {"fallbackReplicas": 5}});
+    s.pools
+        .create(&PostParams::default(), &pool("jobs", spec))
+        .await
+        .expect("create pool");
+    let fleet = Fleet::start(&s.client, &s.ns.name, "jobs");
+    fleet.set_total_load(30);
+    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
+    wait_condition(
+        &s.pools,
+        "jobs",
+        "MetricsAvailable",
+        "True",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    for mode in [FleetMode::Garbage, FleetMode::Silent] {
+        fleet.set_mode(mode);
+        let reason = wait_condition(
+            &s.pools,
+            "jobs",
+            "MetricsAvailable",
+            "False",
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(reason, "NoReadings", "{mode:?}");
+        // After the 2 s metrics timeout the fallback raises the pool; it never shrinks it.
+        wait_replicas(&s.deployments, "jobs", 5, Duration::from_secs(15)).await;
+        let hold_until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < hold_until {
+            assert_eq!(
+                replicas(&s.deployments, "jobs").await,
+                Some(5),
+                "missing data changed the size ({mode:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        fleet.set_mode(FleetMode::Sidecars);
+        wait_condition(
+            &s.pools,
+            "jobs",
+            "MetricsAvailable",
+            "True",
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    // Recovered: the load decides again (30 → 3 workers, after the scale-down delay).
+    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(40)).await;
+}
+
+#[tokio::test]
+async fn pause_and_kubectl_scale_behave_as_documented() {
+    let s = setup("e2e-pause").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    s.pools
+        .create(&PostParams::default(), &pool("api", json!({})))
+        .await
+        .expect("create pool");
+    let fleet = Fleet::start(&s.client, &s.ns.name, "api");
+    fleet.set_total_load(20);
+    wait_replicas(&s.deployments, "api", 2, Duration::from_secs(15)).await;
+
+    // Paused: load no longer moves the size.
+    s.pools
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": true}})),
+        )
+        .await
+        .expect("pause");
+    wait_condition(&s.pools, "api", "Paused", "True", Duration::from_secs(10)).await;
+    fleet.set_total_load(60);
+    let hold_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < hold_until {
+        assert_eq!(
+            replicas(&s.deployments, "api").await,
+            Some(2),
+            "a paused pool changed size"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // kubectl scale while paused pins the size exactly.
+    let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=4"]);
+    assert!(
+        scale.status.success(),
+        "kubectl scale: {}",
+        String::from_utf8_lossy(&scale.stderr)
+    );
+    wait_replicas(&s.deployments, "api", 4, Duration::from_secs(10)).await;
+    let scale_view = kubectl(&[
+        "get",
+        "--raw",
+        &format!(
+            "/apis/asyncpool.dev/v1alpha1/namespaces/{}/asyncworkerpools/api/scale",
+            s.ns.name
+        ),
+    ]);
+    let scale_view: serde_json::Value =
+        serde_json::from_slice(&scale_view.stdout).expect("scale JSON");
+    assert_eq!(scale_view["spec"]["replicas"], 4);
+    assert_eq!(scale_view["status"]["selector"], "asyncpool.dev/pool=api");
+
+    // Unpaused: autoscaling resumes from there and follows the load (60 → 6).
+    s.pools
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await
+        .expect("unpause");
+    wait_replicas(&s.deployments, "api", 6, Duration::from_secs(15)).await;
+
+    // kubectl scale while autoscaling moves the pool at once; the load takes over from there.
+    fleet.set_total_load(30);
+    let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=2"]);
+    assert!(scale.status.success());
+    wait_replicas(&s.deployments, "api", 2, Duration::from_secs(10)).await;
+    wait_replicas(&s.deployments, "api", 3, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn template_changes_roll_out_and_deleting_the_pool_removes_everything() {
+    let s = setup("e2e-lifecycle").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    s.pools
+        .create(&PostParams::default(), &pool("web", json!({})))
+        .await
+        .expect("create pool");
+    wait_replicas(&s.deployments, "web", 1, Duration::from_secs(20)).await;
+
+    s.pools
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "example/app:2"}]}}}})),
+        )
+        .await
+        .expect("change the template");
+    eventually(
+        "the new image in the Deployment",
+        Duration::from_secs(10),
+        || async {
+            let d = s.deployments.get("web").await.ok()?;
+            let image = d.spec?.template.spec?.containers.first()?.image.clone()?;
+            (image == "example/app:2").then_some(())
+        },
+    )
+    .await;
+
+    s.pools
+        .delete("web", &DeleteParams::foreground())
+        .await
+        .expect("delete pool");
+    let services: Api<Service> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually(
+        "Deployment and Service garbage-collected",
+        Duration::from_secs(30),
+        || async {
+            let gone = s.deployments.get_opt("web").await.ok()?.is_none()
+                && services.get_opt("web").await.ok()?.is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
+    let s = setup("e2e-foreign").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    let foreign: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {"metadata": {"labels": {"app": "shop"}}, "spec": {"containers": [{"name": "shop", "image": "shop:1"}]}}
+        }
+    }))
+    .expect("deployment");
+    s.deployments
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create foreign deployment");
+    s.pools
+        .create(&PostParams::default(), &pool("shop", json!({})))
+        .await
+        .expect("create pool");
+
+    let reason = wait_condition(&s.pools, "shop", "Ready", "False", Duration::from_secs(15)).await;
+    assert_eq!(reason, "NotOwned");
+    let untouched = s.deployments.get("shop").await.expect("deployment");
+    assert_eq!(untouched.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert!(
+        untouched.metadata.owner_references.is_none(),
+        "the foreign Deployment was adopted"
+    );
+    let containers = untouched.spec.unwrap().template.spec.unwrap().containers;
+    assert_eq!(
+        containers.len(),
+        1,
+        "the sidecar was injected into a foreign Deployment"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_operator_does_not_flap() {
+    let s = setup("e2e-restart").await;
+    let mut operator = OperatorProcess::start(&s.ns.name, "first", &["--leader-elect=false"]).await;
+    s.pools
+        .create(&PostParams::default(), &pool("steady", json!({})))
+        .await
+        .expect("create pool");
+    let fleet = Fleet::start(&s.client, &s.ns.name, "steady");
+    fleet.set_total_load(40);
+    wait_replicas(&s.deployments, "steady", 4, Duration::from_secs(15)).await;
+
+    operator.kill();
+    let _restarted = OperatorProcess::start(&s.ns.name, "second", &["--leader-elect=false"]).await;
+    // Over the next stable window the size may move by at most one step, and here it should hold.
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if let Some(r) = replicas(&s.deployments, "steady").await
+            && seen.last() != Some(&r)
+        {
+            seen.push(r);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.len() <= 2,
+        "replicas flapped after the restart: {seen:?}"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&4),
+        "replicas after the restart: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_one_acts_and_the_other_takes_over() {
+    let s = setup("e2e-leader").await;
+    let lease_flags = ["--lease-duration", "3s", "--lease-renew", "1s"];
+    let mut operators = vec![
+        OperatorProcess::start(&s.ns.name, "alpha", &lease_flags).await,
+        OperatorProcess::start(&s.ns.name, "beta", &lease_flags).await,
+    ];
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let holder = eventually("a lease holder", Duration::from_secs(15), || async {
+        leases
+            .get_opt("asyncpool-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let leader_index = operators
+        .iter()
+        .position(|o| o.identity == holder)
+        .expect("holder is one of ours");
+    let follower = operators.remove(1 - leader_index);
+    let mut leader = operators.remove(0);
+
+    // Exactly one acts: only the holder reports itself leader.
+    let is_leader =
+        |text: Option<String>| text.is_some_and(|t| t.lines().any(|l| l == "asyncpool_leader 1"));
+    eventually(
+        "the holder reports leader",
+        Duration::from_secs(10),
+        || async { is_leader(leader.metrics().await).then_some(()) },
+    )
+    .await;
+    assert!(!is_leader(follower.metrics().await), "both replicas act");
+
+    s.pools
+        .create(&PostParams::default(), &pool("ha", json!({})))
+        .await
+        .expect("create pool");
+    let fleet = Fleet::start(&s.client, &s.ns.name, "ha");
+    fleet.set_total_load(20);
+    wait_replicas(&s.deployments, "ha", 2, Duration::from_secs(15)).await;
+
+    // The leader dies without releasing the lease; the follower takes over within the lease
+    // duration (3 s) plus one check, and keeps scaling.
+    leader.kill();
+    let killed = Instant::now();
+    let follower_identity = follower.identity.clone();
+    eventually(
+        "the follower holds the lease",
+        Duration::from_secs(10),
+        || {
+            let leases = leases.clone();
+            let expected = follower_identity.clone();
+            async move {
+                let holder = leases
+                    .get_opt("asyncpool-operator")
+                    .await
+                    .ok()??
+                    .spec?
+                    .holder_identity?;
+                (holder == expected).then_some(())
+            }
+        },
+    )
+    .await;
+    let handover = killed.elapsed();
+    assert!(
+        handover < Duration::from_secs(6),
+        "handover took {handover:?}"
+    );
+    fleet.set_total_load(40);
+    wait_replicas(&s.deployments, "ha", 4, Duration::from_secs(15)).await;
+}

@@ -1,0 +1,126 @@
+//! The operator binary as a real process against the test cluster, scoped to one namespace so
+//! that tests run side by side.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, kubeconfig_path, repo_root};
+
+pub struct OperatorProcess {
+    child: Child,
+    pub identity: String,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl OperatorProcess {
+    /// Starts the operator for `namespace` (pools, pods and its lease all live there) and waits
+    /// until it answers `/livez`. `extra` flags come last and win.
+    pub async fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
+        let http_port = free_port();
+        let logs = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let log = logs.join(format!("{namespace}-{identity}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_asyncpool-operator"))
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,asyncpool=debug,kube=warn")
+            .args([
+                "--namespace",
+                namespace,
+                "--lease-namespace",
+                namespace,
+                "--identity",
+                identity,
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{http_port}"),
+                "--sidecar-image",
+                "asyncpool/sidecar:test",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start the operator");
+        let operator = Self {
+            child,
+            identity: identity.to_owned(),
+            http_port,
+            log,
+        };
+        let port = operator.http_port;
+        eventually(
+            "operator answers /livez",
+            Duration::from_secs(20),
+            || async move {
+                http_get(port, "/livez")
+                    .await
+                    .filter(|(status, _)| *status == 200)
+            },
+        )
+        .await;
+        operator
+    }
+
+    /// `/metrics` text, if the operator answers.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.http_port, "/metrics")
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// Kills the process at once, as a node failure would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bare HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
