@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod devtools;
 pub mod duration;
 pub mod leader;
 pub mod metrics;

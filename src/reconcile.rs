@@ -25,7 +25,10 @@ use crate::metrics::{CategoryLabel, KindLabel, Metrics, ResultLabel};
 use crate::pool::EffectiveSpec;
 use crate::queue::reader::{PoolKey, SidecarReaders};
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
-use crate::scaling::{Decision, DecisionKind, MetricsState, Observation, PodReading, Scaler};
+use crate::scaling::{
+    Candidate, Decision, DecisionKind, MetricsState, Observation, PodReading, Scaler,
+    choose_victims,
+};
 use crate::status::{self, Judgement, merge_conditions};
 
 /// Annotation holding a hash of what the operator last applied, so that an unchanged pool
@@ -33,6 +36,8 @@ use crate::status::{self, Judgement, merge_conditions};
 const APPLIED_HASH: &str = "asyncpool.dev/applied-hash";
 /// Restarts after which a container that is not ready counts as crash-looping.
 const CRASH_RESTARTS: i32 = 3;
+/// Kubernetes removes the pods with the lowest cost first when a ReplicaSet shrinks.
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Operator-wide settings that reconcile needs.
 #[derive(Debug, Clone)]
@@ -173,6 +178,8 @@ struct Plan {
     decision: Option<Decision>,
     handled_request: Option<i32>,
     degraded: Option<String>,
+    /// The workers with their readings, for choosing who goes on a scale-down.
+    candidates: Vec<Candidate>,
 }
 
 pub async fn reconcile(
@@ -255,6 +262,12 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         .deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref()?.replicas);
+    if let Some(from) = scaled_from
+        && plan.replicas < from
+    {
+        let count = usize::try_from(from - plan.replicas).unwrap_or(0);
+        mark_victims(ctx, &namespace, &choose_victims(&plan.candidates, count)).await?;
+    }
     apply_if_changed(
         ctx,
         &namespace,
@@ -421,6 +434,32 @@ fn decide(
     let degraded =
         (!degraded.is_empty()).then(|| format!("crash-looping workers: {}", degraded.join(", ")));
 
+    let snapshots = ctx.readers.snapshots(
+        key,
+        &observed
+            .pods
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>(),
+    );
+    let pods = observed
+        .pods
+        .iter()
+        .zip(snapshots)
+        .map(|(pod, (_, reading))| PodReading {
+            name: pod.name.clone(),
+            snapshot: reading.ok(),
+            ready: pod.ready,
+        })
+        .collect::<Vec<PodReading>>();
+    let candidates: Vec<Candidate> = pods
+        .iter()
+        .map(|p| Candidate {
+            name: p.name.clone(),
+            ready: p.ready,
+            load: p.snapshot.as_ref().map(|s| s.load()),
+        })
+        .collect();
     let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
     let entry = memory.entry(key.clone()).or_insert_with(|| PoolMemory {
         scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
@@ -439,27 +478,10 @@ fn decide(
             decision: None,
             handled_request: request,
             degraded,
+            candidates,
         };
     }
 
-    let snapshots = ctx.readers.snapshots(
-        key,
-        &observed
-            .pods
-            .iter()
-            .map(|p| p.name.clone())
-            .collect::<Vec<_>>(),
-    );
-    let pods = observed
-        .pods
-        .iter()
-        .zip(snapshots)
-        .map(|(pod, (_, reading))| PodReading {
-            name: pod.name.clone(),
-            snapshot: reading.ok(),
-            ready: pod.ready,
-        })
-        .collect();
     let observation = Observation {
         now,
         current_replicas: u32::try_from(current).unwrap_or(0),
@@ -487,6 +509,7 @@ fn decide(
         decision: Some(decision),
         handled_request: request,
         degraded,
+        candidates,
     }
 }
 
@@ -543,6 +566,34 @@ fn drifted<K: Serialize>(live: &K, desired: &K) -> bool {
             .and_then(|v| v.pointer("/spec/replicas").cloned())
     };
     replicas(live) != replicas(desired)
+}
+
+/// Marks the workers chosen to go with the lowest deletion cost, right before the replica
+/// count drops, so the ReplicaSet removes them rather than busy ones.
+async fn mark_victims(
+    ctx: &Context,
+    namespace: &str,
+    victims: &[String],
+) -> Result<(), ReconcileError> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: "-1000"}}});
+    for victim in victims {
+        match pods
+            .patch(victim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Gone already: one fewer to remove.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(ReconcileError::Apply {
+                    what: "Pod deletion cost",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 // --- status ------------------------------------------------------------------------------------

@@ -7,15 +7,15 @@ mod support;
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
+use asyncpool::devtools::fleet::FleetMode;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::fleet::{Fleet, FleetMode};
 use support::operator::OperatorProcess;
-use support::{TestNamespace, client, eventually, install_crd, kubectl};
+use support::{TestNamespace, client, eventually, fleet, install_crd, kubectl};
 use tokio::time::Instant;
 
 /// A pool with windows short enough for tests: 1 s panic window, 4 s stable window, 3 s
@@ -125,7 +125,7 @@ async fn pool_becomes_a_deployment_and_service_that_scale_with_load() {
         .create(&PostParams::default(), &pool("chat", json!({})))
         .await
         .expect("create pool");
-    let fleet = Fleet::start(&s.client, &s.ns.name, "chat");
+    let fleet = fleet(&s.client, &s.ns.name, "chat");
 
     wait_replicas(&s.deployments, "chat", 1, Duration::from_secs(20)).await;
     let deployment = s.deployments.get("chat").await.expect("deployment");
@@ -241,7 +241,7 @@ async fn silent_or_garbage_sidecars_hold_the_size_and_fallback_applies() {
         .create(&PostParams::default(), &pool("jobs", spec))
         .await
         .expect("create pool");
-    let fleet = Fleet::start(&s.client, &s.ns.name, "jobs");
+    let fleet = fleet(&s.client, &s.ns.name, "jobs");
     fleet.set_total_load(30);
     wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
     wait_condition(
@@ -275,7 +275,7 @@ async fn silent_or_garbage_sidecars_hold_the_size_and_fallback_applies() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        fleet.set_mode(FleetMode::Sidecars);
+        fleet.set_mode(FleetMode::Workers);
         wait_condition(
             &s.pools,
             "jobs",
@@ -297,7 +297,7 @@ async fn pause_and_kubectl_scale_behave_as_documented() {
         .create(&PostParams::default(), &pool("api", json!({})))
         .await
         .expect("create pool");
-    let fleet = Fleet::start(&s.client, &s.ns.name, "api");
+    let fleet = fleet(&s.client, &s.ns.name, "api");
     fleet.set_total_load(20);
     wait_replicas(&s.deployments, "api", 2, Duration::from_secs(15)).await;
 
@@ -454,7 +454,7 @@ async fn a_restarted_operator_does_not_flap() {
         .create(&PostParams::default(), &pool("steady", json!({})))
         .await
         .expect("create pool");
-    let fleet = Fleet::start(&s.client, &s.ns.name, "steady");
+    let fleet = fleet(&s.client, &s.ns.name, "steady");
     fleet.set_total_load(40);
     wait_replicas(&s.deployments, "steady", 4, Duration::from_secs(15)).await;
 
@@ -522,7 +522,7 @@ async fn two_replicas_one_acts_and_the_other_takes_over() {
         .create(&PostParams::default(), &pool("ha", json!({})))
         .await
         .expect("create pool");
-    let fleet = Fleet::start(&s.client, &s.ns.name, "ha");
+    let fleet = fleet(&s.client, &s.ns.name, "ha");
     fleet.set_total_load(20);
     wait_replicas(&s.deployments, "ha", 2, Duration::from_secs(15)).await;
 
@@ -556,4 +556,49 @@ async fn two_replicas_one_acts_and_the_other_takes_over() {
     );
     fleet.set_total_load(40);
     wait_replicas(&s.deployments, "ha", 4, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn scale_down_removes_the_least_busy_workers() {
+    let s = setup("e2e-victims").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    s.pools
+        .create(&PostParams::default(), &pool("queue", json!({})))
+        .await
+        .expect("create pool");
+    let fleet = fleet(&s.client, &s.ns.name, "queue");
+    fleet.set_total_load(25);
+    wait_replicas(&s.deployments, "queue", 3, Duration::from_secs(15)).await;
+    eventually("3 workers reporting", Duration::from_secs(15), || async {
+        (fleet.live() == 3).then_some(())
+    })
+    .await;
+
+    // One worker stays busy, the other two go idle: the idle ones must be the ones removed.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let names: Vec<String> = fleet
+        .endpoints()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let busy = names[1].clone();
+    for name in &names {
+        fleet.set_pod_load(name, Some(if *name == busy { 6 } else { 0 }));
+    }
+    wait_replicas(&s.deployments, "queue", 1, Duration::from_secs(40)).await;
+    let left = eventually("one pod left", Duration::from_secs(30), || async {
+        let list = pods
+            .list(&ListParams::default().labels("asyncpool.dev/pool=queue"))
+            .await
+            .ok()?;
+        let live: Vec<String> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        (live.len() == 1).then_some(live)
+    })
+    .await;
+    assert_eq!(left, [busy], "the busy worker was removed");
 }

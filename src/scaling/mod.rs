@@ -10,6 +10,7 @@
 mod policy;
 mod rates;
 mod scaler;
+mod victims;
 mod window;
 
 #[cfg(test)]
@@ -17,6 +18,7 @@ mod tests;
 
 pub use policy::{MAX_WINDOW, Policy, PolicyError};
 pub use rates::RateEstimate;
+pub use victims::{Candidate, choose_victims};
 pub use scaler::{
     Decision, DecisionKind, ExternalReading, MetricsState, Mode, Observation, PodReading, Scaler,
 };

@@ -2,7 +2,6 @@
 //! attached through `ASYNCPOOL_TEST_KUBECONFIG` / `KUBECONFIG`) and one temporary namespace per test.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-pub mod fleet;
 pub mod operator;
 
 use std::path::{Path, PathBuf};
@@ -188,4 +187,14 @@ impl Drop for TestNamespace {
             "--ignore-not-found",
         ]);
     }
+}
+
+/// Sidecars in report mode for the pods of `pool`, whose load the test sets.
+pub fn fleet(client: &Client, namespace: &str, pool: &str) -> asyncpool::devtools::fleet::Fleet {
+    let config = asyncpool::devtools::fleet::FleetConfig {
+        sidecar_binary: PathBuf::from(env!("CARGO_BIN_EXE_asyncpool-sidecar")),
+        kind: asyncpool::devtools::fleet::WorkerKind::Report,
+        log_dir: None,
+    };
+    asyncpool::devtools::fleet::Fleet::start(client, namespace, pool, config)
 }

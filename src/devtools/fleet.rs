@@ -1,0 +1,365 @@
+//! The worker side of a pool on the local cluster: for each Running kwok pod of a pool, real
+//! processes listen on the pod's 127.x address, exactly where the operator reads them and where
+//! a Service would send traffic. Either a sidecar in `report` mode whose load the caller sets,
+//! or a sidecar in `proxy` mode in front of a real app process. Workers stop when their pod goes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::http;
+use crate::resources::{ADMIN_PORT, POOL_LABEL, SERVE_PORT};
+
+/// What runs for each pod.
+#[derive(Debug, Clone)]
+pub enum WorkerKind {
+    /// A sidecar with `--source report`; the fleet reports the load the caller sets.
+    Report,
+    /// A sidecar with `--source proxy` in front of an app started from `app`, where `{ip}` and
+    /// `{port}` stand for the pod address and the app port.
+    Proxy {
+        app: Vec<String>,
+        app_port: u16,
+        concurrency: u32,
+    },
+}
+
+/// How the fleet is set up.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub sidecar_binary: PathBuf,
+    pub kind: WorkerKind,
+    /// Where worker output goes; discarded when `None`.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// What the fleet currently runs on the pods' addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetMode {
+    /// Real workers.
+    Workers,
+    /// Nothing listens: reads are refused.
+    Silent,
+    /// A server on the admin port that answers every request with a 200 and garbage.
+    Garbage,
+}
+
+enum Running {
+    Processes(Vec<Child>),
+    Garbage(JoinHandle<()>),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        match self {
+            Running::Processes(children) => {
+                for child in children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Running::Garbage(task) => task.abort(),
+        }
+    }
+}
+
+struct Worker {
+    ip: IpAddr,
+    running: Running,
+    /// The load last reported to this worker's sidecar (report mode).
+    reported: Option<u64>,
+}
+
+struct State {
+    mode: FleetMode,
+    total_load: u64,
+    /// Per-pod loads that replace the even spread for those pods.
+    overrides: HashMap<String, u64>,
+    workers: HashMap<String, Worker>,
+}
+
+/// Workers for one pool, kept in step with its pods by a background task.
+pub struct Fleet {
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Fleet {
+    /// Starts following the pods of `pool` in `namespace`.
+    pub fn start(client: &Client, namespace: &str, pool: &str, config: FleetConfig) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            mode: FleetMode::Workers,
+            total_load: 0,
+            overrides: HashMap::new(),
+            workers: HashMap::new(),
+        }));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let selector = format!("{POOL_LABEL}={pool}");
+        let task = tokio::spawn(follow(pods, selector, config, state.clone()));
+        Self { state, task }
+    }
+
+    /// Sets the pool's total load (queued + in flight), spread evenly over the pods without an
+    /// override (report mode).
+    pub fn set_total_load(&self, load: u64) {
+        lock(&self.state).total_load = load;
+    }
+
+    /// Gives one pod a load of its own, or returns it to the even spread (report mode).
+    pub fn set_pod_load(&self, pod: &str, load: Option<u64>) {
+        let mut state = lock(&self.state);
+        match load {
+            Some(load) => state.overrides.insert(pod.to_owned(), load),
+            None => state.overrides.remove(pod),
+        };
+    }
+
+    pub fn set_mode(&self, mode: FleetMode) {
+        let mut state = lock(&self.state);
+        if state.mode != mode {
+            state.mode = mode;
+            state.workers.clear();
+        }
+    }
+
+    /// Serving addresses of the running workers, by pod name.
+    pub fn endpoints(&self) -> Vec<(String, SocketAddr)> {
+        let state = lock(&self.state);
+        let mut endpoints: Vec<(String, SocketAddr)> = state
+            .workers
+            .iter()
+            .map(|(name, w)| (name.clone(), SocketAddr::new(w.ip, SERVE_PORT)))
+            .collect();
+        endpoints.sort();
+        endpoints
+    }
+
+    /// How many pods have a worker running (and, in report mode, reported to).
+    pub fn live(&self) -> usize {
+        let state = lock(&self.state);
+        state
+            .workers
+            .values()
+            .filter(|w| w.reported.is_some() || !matches!(w.running, Running::Processes(_)))
+            .count()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.task.abort();
+        lock(&self.state).workers.clear();
+    }
+}
+
+fn output(config: &FleetConfig, name: &str) -> (Stdio, Stdio) {
+    let file = config
+        .log_dir
+        .as_ref()
+        .and_then(|dir| std::fs::File::create(dir.join(format!("{name}.log"))).ok());
+    match file.and_then(|f| Some((f.try_clone().ok()?, f))) {
+        Some((out, err)) => (Stdio::from(out), Stdio::from(err)),
+        None => (Stdio::null(), Stdio::null()),
+    }
+}
+
+fn spawn(config: &FleetConfig, pod: &str, ip: IpAddr) -> std::io::Result<Vec<Child>> {
+    let serve = SocketAddr::new(ip, SERVE_PORT).to_string();
+    let admin = SocketAddr::new(ip, ADMIN_PORT).to_string();
+    let mut children = Vec::new();
+    let mut sidecar = Command::new(&config.sidecar_binary);
+    sidecar.args(["--listen", &serve, "--admin-listen", &admin]);
+    match &config.kind {
+        WorkerKind::Report => {
+            sidecar.args(["--source", "report"]);
+        }
+        WorkerKind::Proxy {
+            app,
+            app_port,
+            concurrency,
+        } => {
+            let fill = |arg: &String| {
+                arg.replace("{ip}", &ip.to_string())
+                    .replace("{port}", &app_port.to_string())
+            };
+            let Some((program, args)) = app.split_first() else {
+                return Err(std::io::Error::other("empty app command"));
+            };
+            let (out, err) = output(config, &format!("{pod}-app"));
+            children.push(
+                Command::new(fill(program))
+                    .args(args.iter().map(fill))
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
+                    .spawn()?,
+            );
+            sidecar.args([
+                "--source",
+                "proxy",
+                "--upstream",
+                &SocketAddr::new(ip, *app_port).to_string(),
+            ]);
+            sidecar.args(["--concurrency", &concurrency.to_string()]);
+        }
+    }
+    let (out, err) = output(config, &format!("{pod}-sidecar"));
+    children.push(
+        sidecar
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()?,
+    );
+    Ok(children)
+}
+
+async fn serve_garbage(ip: IpAddr) -> Option<JoinHandle<()>> {
+    let listener = TcpListener::bind((ip, ADMIN_PORT)).await.ok()?;
+    Some(tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 2048];
+                let _ = socket.read(&mut buffer).await;
+                let body = "{\"version\": 1, \"queued\": \"many\"}";
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+/// Reports `load` to the sidecar on `ip`, split into in-flight work (up to 10) and a queue as a
+/// real worker would hold it; true when the sidecar took it.
+pub async fn report_load(ip: IpAddr, load: u64) -> bool {
+    let in_flight = load.min(10);
+    let body = format!(
+        "{{\"queued\": {}, \"inFlight\": {in_flight}}}",
+        load - in_flight
+    );
+    matches!(
+        http::post_json(SocketAddr::new(ip, ADMIN_PORT), "/report", body).await,
+        Some((200, _))
+    )
+}
+
+async fn follow(pods: Api<Pod>, selector: String, config: FleetConfig, state: Arc<Mutex<State>>) {
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+            let running: HashMap<String, IpAddr> = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter_map(|p| {
+                    Some((
+                        p.name_any(),
+                        p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            reconcile_workers(&config, &state, &running).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reconcile_workers(
+    config: &FleetConfig,
+    state: &Mutex<State>,
+    running: &HashMap<String, IpAddr>,
+) {
+    // Stop workers whose pod is gone or moved, before anything binds that address again.
+    let (mode, missing) = {
+        let mut s = lock(state);
+        s.workers.retain(|name, w| running.get(name) == Some(&w.ip));
+        let missing: Vec<(String, IpAddr)> = running
+            .iter()
+            .filter(|(name, _)| !s.workers.contains_key(*name))
+            .map(|(n, ip)| (n.clone(), *ip))
+            .collect();
+        (s.mode, missing)
+    };
+    for (name, ip) in missing {
+        let running = match mode {
+            FleetMode::Workers => spawn(config, &name, ip).ok().map(Running::Processes),
+            FleetMode::Garbage => serve_garbage(ip).await.map(Running::Garbage),
+            FleetMode::Silent => None,
+        };
+        if let Some(running) = running {
+            lock(state).workers.insert(
+                name,
+                Worker {
+                    ip,
+                    running,
+                    reported: None,
+                },
+            );
+        }
+    }
+    if mode == FleetMode::Workers && matches!(config.kind, WorkerKind::Report) {
+        spread_load(state).await;
+    }
+}
+
+/// Reports each pod's share of the total (or its override) where it changed.
+async fn spread_load(state: &Mutex<State>) {
+    let (shares, reported) = {
+        let s = lock(state);
+        let mut names: Vec<&String> = s.workers.keys().collect();
+        names.sort();
+        let spread: Vec<&&String> = names
+            .iter()
+            .filter(|n| !s.overrides.contains_key(**n))
+            .collect();
+        let count = spread.len() as u64;
+        let mut shares = HashMap::new();
+        for (index, name) in spread.iter().enumerate() {
+            // `count` is at least 1 inside this loop; the first pods take the remainder.
+            let share = s.total_load / count + u64::from((index as u64) < s.total_load % count);
+            shares.insert((**name).clone(), share);
+        }
+        for (name, load) in &s.overrides {
+            if s.workers.contains_key(name) {
+                shares.insert(name.clone(), *load);
+            }
+        }
+        let reported: HashMap<String, (IpAddr, Option<u64>)> = s
+            .workers
+            .iter()
+            .map(|(n, w)| (n.clone(), (w.ip, w.reported)))
+            .collect();
+        (shares, reported)
+    };
+    for (name, share) in shares {
+        let Some((ip, last)) = reported.get(&name) else {
+            continue;
+        };
+        if *last == Some(share) {
+            continue;
+        }
+        if report_load(*ip, share).await
+            && let Some(worker) = lock(state).workers.get_mut(&name)
+        {
+            worker.reported = Some(share);
+        }
+    }
+}
