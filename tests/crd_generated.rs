@@ -10,7 +10,10 @@ fn committed(relative: &str) -> String {
 #[test]
 fn committed_crds_match_the_types() {
     let generated = asyncpool::crd::crd_yaml().expect("CRD serializes");
-    for file in ["crds/asyncworkerpools.yaml", "charts/asyncpool/crds/asyncworkerpools.yaml"] {
+    for file in [
+        "crds/asyncworkerpools.yaml",
+        "charts/asyncpool/crds/asyncworkerpools.yaml",
+    ] {
         assert!(
             committed(file) == generated,
             "{file} is stale: run scripts/gen-crds and commit the result"
@@ -34,7 +37,12 @@ fn example_pools_parse_as_the_api_type() {
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).expect("read example");
             let pool: Result<asyncpool::crd::AsyncWorkerPool, _> = serde_yaml::from_str(&text);
-            assert!(pool.is_ok(), "{} does not parse: {:?}", path.display(), pool.err());
+            assert!(
+                pool.is_ok(),
+                "{} does not parse: {:?}",
+                path.display(),
+                pool.err()
+            );
             seen += 1;
         }
     }
