@@ -284,7 +284,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     format!("  decision  {scaling}"),
                 ];
                 if tty {
-                    print!("\x1b[2J\x1b[H{}\n", lines.join("\n"));
+                    println!("\x1b[2J\x1b[H{}", lines.join("\n"));
                 } else {
                     println!(
                         "t={elapsed:>3}s {:<8} replicas={replicas} ready={} load={} ok={ok} 503={rejected} p50={p50} | {scaling}",
