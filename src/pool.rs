@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::crd::{AsyncWorkerPoolSpec, GoDuration, RedisKind, RedisQueue, SourceKind};
 use crate::duration::parse_duration;
-use crate::scaling::Policy;
+use crate::scaling::{Policy, Supervision};
 
 /// A spec that the schema let through but that cannot be acted on.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -34,7 +34,7 @@ pub struct SidecarSettings {
 pub struct EffectiveSpec {
     pub sidecar: SidecarSettings,
     pub policy: Policy,
-    pub worker_timeout: Option<Duration>,
+    pub supervision: Supervision,
 }
 
 fn duration(field: &'static str, value: &GoDuration) -> Result<Duration, SpecError> {
@@ -122,7 +122,15 @@ impl EffectiveSpec {
                 redis: spec.queue.redis.clone(),
             },
             policy,
-            worker_timeout,
+            supervision: Supervision {
+                worker_timeout,
+                max_requests: spec
+                    .supervision
+                    .max_requests
+                    .and_then(|m| u64::try_from(m).ok()),
+                max_requests_jitter: u64::try_from(spec.supervision.max_requests_jitter)
+                    .unwrap_or(0),
+            },
         })
     }
 }

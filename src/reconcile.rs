@@ -26,7 +26,7 @@ use crate::pool::EffectiveSpec;
 use crate::queue::reader::{PoolKey, SidecarReaders};
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
 use crate::scaling::{
-    Candidate, Decision, DecisionKind, MetricsState, Observation, PodReading, Scaler,
+    Candidate, Decision, DecisionKind, MetricsState, Observation, PodReading, Scaler, Supervision,
     choose_victims,
 };
 use crate::status::{self, Judgement, merge_conditions};
@@ -66,6 +66,10 @@ impl Default for Settings {
 struct PoolMemory {
     scaler: Scaler,
     last_status_write: Option<Instant>,
+    /// The worker being recycled, and why.
+    recycling: Option<(String, String)>,
+    /// Whether the Deployment runs one worker above the decision for that recycling.
+    surged: bool,
 }
 
 /// Shared state of all reconciles.
@@ -178,8 +182,10 @@ struct Plan {
     decision: Option<Decision>,
     handled_request: Option<i32>,
     degraded: Option<String>,
-    /// The workers with their readings, for choosing who goes on a scale-down.
-    candidates: Vec<Candidate>,
+    /// Workers to remove first when the size drops (marked with the lowest deletion cost).
+    victims: Vec<String>,
+    /// What the scale event says instead of the scaler's reason (recycling).
+    note: Option<String>,
 }
 
 pub async fn reconcile(
@@ -262,12 +268,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         .deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref()?.replicas);
-    if let Some(from) = scaled_from
-        && plan.replicas < from
-    {
-        let count = usize::try_from(from - plan.replicas).unwrap_or(0);
-        mark_victims(ctx, &namespace, &choose_victims(&plan.candidates, count)).await?;
-    }
+    mark_victims(ctx, &namespace, &plan.victims).await?;
     apply_if_changed(
         ctx,
         &namespace,
@@ -464,7 +465,16 @@ fn decide(
     let entry = memory.entry(key.clone()).or_insert_with(|| PoolMemory {
         scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
         last_status_write: None,
+        recycling: None,
+        surged: false,
     });
+    // A recycled worker that is gone (or going) ends its recycling.
+    if let Some((pod, _)) = &entry.recycling
+        && !observed.pods.iter().any(|p| &p.name == pod)
+    {
+        entry.recycling = None;
+        entry.surged = false;
+    }
 
     // `kubectl scale` while autoscaling: move there at once and carry on from that size.
     if let Some(requested) = request
@@ -473,23 +483,27 @@ fn decide(
     {
         let replicas = clamp(requested);
         entry.scaler = Scaler::new(now, u32::try_from(replicas).unwrap_or(0));
+        entry.recycling = None;
+        entry.surged = false;
         return Plan {
             replicas,
             decision: None,
             handled_request: request,
             degraded,
-            candidates,
+            victims: shrink_victims(current, replicas, &candidates, None),
+            note: None,
         };
     }
 
+    // The surge worker of a recycling is not the scaler's: it sees the size it chose.
+    let scaler_current = current - i32::from(entry.surged && current > 0);
     let observation = Observation {
         now,
-        current_replicas: u32::try_from(current).unwrap_or(0),
-        pods,
+        current_replicas: u32::try_from(scaler_current).unwrap_or(0),
+        pods: pods.clone(),
         external: Default::default(),
     };
     let decision = entry.scaler.decide(policy, &observation);
-    drop(memory);
     ctx.metrics
         .decisions
         .get_or_create(&KindLabel {
@@ -498,19 +512,122 @@ fn decide(
         .inc();
 
     let mut replicas = i32::try_from(decision.replicas).unwrap_or(i32::MAX);
+    let mut retiring = None;
+    let mut note = None;
     if pool.spec.paused {
         replicas = request.map_or(current, clamp);
-    } else if degraded.is_some() && replicas > current {
+    } else if degraded.is_some() {
         // A crash-looping template only makes more crashing workers: hold the size.
-        replicas = current;
+        replicas = replicas.min(current);
+    } else {
+        let step = recycle_step(
+            entry,
+            &effective.supervision,
+            &pods,
+            &observed.pods,
+            replicas,
+            current,
+        );
+        replicas = step.replicas;
+        retiring = step.retiring;
+        note = step.note;
     }
+    drop(memory);
     Plan {
         replicas,
         decision: Some(decision),
         handled_request: request,
         degraded,
-        candidates,
+        victims: shrink_victims(current, replicas, &candidates, retiring.as_deref()),
+        note,
     }
+}
+
+struct RecycleStep {
+    replicas: i32,
+    retiring: Option<String>,
+    note: Option<String>,
+}
+
+/// One step of recycling a hung or worn-out worker, one at a time and surge first: run one
+/// worker above the decision until every other worker is ready, then drop back with the old
+/// worker as the one to go (its sidecar drains it on the way out).
+fn recycle_step(
+    memory: &mut PoolMemory,
+    supervision: &Supervision,
+    readings: &[PodReading],
+    pods: &[WorkerPod],
+    decided: i32,
+    current: i32,
+) -> RecycleStep {
+    let hold = RecycleStep {
+        replicas: decided,
+        retiring: None,
+        note: None,
+    };
+    match memory.recycling.clone() {
+        Some((pod, why)) => {
+            let ready_others = pods.iter().filter(|p| p.ready && p.name != pod).count();
+            if ready_others >= usize::try_from(decided).unwrap_or(0) {
+                memory.surged = false;
+                RecycleStep {
+                    replicas: decided,
+                    retiring: Some(pod.clone()),
+                    note: Some(format!("retiring {pod}: {why}")),
+                }
+            } else {
+                memory.surged = true;
+                RecycleStep {
+                    replicas: decided + 1,
+                    ..hold
+                }
+            }
+        }
+        None => {
+            // Only a settled pool recycles: every worker present and ready.
+            let settled = decided == current
+                && pods.len() == usize::try_from(current).unwrap_or(0)
+                && pods.iter().all(|p| p.ready);
+            let due = readings.iter().find_map(|r| {
+                let why = supervision.due(&r.name, r.snapshot.as_ref()?)?;
+                Some((r.name.clone(), why))
+            });
+            match due {
+                Some((pod, why)) if settled && decided > 0 => {
+                    memory.recycling = Some((pod, why.clone()));
+                    memory.surged = true;
+                    RecycleStep {
+                        replicas: decided + 1,
+                        retiring: None,
+                        note: Some(format!("one extra worker first: {why}")),
+                    }
+                }
+                _ => hold,
+            }
+        }
+    }
+}
+
+/// Who goes when the size drops from `current` to `replicas`: a worker being retired first,
+/// then the least busy.
+fn shrink_victims(
+    current: i32,
+    replicas: i32,
+    candidates: &[Candidate],
+    retiring: Option<&str>,
+) -> Vec<String> {
+    let count = usize::try_from(current - replicas).unwrap_or(0);
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut victims: Vec<String> = retiring.map(str::to_owned).into_iter().collect();
+    let others: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| Some(c.name.as_str()) != retiring)
+        .cloned()
+        .collect();
+    victims.extend(choose_victims(&others, count.saturating_sub(victims.len())));
+    victims
 }
 
 // --- apply -------------------------------------------------------------------------------------
@@ -793,10 +910,11 @@ async fn write_status(
 // --- events ------------------------------------------------------------------------------------
 
 async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, plan: &Plan) {
-    let why = plan.decision.as_ref().map_or_else(
-        || "requested through the scale subresource".to_owned(),
-        |d| d.reason.clone(),
-    );
+    let why = match (&plan.note, &plan.decision) {
+        (Some(note), _) => note.clone(),
+        (None, Some(decision)) => decision.reason.clone(),
+        (None, None) => "requested through the scale subresource".to_owned(),
+    };
     let event = Event {
         type_: EventType::Normal,
         reason: if plan.replicas > from {

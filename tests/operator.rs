@@ -602,3 +602,47 @@ async fn scale_down_removes_the_least_busy_workers() {
     .await;
     assert_eq!(left, [busy], "the busy worker was removed");
 }
+
+#[tokio::test]
+async fn a_worn_out_worker_is_recycled_surge_first() {
+    let s = setup("e2e-recycle").await;
+    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    let spec = json!({"supervision": {"maxRequests": 100}});
+    s.pools
+        .create(&PostParams::default(), &pool("worn", spec))
+        .await
+        .expect("create pool");
+    let fleet = fleet(&s.client, &s.ns.name, "worn");
+    fleet.set_total_load(15);
+    wait_replicas(&s.deployments, "worn", 2, Duration::from_secs(15)).await;
+    eventually("2 workers reporting", Duration::from_secs(15), || async {
+        (fleet.live() == 2).then_some(())
+    })
+    .await;
+
+    // One worker reports that it served its 100 requests: one extra worker comes first, then
+    // the worn-out one goes, and the pool is back at its size.
+    let worn = fleet.endpoints()[0].0.clone();
+    fleet.set_pod_completed(&worn, 100);
+    wait_replicas(&s.deployments, "worn", 3, Duration::from_secs(15)).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually(
+        "the worn-out worker replaced",
+        Duration::from_secs(30),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("asyncpool.dev/pool=worn"))
+                .await
+                .ok()?;
+            let live: Vec<String> = list
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            (live.len() == 2 && !live.contains(&worn)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(replicas(&s.deployments, "worn").await, Some(2));
+}

@@ -76,8 +76,35 @@ impl Drop for Running {
 struct Worker {
     ip: IpAddr,
     running: Running,
-    /// The load last reported to this worker's sidecar (report mode).
-    reported: Option<u64>,
+    /// What this worker's sidecar last accepted (report mode).
+    reported: Option<Counters>,
+}
+
+/// A worker's figures as its app would count them: the current load and monotonic totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Counters {
+    load: u64,
+    arrived: u64,
+    completed: u64,
+}
+
+impl Counters {
+    /// The figures after the load moves to `load` and at least `completed_floor` requests are done:
+    /// a rise arrives, a fall completes, and a raised floor completes (and so arrived) the rest.
+    fn next(self, load: u64, completed_floor: u64) -> Self {
+        let mut next = self;
+        if load > self.load {
+            next.arrived += load - self.load;
+        } else {
+            next.completed += self.load - load;
+        }
+        if completed_floor > next.completed {
+            next.arrived += completed_floor - next.completed;
+            next.completed = completed_floor;
+        }
+        next.load = load;
+        next
+    }
 }
 
 struct State {
@@ -85,6 +112,8 @@ struct State {
     total_load: u64,
     /// Per-pod loads that replace the even spread for those pods.
     overrides: HashMap<String, u64>,
+    /// Per-pod completed-requests totals to report (the app's own counters).
+    completed: HashMap<String, u64>,
     workers: HashMap<String, Worker>,
 }
 
@@ -105,6 +134,7 @@ impl Fleet {
             mode: FleetMode::Workers,
             total_load: 0,
             overrides: HashMap::new(),
+            completed: HashMap::new(),
             workers: HashMap::new(),
         }));
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -126,6 +156,11 @@ impl Fleet {
             Some(load) => state.overrides.insert(pod.to_owned(), load),
             None => state.overrides.remove(pod),
         };
+    }
+
+    /// Makes one pod's sidecar report that its app completed `total` requests so far.
+    pub fn set_pod_completed(&self, pod: &str, total: u64) {
+        lock(&self.state).completed.insert(pod.to_owned(), total);
     }
 
     pub fn set_mode(&self, mode: FleetMode) {
@@ -247,13 +282,16 @@ async fn serve_garbage(ip: IpAddr) -> Option<JoinHandle<()>> {
     }))
 }
 
-/// Reports `load` to the sidecar on `ip`, split into in-flight work (up to 10) and a queue as a
-/// real worker would hold it; true when the sidecar took it.
-pub async fn report_load(ip: IpAddr, load: u64) -> bool {
-    let in_flight = load.min(10);
+/// Reports a worker's figures to the sidecar on `ip`: the load split into in-flight work (up to
+/// 10) and a queue, as a real worker would hold it, and the app's own totals; true when the
+/// sidecar took it.
+async fn report(ip: IpAddr, counters: Counters) -> bool {
+    let in_flight = counters.load.min(10);
     let body = format!(
-        "{{\"queued\": {}, \"inFlight\": {in_flight}}}",
-        load - in_flight
+        "{{\"queued\": {}, \"inFlight\": {in_flight}, \"arrivedTotal\": {}, \"completedTotal\": {}}}",
+        counters.load - in_flight,
+        counters.arrived,
+        counters.completed
     );
     matches!(
         http::post_json(SocketAddr::new(ip, ADMIN_PORT), "/report", body).await,
@@ -320,9 +358,9 @@ async fn reconcile_workers(
     }
 }
 
-/// Reports each pod's share of the total (or its override) where it changed.
+/// Reports each pod's share of the total (or its override) where its figures changed.
 async fn spread_load(state: &Mutex<State>) {
-    let (shares, reported) = {
+    let updates: Vec<(String, IpAddr, Counters)> = {
         let s = lock(state);
         let mut names: Vec<&String> = s.workers.keys().collect();
         names.sort();
@@ -331,35 +369,30 @@ async fn spread_load(state: &Mutex<State>) {
             .filter(|n| !s.overrides.contains_key(**n))
             .collect();
         let count = spread.len() as u64;
-        let mut shares = HashMap::new();
+        let mut shares: HashMap<&String, u64> = HashMap::new();
         for (index, name) in spread.iter().enumerate() {
             // `count` is at least 1 inside this loop; the first pods take the remainder.
             let share = s.total_load / count + u64::from((index as u64) < s.total_load % count);
-            shares.insert((**name).clone(), share);
+            shares.insert(name, share);
         }
         for (name, load) in &s.overrides {
-            if s.workers.contains_key(name) {
-                shares.insert(name.clone(), *load);
-            }
+            shares.insert(name, *load);
         }
-        let reported: HashMap<String, (IpAddr, Option<u64>)> = s
-            .workers
+        s.workers
             .iter()
-            .map(|(n, w)| (n.clone(), (w.ip, w.reported)))
-            .collect();
-        (shares, reported)
+            .filter_map(|(name, worker)| {
+                let load = *shares.get(name)?;
+                let last = worker.reported.unwrap_or_default();
+                let next = last.next(load, s.completed.get(name).copied().unwrap_or(0));
+                (worker.reported != Some(next)).then(|| (name.clone(), worker.ip, next))
+            })
+            .collect()
     };
-    for (name, share) in shares {
-        let Some((ip, last)) = reported.get(&name) else {
-            continue;
-        };
-        if *last == Some(share) {
-            continue;
-        }
-        if report_load(*ip, share).await
+    for (name, ip, counters) in updates {
+        if report(ip, counters).await
             && let Some(worker) = lock(state).workers.get_mut(&name)
         {
-            worker.reported = Some(share);
+            worker.reported = Some(counters);
         }
     }
 }

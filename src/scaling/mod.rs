@@ -10,6 +10,7 @@
 mod policy;
 mod rates;
 mod scaler;
+mod supervision;
 mod victims;
 mod window;
 
@@ -18,7 +19,8 @@ mod tests;
 
 pub use policy::{MAX_WINDOW, Policy, PolicyError};
 pub use rates::RateEstimate;
-pub use victims::{Candidate, choose_victims};
 pub use scaler::{
     Decision, DecisionKind, ExternalReading, MetricsState, Mode, Observation, PodReading, Scaler,
 };
+pub use supervision::{Supervision, jitter_for};
+pub use victims::{Candidate, choose_victims};
