@@ -27,7 +27,7 @@ use crate::crd::AsyncWorkerPool;
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::queue::reader::{PoolKey, ReaderConfig, SidecarReaders};
-use crate::reconcile::{self, Context, Settings};
+use crate::reconcile::{self, Caches, Context, Settings};
 use crate::resources::POOL_LABEL;
 
 /// Leader election settings.
@@ -188,6 +188,24 @@ async fn run_controller(
         .reflect(pod_writer)
         .default_backoff()
         .touched_objects();
+    let (deployment_store, deployment_writer) = reflector::store();
+    let deployment_events = watcher(
+        api::<Deployment>(&client, namespace),
+        watcher::Config::default().labels(POOL_LABEL),
+    )
+    .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
+    .reflect(deployment_writer)
+    .default_backoff()
+    .touched_objects();
+    let (service_store, service_writer) = reflector::store();
+    let service_events = watcher(
+        api::<Service>(&client, namespace),
+        watcher::Config::default().labels(POOL_LABEL),
+    )
+    .modify(|s: &mut Service| s.managed_fields_mut().clear())
+    .reflect(service_writer)
+    .default_backoff()
+    .touched_objects();
 
     let (changes_tx, changes_rx) = mpsc::unbounded_channel::<PoolKey>();
     let readers = SidecarReaders::new(config.reader.clone(), changes_tx, metrics.clone());
@@ -196,9 +214,14 @@ async fn run_controller(
         instance: config.leader.as_ref().map(|l| l.identity.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
+    let caches = Caches {
+        pods: pod_store.clone(),
+        deployments: deployment_store.clone(),
+        services: service_store.clone(),
+    };
     let context = Arc::new(Context::new(
         client.clone(),
-        pod_store.clone(),
+        caches,
         readers,
         config.settings.clone(),
         metrics,
@@ -208,14 +231,8 @@ async fn run_controller(
     let triggers = UnboundedReceiverStream(changes_rx)
         .map(|pool| ObjectRef::<AsyncWorkerPool>::new(&pool.name).within(&pool.namespace));
     let controller = Controller::new(pools, watcher::Config::default().any_semantic())
-        .owns(
-            api::<Deployment>(&client, namespace),
-            watcher::Config::default().labels(POOL_LABEL),
-        )
-        .owns(
-            api::<Service>(&client, namespace),
-            watcher::Config::default().labels(POOL_LABEL),
-        )
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
         .watches_stream(pod_events, |pod: Pod| {
             let pool = pod.labels().get(POOL_LABEL)?.clone();
             Some(ObjectRef::new(&pool).within(&pod.namespace()?))
@@ -228,11 +245,12 @@ async fn run_controller(
     // Ready once the pool and pod caches hold a full list.
     let readiness = {
         let pool_store = pool_store.clone();
-        let pod_store = pod_store.clone();
         let ready = ready.clone();
         async move {
-            if pool_store.wait_until_ready().await.is_ok()
-                && pod_store.wait_until_ready().await.is_ok()
+            if synced(&pool_store).await
+                && synced(&pod_store).await
+                && synced(&deployment_store).await
+                && synced(&service_store).await
             {
                 ready.store(true, Ordering::SeqCst);
                 tracing::info!("caches synced; ready");
@@ -275,6 +293,24 @@ async fn run_controller(
         .await;
     sweeper.abort();
     ready.store(false, Ordering::SeqCst);
+}
+
+/// Whether a cache has received its first full list. The controller waits on the pool cache
+/// too, and a store wakes only one of several waiters, so this asks again on a short timer
+/// instead of waiting once.
+async fn synced<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            // The writer is gone: the controller stopped.
+            Ok(Err(_)) => return false,
+            Err(_) => {}
+        }
+    }
 }
 
 async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {

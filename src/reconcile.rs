@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -73,9 +73,16 @@ struct PoolMemory {
 }
 
 /// Shared state of all reconciles.
+/// Label-scoped caches of what the pools own, kept by the controller's watches.
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+}
+
 pub struct Context {
     pub client: Client,
-    pub pods: Store<Pod>,
+    pub caches: Caches,
     pub readers: SidecarReaders,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
@@ -87,7 +94,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        pods: Store<Pod>,
+        caches: Caches,
         readers: SidecarReaders,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -95,7 +102,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            pods,
+            caches,
             readers,
             settings,
             metrics,
@@ -314,27 +321,9 @@ async fn observe(
     key: &PoolKey,
     ctx: &Context,
 ) -> Result<Observed, ReconcileError> {
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let (deployment, service) = tokio::try_join!(
-        async {
-            deployments
-                .get_opt(&key.name)
-                .await
-                .map_err(|source| ReconcileError::Observe {
-                    what: "Deployment",
-                    source,
-                })
-        },
-        async {
-            services
-                .get_opt(&key.name)
-                .await
-                .map_err(|source| ReconcileError::Observe {
-                    what: "Service",
-                    source,
-                })
-        },
+        owned_object(&ctx.client, &ctx.caches.deployments, key, "Deployment"),
+        owned_object(&ctx.client, &ctx.caches.services, key, "Service"),
     )?;
     let mut foreign = Vec::new();
     let deployment = match deployment {
@@ -353,6 +342,7 @@ async fn observe(
     };
 
     let pods: Vec<WorkerPod> = ctx
+        .caches
         .pods
         .state()
         .iter()
@@ -378,6 +368,31 @@ async fn observe(
         foreign,
         pods,
     })
+}
+
+/// The pool's object of kind `K`: from the label-scoped cache when it holds it (so an unchanged
+/// pool costs no API call), else from the API server, which also finds a same-named object
+/// that is not ours (the cache only sees labelled ones).
+async fn owned_object<K>(
+    client: &Client,
+    cache: &Store<K>,
+    key: &PoolKey,
+    what: &'static str,
+) -> Result<Option<K>, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let reference = ObjectRef::new(&key.name).within(&key.namespace);
+    if let Some(cached) = cache.get(&reference) {
+        return Ok(Some((*cached).clone()));
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    api.get_opt(&key.name)
+        .await
+        .map_err(|source| ReconcileError::Observe { what, source })
 }
 
 fn worker_pod(pod: &Pod) -> WorkerPod {

@@ -76,6 +76,54 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
     deployments.get_opt(name).await.ok()??.spec?.replicas
 }
 
+/// Every `spec.replicas` the Deployment goes through, in order, from a watch (so that even a
+/// change that lasts milliseconds is seen).
+struct ReplicaHistory {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReplicaHistory {
+    async fn start(deployments: &Api<Deployment>, name: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(deployments.clone(), config).applied_objects();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Some(replicas) = event.ok().and_then(|d| d.spec?.replicas) {
+                    let mut seen = record.lock().unwrap();
+                    if seen.last() != Some(&replicas) {
+                        seen.push(replicas);
+                    }
+                }
+            }
+        });
+        let history = Self { seen, task };
+        // The watch's initial list records the current size; only then is it following.
+        eventually(
+            "the replica watch is running",
+            Duration::from_secs(10),
+            || async { (!history.values().is_empty()).then_some(()) },
+        )
+        .await;
+        history
+    }
+
+    fn values(&self) -> Vec<i32> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ReplicaHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn wait_replicas(deployments: &Api<Deployment>, name: &str, want: i32, limit: Duration) {
     eventually(
         &format!("Deployment {name} at {want} replicas"),
@@ -354,12 +402,13 @@ async fn pause_and_kubectl_scale_behave_as_documented() {
         .expect("unpause");
     wait_replicas(&s.deployments, "api", 6, Duration::from_secs(15)).await;
 
-    // kubectl scale while autoscaling moves the pool at once; the load takes over from there.
+    // kubectl scale while autoscaling moves the pool at once; the load takes over from there
+    // (30 → 3 workers, once the scale-down delay has passed).
     fleet.set_total_load(30);
-    let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=2"]);
+    let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=5"]);
     assert!(scale.status.success());
-    wait_replicas(&s.deployments, "api", 2, Duration::from_secs(10)).await;
-    wait_replicas(&s.deployments, "api", 3, Duration::from_secs(15)).await;
+    wait_replicas(&s.deployments, "api", 5, Duration::from_secs(10)).await;
+    wait_replicas(&s.deployments, "api", 3, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -461,16 +510,9 @@ async fn a_restarted_operator_does_not_flap() {
     operator.kill();
     let _restarted = OperatorProcess::start(&s.ns.name, "second", &["--leader-elect=false"]).await;
     // Over the next stable window the size may move by at most one step, and here it should hold.
-    let mut seen = Vec::new();
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
-        if let Some(r) = replicas(&s.deployments, "steady").await
-            && seen.last() != Some(&r)
-        {
-            seen.push(r);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let history = ReplicaHistory::start(&s.deployments, "steady").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let seen = history.values();
     assert!(
         seen.len() <= 2,
         "replicas flapped after the restart: {seen:?}"
@@ -622,9 +664,9 @@ async fn a_worn_out_worker_is_recycled_surge_first() {
 
     // One worker reports that it served its 100 requests: one extra worker comes first, then
     // the worn-out one goes, and the pool is back at its size.
+    let history = ReplicaHistory::start(&s.deployments, "worn").await;
     let worn = fleet.endpoints()[0].0.clone();
     fleet.set_pod_completed(&worn, 100);
-    wait_replicas(&s.deployments, "worn", 3, Duration::from_secs(15)).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
     eventually(
         "the worn-out worker replaced",
@@ -645,4 +687,5 @@ async fn a_worn_out_worker_is_recycled_surge_first() {
     )
     .await;
     assert_eq!(replicas(&s.deployments, "worn").await, Some(2));
+    assert_eq!(history.values(), [2, 3, 2], "surge first, then retire");
 }

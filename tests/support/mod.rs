@@ -95,6 +95,27 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("kubectl output")
 }
 
+/// The helm version `scripts/cluster` builds (and `scripts/gen-deploy` renders with).
+pub const HELM_VERSION: &str = "v3.22.0";
+
+/// The helm built by `scripts/cluster build`.
+pub fn helm_path() -> PathBuf {
+    cache_dir()
+        .join(format!("helm-{HELM_VERSION}"))
+        .join("helm")
+}
+
+/// Runs helm against the test cluster. Commands that need no cluster (`template`, `lint`) can
+/// run `helm_path()` directly and so not start one.
+pub fn helm(args: &[&str]) -> Output {
+    Command::new(helm_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("run helm")
+}
+
 /// Polls `check` until it returns `Some`, or fails the test after `limit` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
