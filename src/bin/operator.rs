@@ -66,9 +66,6 @@ struct Args {
     /// Sidecar reads in flight at once.
     #[arg(long, env = "ASYNCPOOL_MAX_CONCURRENT_READS", default_value_t = 64)]
     max_concurrent_reads: usize,
-    /// Port of the sidecar contract on every worker pod.
-    #[arg(long, env = "ASYNCPOOL_SIDECAR_ADMIN_PORT", default_value_t = asyncpool::resources::ADMIN_PORT)]
-    sidecar_admin_port: u16,
     /// Reconcile every pool at least this often, so time windows advance.
     #[arg(long, env = "ASYNCPOOL_TICK", default_value = "1s", value_parser = parse_duration)]
     tick: Duration,
@@ -147,7 +144,6 @@ async fn main() -> ExitCode {
             ..Settings::default()
         },
         reader: ReaderConfig {
-            port: args.sidecar_admin_port,
             watch: args.watch_sidecars,
             poll_interval: args.poll_interval,
             request_timeout: args.read_timeout,
