@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
+use asyncpool::devtools::fleet::Fleet;
 use asyncpool::devtools::fleet::FleetMode;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -69,6 +70,60 @@ async fn setup(prefix: &str) -> Setup {
         deployments: Api::namespaced(client.clone(), &ns.name),
         client,
         ns,
+    }
+}
+
+impl Setup {
+    /// One operator replica for this test's namespace, without leader election.
+    async fn operator(&self) -> OperatorProcess {
+        OperatorProcess::start(&self.ns.name, "solo", &["--leader-elect=false"]).await
+    }
+
+    async fn create_pool(&self, name: &str, extra: serde_json::Value) {
+        self.pools
+            .create(&PostParams::default(), &pool(name, extra))
+            .await
+            .expect("create pool");
+    }
+
+    /// Creates a pool with sidecars for its pods, gives it `load` and waits until `replicas`
+    /// workers run and report.
+    async fn loaded_pool(
+        &self,
+        name: &str,
+        extra: serde_json::Value,
+        load: u64,
+        replicas: i32,
+    ) -> Fleet {
+        self.create_pool(name, extra).await;
+        let fleet = fleet(&self.client, &self.ns.name, name);
+        fleet.set_total_load(load);
+        wait_replicas(&self.deployments, name, replicas, Duration::from_secs(15)).await;
+        let want = usize::try_from(replicas).unwrap_or(0);
+        eventually(
+            "every worker reporting",
+            Duration::from_secs(15),
+            || async { (fleet.live() == want).then_some(()) },
+        )
+        .await;
+        fleet
+    }
+
+    /// Names of the pool's pods that are not on their way out.
+    async fn live_pods(&self, pool: &str) -> Option<Vec<String>> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), &self.ns.name);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("asyncpool.dev/pool={pool}")))
+            .await
+            .ok()?;
+        Some(
+            list.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect(),
+        )
     }
 }
 
@@ -168,11 +223,8 @@ async fn wait_condition(
 #[tokio::test]
 async fn pool_becomes_a_deployment_and_service_that_scale_with_load() {
     let s = setup("e2e-scale").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
-    s.pools
-        .create(&PostParams::default(), &pool("chat", json!({})))
-        .await
-        .expect("create pool");
+    let _operator = s.operator().await;
+    s.create_pool("chat", json!({})).await;
     let fleet = fleet(&s.client, &s.ns.name, "chat");
 
     wait_replicas(&s.deployments, "chat", 1, Duration::from_secs(20)).await;
@@ -283,15 +335,9 @@ async fn pool_becomes_a_deployment_and_service_that_scale_with_load() {
 #[tokio::test]
 async fn silent_or_garbage_sidecars_hold_the_size_and_fallback_applies() {
     let s = setup("e2e-missing").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    let _operator = s.operator().await;
     let spec = json!({"scaling": {"fallbackReplicas": 5}});
-    s.pools
-        .create(&PostParams::default(), &pool("jobs", spec))
-        .await
-        .expect("create pool");
-    let fleet = fleet(&s.client, &s.ns.name, "jobs");
-    fleet.set_total_load(30);
-    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
+    let fleet = s.loaded_pool("jobs", spec, 30, 3).await;
     wait_condition(
         &s.pools,
         "jobs",
@@ -340,14 +386,8 @@ async fn silent_or_garbage_sidecars_hold_the_size_and_fallback_applies() {
 #[tokio::test]
 async fn pause_and_kubectl_scale_behave_as_documented() {
     let s = setup("e2e-pause").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
-    s.pools
-        .create(&PostParams::default(), &pool("api", json!({})))
-        .await
-        .expect("create pool");
-    let fleet = fleet(&s.client, &s.ns.name, "api");
-    fleet.set_total_load(20);
-    wait_replicas(&s.deployments, "api", 2, Duration::from_secs(15)).await;
+    let _operator = s.operator().await;
+    let fleet = s.loaded_pool("api", json!({}), 20, 2).await;
 
     // Paused: load no longer moves the size.
     s.pools
@@ -414,11 +454,8 @@ async fn pause_and_kubectl_scale_behave_as_documented() {
 #[tokio::test]
 async fn template_changes_roll_out_and_deleting_the_pool_removes_everything() {
     let s = setup("e2e-lifecycle").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
-    s.pools
-        .create(&PostParams::default(), &pool("web", json!({})))
-        .await
-        .expect("create pool");
+    let _operator = s.operator().await;
+    s.create_pool("web", json!({})).await;
     wait_replicas(&s.deployments, "web", 1, Duration::from_secs(20)).await;
 
     s.pools
@@ -460,7 +497,7 @@ async fn template_changes_roll_out_and_deleting_the_pool_removes_everything() {
 #[tokio::test]
 async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
     let s = setup("e2e-foreign").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    let _operator = s.operator().await;
     let foreign: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "shop"},
         "spec": {
@@ -474,10 +511,7 @@ async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
         .create(&PostParams::default(), &foreign)
         .await
         .expect("create foreign deployment");
-    s.pools
-        .create(&PostParams::default(), &pool("shop", json!({})))
-        .await
-        .expect("create pool");
+    s.create_pool("shop", json!({})).await;
 
     let reason = wait_condition(&s.pools, "shop", "Ready", "False", Duration::from_secs(15)).await;
     assert_eq!(reason, "NotOwned");
@@ -499,13 +533,7 @@ async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
 async fn a_restarted_operator_does_not_flap() {
     let s = setup("e2e-restart").await;
     let mut operator = OperatorProcess::start(&s.ns.name, "first", &["--leader-elect=false"]).await;
-    s.pools
-        .create(&PostParams::default(), &pool("steady", json!({})))
-        .await
-        .expect("create pool");
-    let fleet = fleet(&s.client, &s.ns.name, "steady");
-    fleet.set_total_load(40);
-    wait_replicas(&s.deployments, "steady", 4, Duration::from_secs(15)).await;
+    let _fleet = s.loaded_pool("steady", json!({}), 40, 4).await;
 
     operator.kill();
     let _restarted = OperatorProcess::start(&s.ns.name, "second", &["--leader-elect=false"]).await;
@@ -560,13 +588,7 @@ async fn two_replicas_one_acts_and_the_other_takes_over() {
     .await;
     assert!(!is_leader(follower.metrics().await), "both replicas act");
 
-    s.pools
-        .create(&PostParams::default(), &pool("ha", json!({})))
-        .await
-        .expect("create pool");
-    let fleet = fleet(&s.client, &s.ns.name, "ha");
-    fleet.set_total_load(20);
-    wait_replicas(&s.deployments, "ha", 2, Duration::from_secs(15)).await;
+    let fleet = s.loaded_pool("ha", json!({}), 20, 2).await;
 
     // The leader dies without releasing the lease; the follower takes over within the lease
     // duration (3 s) plus one check, and keeps scaling.
@@ -603,21 +625,10 @@ async fn two_replicas_one_acts_and_the_other_takes_over() {
 #[tokio::test]
 async fn scale_down_removes_the_least_busy_workers() {
     let s = setup("e2e-victims").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
-    s.pools
-        .create(&PostParams::default(), &pool("queue", json!({})))
-        .await
-        .expect("create pool");
-    let fleet = fleet(&s.client, &s.ns.name, "queue");
-    fleet.set_total_load(25);
-    wait_replicas(&s.deployments, "queue", 3, Duration::from_secs(15)).await;
-    eventually("3 workers reporting", Duration::from_secs(15), || async {
-        (fleet.live() == 3).then_some(())
-    })
-    .await;
+    let _operator = s.operator().await;
+    let fleet = s.loaded_pool("queue", json!({}), 25, 3).await;
 
     // One worker stays busy, the other two go idle: the idle ones must be the ones removed.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
     let names: Vec<String> = fleet
         .endpoints()
         .into_iter()
@@ -629,17 +640,7 @@ async fn scale_down_removes_the_least_busy_workers() {
     }
     wait_replicas(&s.deployments, "queue", 1, Duration::from_secs(40)).await;
     let left = eventually("one pod left", Duration::from_secs(30), || async {
-        let list = pods
-            .list(&ListParams::default().labels("asyncpool.dev/pool=queue"))
-            .await
-            .ok()?;
-        let live: Vec<String> = list
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| p.metadata.name)
-            .collect();
-        (live.len() == 1).then_some(live)
+        s.live_pods("queue").await.filter(|live| live.len() == 1)
     })
     .await;
     assert_eq!(left, [busy], "the busy worker was removed");
@@ -648,40 +649,20 @@ async fn scale_down_removes_the_least_busy_workers() {
 #[tokio::test]
 async fn a_worn_out_worker_is_recycled_surge_first() {
     let s = setup("e2e-recycle").await;
-    let _operator = OperatorProcess::start(&s.ns.name, "solo", &["--leader-elect=false"]).await;
+    let _operator = s.operator().await;
     let spec = json!({"supervision": {"maxRequests": 100}});
-    s.pools
-        .create(&PostParams::default(), &pool("worn", spec))
-        .await
-        .expect("create pool");
-    let fleet = fleet(&s.client, &s.ns.name, "worn");
-    fleet.set_total_load(15);
-    wait_replicas(&s.deployments, "worn", 2, Duration::from_secs(15)).await;
-    eventually("2 workers reporting", Duration::from_secs(15), || async {
-        (fleet.live() == 2).then_some(())
-    })
-    .await;
+    let fleet = s.loaded_pool("worn", spec, 15, 2).await;
 
     // One worker reports that it served its 100 requests: one extra worker comes first, then
     // the worn-out one goes, and the pool is back at its size.
     let history = ReplicaHistory::start(&s.deployments, "worn").await;
     let worn = fleet.endpoints()[0].0.clone();
     fleet.set_pod_completed(&worn, 100);
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
     eventually(
         "the worn-out worker replaced",
         Duration::from_secs(30),
         || async {
-            let list = pods
-                .list(&ListParams::default().labels("asyncpool.dev/pool=worn"))
-                .await
-                .ok()?;
-            let live: Vec<String> = list
-                .items
-                .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| p.metadata.name)
-                .collect();
+            let live = s.live_pods("worn").await?;
             (live.len() == 2 && !live.contains(&worn)).then_some(())
         },
     )
