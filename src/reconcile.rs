@@ -947,3 +947,132 @@ async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, p
         tracing::debug!(%error, "could not publish the scale event");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
+
+    fn memory() -> PoolMemory {
+        PoolMemory {
+            scaler: Scaler::new(Duration::ZERO, 2),
+            last_status_write: None,
+            recycling: None,
+            surged: false,
+        }
+    }
+
+    fn pod(name: &str, ready: bool) -> WorkerPod {
+        WorkerPod {
+            name: name.into(),
+            ip: None,
+            ready,
+            crash_looping: false,
+        }
+    }
+
+    fn reading(name: &str, completed: u64) -> PodReading {
+        PodReading {
+            name: name.into(),
+            snapshot: Some(QueueSnapshot {
+                version: CONTRACT_VERSION,
+                queued: 0,
+                in_flight: 1,
+                capacity: 10,
+                arrived_total: completed + 1,
+                completed_total: completed,
+                busy_seconds_total: 0.0,
+                oldest_in_flight_seconds: 0.0,
+                draining: false,
+                scope: Scope::Pod,
+            }),
+            ready: true,
+        }
+    }
+
+    fn max_requests(limit: u64) -> Supervision {
+        Supervision {
+            max_requests: Some(limit),
+            ..Supervision::default()
+        }
+    }
+
+    #[test]
+    fn recycling_surges_first_then_retires_the_worn_worker() {
+        let rules = max_requests(100);
+        let mut memory = memory();
+        let readings = [reading("a", 150), reading("b", 3)];
+        let pods = [pod("a", true), pod("b", true)];
+
+        let surge = recycle_step(&mut memory, &rules, &readings, &pods, 2, 2);
+        assert_eq!(surge.replicas, 3);
+        assert!(memory.surged);
+        assert_eq!(memory.recycling.as_ref().map(|r| r.0.as_str()), Some("a"));
+
+        // The extra worker is not ready yet: keep the surge.
+        let waiting = [pod("a", true), pod("b", true), pod("c", false)];
+        let hold = recycle_step(&mut memory, &rules, &readings, &waiting, 2, 3);
+        assert_eq!((hold.replicas, hold.retiring), (3, None));
+
+        // It is ready: drop back with the worn worker as the one to go.
+        let settled = [pod("a", true), pod("b", true), pod("c", true)];
+        let retire = recycle_step(&mut memory, &rules, &readings, &settled, 2, 3);
+        assert_eq!(retire.replicas, 2);
+        assert_eq!(retire.retiring.as_deref(), Some("a"));
+        assert!(!memory.surged);
+        let candidates: Vec<Candidate> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Candidate {
+                name: (*n).into(),
+                ready: true,
+                load: Some(0),
+            })
+            .collect();
+        assert_eq!(shrink_victims(3, 2, &candidates, Some("a")), ["a"]);
+    }
+
+    #[test]
+    fn an_unsettled_pool_does_not_start_recycling() {
+        let rules = max_requests(100);
+        let readings = [reading("a", 150), reading("b", 3)];
+        // Scaling in progress, or a worker not ready: no recycling now.
+        for (pods, decided, current) in [
+            (vec![pod("a", true), pod("b", true)], 3, 2),
+            (vec![pod("a", true), pod("b", false)], 2, 2),
+            (vec![pod("a", true)], 2, 2),
+        ] {
+            let mut memory = memory();
+            let step = recycle_step(&mut memory, &rules, &readings, &pods, decided, current);
+            assert_eq!(step.replicas, decided);
+            assert!(memory.recycling.is_none());
+        }
+        // Nothing is due: nothing happens.
+        let mut memory = memory();
+        let fresh = [reading("a", 1), reading("b", 3)];
+        let step = recycle_step(
+            &mut memory,
+            &rules,
+            &fresh,
+            &[pod("a", true), pod("b", true)],
+            2,
+            2,
+        );
+        assert_eq!((step.replicas, step.note), (2, None));
+    }
+
+    #[test]
+    fn victims_cover_exactly_the_drop() {
+        let candidates: Vec<Candidate> = [("a", 9), ("b", 0), ("c", 4)]
+            .iter()
+            .map(|(n, l)| Candidate {
+                name: (*n).into(),
+                ready: true,
+                load: Some(*l),
+            })
+            .collect();
+        assert!(shrink_victims(3, 3, &candidates, None).is_empty());
+        assert!(shrink_victims(2, 3, &candidates, None).is_empty());
+        assert_eq!(shrink_victims(3, 1, &candidates, None), ["b", "c"]);
+        assert_eq!(shrink_victims(3, 1, &candidates, Some("a")), ["a", "b"]);
+    }
+}
