@@ -876,9 +876,6 @@ async fn write_status(
             &now,
         ),
     };
-    if next == previous {
-        return Ok(());
-    }
     ctx.metrics.record_pool(
         key,
         next.load,
@@ -886,12 +883,25 @@ async fn write_status(
         next.replicas,
         next.ready_replicas,
     );
-    // A status that differs only in load figures is written at a bounded rate.
+    if next == previous {
+        return Ok(());
+    }
+    // Load figures, and condition messages that quote them, move every second under traffic;
+    // a status that differs only there is written at a bounded rate.
     let only_figures = {
         let mut a = next.clone();
         a.load = previous.load;
         a.replicas = previous.replicas;
         a.ready_replicas = previous.ready_replicas;
+        for condition in &mut a.conditions {
+            if let Some(before) = previous.conditions.iter().find(|c| {
+                c.type_ == condition.type_
+                    && c.status == condition.status
+                    && c.reason == condition.reason
+            }) {
+                condition.message.clone_from(&before.message);
+            }
+        }
         a == previous
     };
     {
