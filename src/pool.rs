@@ -171,12 +171,12 @@ spec:
     fn explicit_values_win() {
         let yaml = MINIMAL.replace(
             "concurrency: 4",
-            "concurrency: 4\n  queue: {targetPerWorker: 6, maxQueue: 9}\n  scaling: {panicWindow: 500ms, tolerancePercent: 0}",
+            "concurrency: 4\n  queue: {targetPerWorker: 6, maxQueue: 9}\n  scaling: {panicWindow: 2s, tolerancePercent: 0}",
         );
         let effective = EffectiveSpec::from_spec(&spec(&yaml), true).unwrap();
         assert_eq!(effective.policy.target_per_worker, 6.0);
         assert_eq!(effective.sidecar.max_queue, 9);
-        assert_eq!(effective.policy.panic_window, Duration::from_millis(500));
+        assert_eq!(effective.policy.panic_window, Duration::from_secs(2));
         assert_eq!(effective.policy.tolerance, 0.0);
         assert!(effective.policy.paused);
     }
