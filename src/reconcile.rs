@@ -531,6 +531,11 @@ fn decide(
     let mut note = None;
     if pool.spec.paused {
         replicas = request.map_or(current, clamp);
+        if replicas != current {
+            note = Some(format!(
+                "paused: pinned at {replicas} through the scale subresource"
+            ));
+        }
     } else if degraded.is_some() {
         // A crash-looping template only makes more crashing workers: hold the size.
         replicas = replicas.min(current);
@@ -940,6 +945,14 @@ async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, p
         (None, Some(decision)) => decision.reason.clone(),
         (None, None) => "requested through the scale subresource".to_owned(),
     };
+    tracing::info!(
+        namespace = ?pool.namespace(),
+        pool = %pool.name_any(),
+        from,
+        to = plan.replicas,
+        reason = %why,
+        "scaled"
+    );
     let event = Event {
         type_: EventType::Normal,
         reason: if plan.replicas > from {

@@ -445,10 +445,21 @@ async fn pause_and_kubectl_scale_behave_as_documented() {
     // kubectl scale while autoscaling moves the pool at once; the load takes over from there
     // (30 → 3 workers, once the scale-down delay has passed).
     fleet.set_total_load(30);
+    eventually("the pool sees the lower load", Duration::from_secs(15), || async {
+        let load = s.pools.get("api").await.ok()?.status?.load?;
+        (load == 30.0).then_some(())
+    })
+    .await;
+    let history = ReplicaHistory::start(&s.deployments, "api").await;
     let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=5"]);
     assert!(scale.status.success());
-    wait_replicas(&s.deployments, "api", 5, Duration::from_secs(10)).await;
     wait_replicas(&s.deployments, "api", 3, Duration::from_secs(30)).await;
+    let seen = history.values();
+    let at_five = seen.iter().position(|r| *r == 5);
+    assert!(
+        at_five.is_some_and(|i| seen[i..].iter().all(|r| *r <= 5)),
+        "expected a move to 5 and only scale-downs after it: {seen:?}"
+    );
 }
 
 #[tokio::test]
