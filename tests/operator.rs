@@ -445,10 +445,14 @@ async fn pause_and_kubectl_scale_behave_as_documented() {
     // kubectl scale while autoscaling moves the pool at once; the load takes over from there
     // (30 → 3 workers, once the scale-down delay has passed).
     fleet.set_total_load(30);
-    eventually("the pool sees the lower load", Duration::from_secs(15), || async {
-        let load = s.pools.get("api").await.ok()?.status?.load?;
-        (load == 30.0).then_some(())
-    })
+    eventually(
+        "the pool sees the lower load",
+        Duration::from_secs(15),
+        || async {
+            let load = s.pools.get("api").await.ok()?.status?.load?;
+            (load == 30.0).then_some(())
+        },
+    )
     .await;
     let history = ReplicaHistory::start(&s.deployments, "api").await;
     let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=5"]);
