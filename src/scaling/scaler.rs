@@ -406,10 +406,13 @@ impl Scaler {
             .loads
             .mean(now, policy.stable_window)
             .unwrap_or(observed);
+        // A queue that is there now needs workers now: within the current second the window
+        // mean still averages the level before a burst with the burst, so the short window
+        // counts the present level when that is higher.
         let panic_load = self
             .loads
             .mean(now, policy.panic_window)
-            .unwrap_or(observed);
+            .map_or(observed, |mean| mean.max(observed));
         let per_worker = policy.target_per_worker;
         let ready = reading.ready_workers.max(1);
         let burst = panic_load / per_worker >= policy.panic_threshold * f64::from(ready);

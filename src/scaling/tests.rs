@@ -795,7 +795,8 @@ fn rising_arrivals_are_met_before_the_load_builds() {
         reason.contains("but arrivals 3/s × 30 s service keep 90 busy"),
         "{reason}"
     );
-    assert!(blind >= 150, "queue-only at {blind}");
+    // Queue-only sizing cannot ask for 9 before more than 80 are in flight (t > 145).
+    assert!(blind >= 145, "queue-only at {blind}");
 }
 
 #[test]
