@@ -236,13 +236,13 @@ impl Bench {
         Ok(())
     }
 
-    /// Waits until `pool` has been left alone for `quiet` since its last reset. After a size
-    /// change the pool's condition messages keep moving for about a stable window plus the
-    /// scale-down delay (the windowed load, "the highest recommendation in the last 3 s", …),
-    /// so the operator writes its status every 2 s, and each write comes back on its pool watch
-    /// as one more reconcile. Each reconcile adds a load sample to the current second, and the
-    /// 1 s window averages the second's samples: a step that arrives then is diluted and may
-    /// not move the pool until the next tick, a second later. At rest that does not happen.
+    /// Waits until `pool` has been left alone for `quiet` since its last reset, so that a trial
+    /// starts from rest rather than from the aftermath of the previous one: after a size change
+    /// the condition messages keep moving for about a stable window plus the scale-down delay,
+    /// the operator writes its status every 2 s, and each write comes back on its pool watch as
+    /// one more reconcile. Before the scaler counted the present load in its 1 s window (commit
+    /// 4b7fa92), those extra samples in the current second could dilute a step and hold the
+    /// pool until the next tick, a second later (docs/benchmarks.md).
     pub async fn quiet(&self, pool: &str, quiet: Duration) {
         if let Some(at) = self.reset_at.get(pool) {
             sleep_until(*at + quiet).await;
