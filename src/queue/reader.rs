@@ -80,6 +80,16 @@ pub enum Reading {
     Failed { error: String },
 }
 
+impl Reading {
+    /// A snapshot read just now.
+    fn fresh(snapshot: QueueSnapshot) -> Self {
+        Reading::Snapshot {
+            snapshot,
+            at: Instant::now(),
+        }
+    }
+}
+
 /// How a read failed, in a bounded set for metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -281,15 +291,7 @@ async fn read_pod(
         if config.watch && Instant::now() >= next_watch_attempt {
             let outcome = watch_stream(address, &config, |snapshot, latency| {
                 observer.read_ok(latency, true);
-                record(
-                    &key,
-                    Reading::Snapshot {
-                        snapshot,
-                        at: Instant::now(),
-                    },
-                    &readings,
-                    &changes,
-                );
+                record(&key, Reading::fresh(snapshot), &readings, &changes);
             })
             .await;
             if let Err(error) = outcome {
@@ -306,15 +308,7 @@ async fn read_pod(
         match result {
             Ok(snapshot) => {
                 observer.read_ok(started.elapsed(), false);
-                record(
-                    &key,
-                    Reading::Snapshot {
-                        snapshot,
-                        at: Instant::now(),
-                    },
-                    &readings,
-                    &changes,
-                );
+                record(&key, Reading::fresh(snapshot), &readings, &changes);
             }
             Err(error) => {
                 observer.read_failed(error.category());
