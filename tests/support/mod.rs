@@ -135,7 +135,8 @@ where
     }
 }
 
-/// Installs the CRD generated from the Rust types and waits until it is Established.
+/// Installs the CRD generated from the Rust types and waits until it is Established, listed in
+/// discovery and published in the OpenAPI document.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = asyncpool::crd::crd();
@@ -170,6 +171,20 @@ pub async fn install_crd(client: &Client) {
             String::from_utf8_lossy(&out.stdout)
                 .contains("asyncworkerpools")
                 .then_some(())
+        },
+    )
+    .await;
+    // The aggregated OpenAPI v3 document (what `kubectl explain` reads) is rebuilt after the CRD
+    // turns Established, on its own schedule: wait until it carries the pool's schema.
+    eventually(
+        "AsyncWorkerPool schema in OpenAPI v3",
+        Duration::from_secs(60),
+        || async {
+            let out = kubectl(&["get", "--raw", "/openapi/v3/apis/asyncpool.dev/v1alpha1"]);
+            (out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .contains("dev.asyncpool.v1alpha1.AsyncWorkerPool"))
+            .then_some(())
         },
     )
     .await;
