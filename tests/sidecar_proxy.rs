@@ -602,6 +602,21 @@ async fn post_drain_drains_and_stays_up() {
         get(addr, "/sleep?s=0").await.is_ok_and(|r| r.status == 503)
     })
     .await;
+    // Past the grace every new connection's request is answered, not dropped unanswered: a 503
+    // that closes the connection, so that the client retries on another pod.
+    for _ in 0..5 {
+        let refused = get(addr, "/sleep?s=0")
+            .await
+            .expect("refused, but answered");
+        assert_eq!(refused.status, 503);
+        assert_eq!(
+            refused
+                .headers
+                .get("connection")
+                .map(|value| value.as_bytes()),
+            Some(&b"close"[..])
+        );
+    }
     let again = request(sidecar.admin, "POST", "/drain", Bytes::new())
         .await
         .unwrap();

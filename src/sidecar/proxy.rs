@@ -42,7 +42,8 @@ pub type ResponseBody = Either<Streamed, Full<Bytes>>;
 pub struct Stats {
     pub queue_timeouts: AtomicU64,
     pub upstream_errors: AtomicU64,
-    /// Client connections open on the serving port.
+    /// Client connections open on the serving port that were accepted before the drain's grace
+    /// ended (those accepted later only get a 503).
     connections: AtomicUsize,
 }
 
@@ -127,14 +128,20 @@ impl Proxy {
                     service_fn(move |request| Arc::clone(&proxy).handle(request, peer)),
                 )
                 .with_upgrades();
-            let open = OpenConnection::new(&self.stats);
+            // A connection accepted after the grace is not closed unanswered: its request gets
+            // the 503 "draining" with `Connection: close`, which clients retry elsewhere. It
+            // carries no admitted work, so the exit does not wait for it.
+            let accepted_after_grace = *phase.borrow_and_update() == Phase::Closed;
+            let open = (!accepted_after_grace).then(|| OpenConnection::new(&self.stats));
             tokio::spawn(async move {
                 let _open = open;
                 tokio::pin!(connection);
-                let closed = phase.wait_for(|phase| *phase == Phase::Closed);
-                tokio::select! {
-                    result = connection.as_mut() => return log_connection_end(result),
-                    _ = closed => connection.as_mut().graceful_shutdown(),
+                if !accepted_after_grace {
+                    let closed = phase.wait_for(|phase| *phase == Phase::Closed);
+                    tokio::select! {
+                        result = connection.as_mut() => return log_connection_end(result),
+                        _ = closed => connection.as_mut().graceful_shutdown(),
+                    }
                 }
                 log_connection_end(connection.await);
             });

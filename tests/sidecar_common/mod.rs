@@ -167,7 +167,27 @@ pub fn request(
     async move { request_with(addr, &method, &path, &[], body).await }
 }
 
+/// Bound on one exchange of the harness: a request that never completes is an error that names
+/// it, never a test that hangs.
+const EXCHANGE_LIMIT: Duration = Duration::from_secs(60);
+
 pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    tokio::time::timeout(EXCHANGE_LIMIT, exchange(addr, method, path, headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{method} {addr}{path}: no answer within {EXCHANGE_LIMIT:?}"
+            ))
+        })
+}
+
+async fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
