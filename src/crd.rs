@@ -85,8 +85,8 @@ use serde::{Deserialize, Serialize};
         .message("minReplicas must not be greater than maxReplicas"),
     validation = Rule::new("!has(self.replicas) || (self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas)")
         .message("replicas must lie between minReplicas and maxReplicas"),
-    validation = Rule::new("self.minReplicas >= 1 || self.queue.source != 'proxy'")
-        .message("minReplicas must be at least 1 with queue.source proxy: the queue is measured inside the workers, so at zero nothing would see new requests"),
+    validation = Rule::new("self.minReplicas >= 1 || self.queue.source == 'redis'")
+        .message("minReplicas must be at least 1 unless queue.source is redis: proxy and report queues are measured inside the workers, so at zero nothing would see new work"),
     validation = Rule::new("!has(self.queue.maxQueue) || self.queue.maxQueue >= self.concurrency")
         .message("queue.maxQueue must be at least concurrency"),
     validation = Rule::new("!has(self.scaling.fallbackReplicas) || (self.scaling.fallbackReplicas >= self.minReplicas && self.scaling.fallbackReplicas <= self.maxReplicas)")
@@ -99,7 +99,8 @@ pub struct AsyncWorkerPoolSpec {
         .message("template.spec.containers must list at least the app container"))]
     pub template: PodTemplateSpec,
 
-    /// Fewest workers to keep, even when idle.
+    /// Fewest workers to keep, even when idle. 0 (scale to zero) needs `queue.source: redis`:
+    /// while no worker runs, the operator reads the Redis queue itself to wake the pool.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0, max = 10000))]
     pub min_replicas: i32,
@@ -231,9 +232,11 @@ impl SourceKind {
         .message("queue.redis.group is required for a stream: pending entries are counted per consumer group"),
 )]
 pub struct RedisQueue {
-    /// Redis URL, e.g. `redis://redis.default.svc:6379/0`.
-    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')")
-        .message("queue.redis.url must start with redis:// or rediss://"))]
+    /// Redis URL, `redis://[[user]:password@]host[:port][/db]`, e.g.
+    /// `redis://redis.default.svc:6379/0`. Read by every worker's sidecar, and by the operator
+    /// while the pool has no ready worker.
+    #[x_kube(validation = Rule::new("self.startsWith('redis://')")
+        .message("queue.redis.url must start with redis:// (TLS, rediss://, is not supported yet)"))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
     /// Key of the list or stream.

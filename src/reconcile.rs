@@ -20,14 +20,15 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
+use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus, RedisKind, SourceKind};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, ResultLabel};
 use crate::pool::EffectiveSpec;
 use crate::queue::reader::{PoolKey, SidecarReaders};
+use crate::queue::redis::{self, RedisReader, RedisTarget};
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
 use crate::scaling::{
-    Candidate, Decision, DecisionKind, MetricsState, Observation, PodReading, Scaler, Supervision,
-    choose_victims,
+    Candidate, Decision, DecisionKind, ExternalReading, MetricsState, Observation, PodReading,
+    Scaler, Supervision, choose_victims,
 };
 use crate::status::{self, Judgement, merge_conditions};
 
@@ -181,6 +182,8 @@ struct Observed {
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
     pods: Vec<WorkerPod>,
+    /// The pool's queue as read by the operator itself (Redis queues while no worker is ready).
+    external: ExternalReading,
 }
 
 /// Step 3's result.
@@ -362,12 +365,59 @@ async fn observe(
         .filter_map(|p| Some((p.name.clone(), p.ip?)))
         .collect();
     ctx.readers.sync_pool(key, &readable);
+    let external = external_reading(pool, key, &pods).await;
     Ok(Observed {
         deployment,
         service,
         foreign,
         pods,
+        external,
     })
+}
+
+/// A queue kept in Redis is read by the operator itself while no worker is ready: at zero
+/// replicas, or while the first worker starts, no sidecar can tell that work is waiting, and
+/// this reading is what wakes the pool. Once a worker is ready its sidecar reports the same
+/// queue, every half second, and the operator stops reading it.
+async fn external_reading(
+    pool: &AsyncWorkerPool,
+    key: &PoolKey,
+    pods: &[WorkerPod],
+) -> ExternalReading {
+    let queue = &pool.spec.queue;
+    let Some(redis) = queue
+        .redis
+        .as_ref()
+        .filter(|_| queue.source == SourceKind::Redis)
+    else {
+        return ExternalReading::NotConfigured;
+    };
+    if pods.iter().any(|p| p.ready) {
+        return ExternalReading::NotConfigured;
+    }
+    let target = RedisTarget {
+        url: redis.url.clone(),
+        key: redis.key.clone(),
+        group: match redis.kind {
+            RedisKind::List => None,
+            RedisKind::Stream => redis.group.clone(),
+        },
+    };
+    let reading = match RedisReader::new(target) {
+        Ok(mut reader) => reader.read().await,
+        Err(error) => Err(error),
+    };
+    match reading {
+        Ok(reading) => {
+            let capacity = u64::try_from(pool.spec.concurrency).unwrap_or(0);
+            ExternalReading::Reading(redis::snapshot(reading, capacity))
+        }
+        Err(error) => {
+            // The pool's MetricsAvailable condition carries this as missing data.
+            tracing::debug!(namespace = %key.namespace, pool = %key.name, %error, "cannot read the pool's redis queue");
+            ExternalReading::Missing
+        }
+    }
 }
 
 /// The pool's object of kind `K`: from the label-scoped cache when it holds it (so an unchanged
@@ -516,7 +566,7 @@ fn decide(
         now,
         current_replicas: u32::try_from(scaler_current).unwrap_or(0),
         pods: pods.clone(),
-        external: Default::default(),
+        external: observed.external.clone(),
     };
     let decision = entry.scaler.decide(policy, &observation);
     ctx.metrics

@@ -279,7 +279,26 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
         (
             "zero workers with the proxy source",
             vec![("spec/minReplicas", json!(0))],
-            "minReplicas must be at least 1 with queue.source proxy",
+            "minReplicas must be at least 1 unless queue.source is redis",
+        ),
+        (
+            "zero workers with the report source",
+            vec![
+                ("spec/minReplicas", json!(0)),
+                ("spec/queue/source", json!("report")),
+            ],
+            "minReplicas must be at least 1 unless queue.source is redis",
+        ),
+        (
+            "redis over TLS",
+            vec![
+                ("spec/queue/source", json!("redis")),
+                (
+                    "spec/queue/redis",
+                    json!({"url": "rediss://r:6380", "key": "jobs"}),
+                ),
+            ],
+            "rediss://, is not supported yet",
         ),
         (
             "replicas outside min and max",

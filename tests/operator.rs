@@ -9,6 +9,8 @@ use std::time::Duration;
 use asyncpool::crd::AsyncWorkerPool;
 use asyncpool::devtools::fleet::Fleet;
 use asyncpool::devtools::fleet::FleetMode;
+use asyncpool::devtools::fleet::WorkerKind;
+use asyncpool::devtools::redis::RedisServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
@@ -16,7 +18,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::operator::OperatorProcess;
-use support::{TestNamespace, client, eventually, fleet, install_crd, kubectl};
+use support::{TestNamespace, client, eventually, fleet, fleet_of, install_crd, kubectl};
 use tokio::time::Instant;
 
 /// A pool with windows short enough for tests: 1 s panic window, 4 s stable window, 3 s
@@ -542,6 +544,74 @@ async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
         1,
         "the sidecar was injected into a foreign Deployment"
     );
+}
+
+#[tokio::test]
+async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut redis = RedisServer::start_on(port).await.expect("redis-server");
+    let url = redis.url(0);
+    let s = setup("e2e-zero").await;
+    let _operator = s.operator().await;
+    s.create_pool(
+        "jobs",
+        json!({
+            "minReplicas": 0,
+            "maxReplicas": 4,
+            "queue": {"source": "redis", "redis": {"url": url, "key": "jobs"}},
+        }),
+    )
+    .await;
+    let _fleet = fleet_of(
+        &s.client,
+        &s.ns.name,
+        "jobs",
+        WorkerKind::Redis {
+            url: url.clone(),
+            key: "jobs".into(),
+        },
+    );
+    // Nothing queued: the pool starts with no worker, and its queue is read all the same.
+    wait_condition(
+        &s.pools,
+        "jobs",
+        "MetricsAvailable",
+        "True",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(replicas(&s.deployments, "jobs").await, Some(0));
+    let history = ReplicaHistory::start(&s.deployments, "jobs").await;
+
+    // 25 jobs at 10 per worker: the operator's own reading wakes the pool, the sidecars then
+    // report the same queue.
+    let mut push = vec!["RPUSH", "jobs"];
+    push.extend(std::iter::repeat_n("job", 25));
+    assert_eq!(redis.command(&push).await.as_deref(), Ok(":25"));
+    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
+
+    // The jobs are done: back to zero after the window.
+    assert_eq!(redis.command(&["DEL", "jobs"]).await.as_deref(), Ok(":1"));
+    wait_replicas(&s.deployments, "jobs", 0, Duration::from_secs(30)).await;
+    let seen = history.values();
+    assert_eq!(seen.first(), Some(&0), "{seen:?}");
+    assert!(seen.iter().all(|r| *r <= 3), "went past the load: {seen:?}");
+
+    // At zero with Redis gone, the queue is missing data, not an empty queue.
+    redis.kill();
+    let reason = wait_condition(
+        &s.pools,
+        "jobs",
+        "MetricsAvailable",
+        "False",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(!reason.is_empty());
+    assert_eq!(replicas(&s.deployments, "jobs").await, Some(0));
 }
 
 #[tokio::test]

@@ -1,80 +1,34 @@
 //! The sidecar's `redis` source against a real redis-server (Debian package, installed by
-//! scripts/test-deps) that each test starts on a free port in a temporary directory.
+//! scripts/test-deps) that each test starts on a free port.
 
 mod sidecar_common;
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
+use asyncpool::devtools::redis::RedisServer;
 use sidecar_common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Redis {
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-    proc: Proc,
-}
+/// The shared redis-server harness, failing the test when it cannot start.
+struct Redis(RedisServer);
 
 impl Redis {
     async fn start_on(port: u16) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null());
-        let mut proc = Proc::spawn("redis-server", &mut command);
-        let addr = loopback(port);
-        let start = std::time::Instant::now();
-        while redis_command(addr, &["PING"]).await.as_deref() != Ok("+PONG") {
-            proc.assert_running();
-            assert!(
-                start.elapsed() < WAIT,
-                "redis-server did not come up (is it installed? run scripts/test-deps)"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Redis {
-            addr,
-            _dir: dir,
-            proc,
-        }
+        Redis(RedisServer::start_on(port).await.expect("redis-server"))
     }
 
     async fn command(&self, args: &[&str]) -> String {
-        redis_command(self.addr, args).await.expect("redis command")
+        self.0.command(args).await.expect("redis command")
     }
 }
 
-/// Sends one command and returns the first reply line (enough for these tests).
-async fn redis_command(addr: SocketAddr, args: &[&str]) -> Result<String, String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let mut out = format!("*{}\r\n", args.len());
-    for arg in args {
-        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+impl std::ops::Deref for Redis {
+    type Target = RedisServer;
+
+    fn deref(&self) -> &RedisServer {
+        &self.0
     }
-    stream
-        .write_all(out.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut reply = vec![0u8; 4096];
-    let n = stream.read(&mut reply).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&reply[..n]).into_owned();
-    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 async fn figures(sidecar: &Sidecar) -> Option<(u64, u64)> {
@@ -201,8 +155,7 @@ async fn a_redis_that_is_down_or_wrong_is_missing_data_not_zero() {
     })
     .await;
 
-    redis.proc.signal("KILL");
-    redis.proc.wait_exit(WAIT).await;
+    redis.0.kill();
     wait_until("503 while redis is down", WAIT, || async {
         get(sidecar.admin, "/queue")
             .await

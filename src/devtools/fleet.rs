@@ -1,7 +1,8 @@
 //! The worker side of a pool on the local cluster: for each Running kwok pod of a pool, real
 //! processes listen on the pod's 127.x address, exactly where the operator reads them and where
 //! a Service would send traffic. Either a sidecar in `report` mode whose load the caller sets,
-//! or a sidecar in `proxy` mode in front of a real app process. Workers stop when their pod goes.
+//! a sidecar in `redis` mode reading the caller's Redis list, or a sidecar in `proxy` mode in
+//! front of a real app process. Workers stop when their pod goes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +26,9 @@ use crate::resources::{ADMIN_PORT, POOL_LABEL, SERVE_PORT};
 pub enum WorkerKind {
     /// A sidecar with `--source report`; the fleet reports the load the caller sets.
     Report,
+    /// A sidecar with `--source redis` reading the list `key` at `url`; the load is whatever
+    /// the caller puts in that list.
+    Redis { url: String, key: String },
     /// A sidecar with `--source proxy` in front of an app started from `app`, where `{ip}` and
     /// `{port}` stand for the pod address and the app port.
     Proxy {
@@ -221,6 +225,9 @@ fn spawn(config: &FleetConfig, pod: &str, ip: IpAddr) -> std::io::Result<Vec<Chi
     match &config.kind {
         WorkerKind::Report => {
             sidecar.args(["--source", "report"]);
+        }
+        WorkerKind::Redis { url, key } => {
+            sidecar.args(["--source", "redis", "--redis-url", url, "--redis-key", key]);
         }
         WorkerKind::Proxy {
             app,

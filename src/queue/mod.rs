@@ -3,3 +3,4 @@
 
 pub mod contract;
 pub mod reader;
+pub mod redis;

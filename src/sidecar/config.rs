@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::duration::parse_duration;
+use crate::queue::redis::RedisTarget;
 
 /// Upper bound on `--concurrency`: far above any sane pod, low enough to catch a typo.
 const MAX_CONCURRENCY: usize = 100_000;
@@ -129,15 +130,6 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where the Redis source reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisTarget {
-    pub url: String,
-    pub key: String,
-    /// `None` for a list, the consumer group for a stream.
-    pub group: Option<String>,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -221,7 +213,7 @@ impl Args {
                 let url = self
                     .redis_url
                     .ok_or_else(|| invalid("--redis-url", "required with --source redis"))?;
-                super::source::redis::RedisAddress::parse(&url)
+                crate::queue::redis::RedisAddress::parse(&url)
                     .map_err(|e| invalid("--redis-url", e.to_string()))?;
                 let key = self
                     .redis_key

@@ -41,7 +41,7 @@ pub enum SidecarError {
     #[error("cannot start a serving thread: {0}")]
     Thread(std::io::Error),
     #[error(transparent)]
-    Redis(#[from] source::redis::RedisError),
+    Redis(#[from] crate::queue::redis::RedisError),
 }
 
 /// How the sidecar ended after a SIGTERM.
@@ -86,7 +86,7 @@ pub async fn run(config: Config) -> Result<Outcome, SidecarError> {
             let target = config
                 .redis
                 .clone()
-                .ok_or(source::redis::RedisError::Url("missing".into()))?;
+                .ok_or(crate::queue::redis::RedisError::Url("missing".into()))?;
             let redis = Arc::new(source::redis::RedisSource::new(target, capacity)?);
             let poller = Arc::clone(&redis);
             tokio::spawn(async move { poller.run().await });

@@ -227,9 +227,24 @@ impl Drop for TestNamespace {
 
 /// Sidecars in report mode for the pods of `pool`, whose load the test sets.
 pub fn fleet(client: &Client, namespace: &str, pool: &str) -> asyncpool::devtools::fleet::Fleet {
+    fleet_of(
+        client,
+        namespace,
+        pool,
+        asyncpool::devtools::fleet::WorkerKind::Report,
+    )
+}
+
+/// Sidecars of `kind` for the pool's Running pods.
+pub fn fleet_of(
+    client: &Client,
+    namespace: &str,
+    pool: &str,
+    kind: asyncpool::devtools::fleet::WorkerKind,
+) -> asyncpool::devtools::fleet::Fleet {
     let config = asyncpool::devtools::fleet::FleetConfig {
         sidecar_binary: PathBuf::from(env!("CARGO_BIN_EXE_asyncpool-sidecar")),
-        kind: asyncpool::devtools::fleet::WorkerKind::Report,
+        kind,
         log_dir: None,
     };
     asyncpool::devtools::fleet::Fleet::start(client, namespace, pool, config)
