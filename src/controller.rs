@@ -26,6 +26,7 @@ use tokio_stream_shim::UnboundedReceiverStream;
 use crate::crd::AsyncWorkerPool;
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
+use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{PoolKey, ReaderConfig, SidecarReaders};
 use crate::reconcile::{self, Caches, Context, Settings};
 use crate::resources::POOL_LABEL;
@@ -208,6 +209,7 @@ async fn run_controller(
     .touched_objects();
 
     let (changes_tx, changes_rx) = mpsc::unbounded_channel::<PoolKey>();
+    let external = ExternalQueues::new(changes_tx.clone());
     let readers = SidecarReaders::new(config.reader.clone(), changes_tx, metrics.clone());
     let reporter = Reporter {
         controller: "asyncpool-operator".into(),
@@ -223,6 +225,7 @@ async fn run_controller(
         client.clone(),
         caches,
         readers,
+        external,
         config.settings.clone(),
         metrics,
         recorder,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::crd::{AsyncWorkerPoolSpec, GoDuration, RedisKind, RedisQueue, SourceKind};
 use crate::duration::parse_duration;
+use crate::queue::redis::RedisTarget;
 use crate::scaling::{Policy, Supervision};
 
 /// A spec that the schema let through but that cannot be acted on.
@@ -27,6 +28,24 @@ pub struct SidecarSettings {
     pub drain_timeout: Duration,
     pub drain_timeout_text: GoDuration,
     pub redis: Option<RedisQueue>,
+}
+
+impl SidecarSettings {
+    /// The Redis queue to read, for the `redis` source.
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        let redis = self
+            .redis
+            .as_ref()
+            .filter(|_| self.source == SourceKind::Redis)?;
+        Some(RedisTarget {
+            url: redis.url.clone(),
+            key: redis.key.clone(),
+            group: match redis.kind {
+                RedisKind::List => None,
+                RedisKind::Stream => redis.group.clone(),
+            },
+        })
+    }
 }
 
 /// Everything reconcile needs from a spec, checked once.

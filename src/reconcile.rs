@@ -20,11 +20,12 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus, RedisKind, SourceKind};
+use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, ResultLabel};
 use crate::pool::EffectiveSpec;
+use crate::queue::contract::QueueSnapshot;
+use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{PoolKey, SidecarReaders};
-use crate::queue::redis::{self, RedisReader, RedisTarget};
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
 use crate::scaling::{
     Candidate, Decision, DecisionKind, ExternalReading, MetricsState, Observation, PodReading,
@@ -85,6 +86,8 @@ pub struct Context {
     pub client: Client,
     pub caches: Caches,
     pub readers: SidecarReaders,
+    /// Queues the operator reads itself (Redis queues of pools with no ready worker).
+    pub external: ExternalQueues,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -97,6 +100,7 @@ impl Context {
         client: Client,
         caches: Caches,
         readers: SidecarReaders,
+        external: ExternalQueues,
         settings: Settings,
         metrics: Arc<Metrics>,
         recorder: Recorder,
@@ -105,6 +109,7 @@ impl Context {
             client,
             caches,
             readers,
+            external,
             settings,
             metrics,
             recorder,
@@ -124,6 +129,7 @@ impl Context {
         for pool in gone {
             memory.remove(&pool);
             self.readers.forget_pool(&pool);
+            self.external.stop(&pool);
             self.metrics.forget_pool(&pool);
             tracing::info!(namespace = %pool.namespace, pool = %pool.name, "pool deleted; forgot it");
         }
@@ -182,8 +188,6 @@ struct Observed {
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
     pods: Vec<WorkerPod>,
-    /// The pool's queue as read by the operator itself (Redis queues while no worker is ready).
-    external: ExternalReading,
 }
 
 /// Step 3's result.
@@ -196,6 +200,8 @@ struct Plan {
     victims: Vec<String>,
     /// What the scale event says instead of the scaler's reason (recycling).
     note: Option<String>,
+    /// How the operator's own read of the queue went, when it read it (see `own_queue_reading`).
+    own_read: Option<Result<(), String>>,
 }
 
 pub async fn reconcile(
@@ -259,7 +265,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
-    let plan = decide(pool, &key, ctx, &observed, &effective);
+    let own_reading = own_queue_reading(pool, &key, ctx, &observed, &effective);
+    let plan = decide(pool, &key, ctx, &observed, &effective, own_reading);
 
     let deployment =
         resources::deployment(pool, &effective, &ctx.settings.sidecar_image, plan.replicas);
@@ -365,59 +372,12 @@ async fn observe(
         .filter_map(|p| Some((p.name.clone(), p.ip?)))
         .collect();
     ctx.readers.sync_pool(key, &readable);
-    let external = external_reading(pool, key, &pods).await;
     Ok(Observed {
         deployment,
         service,
         foreign,
         pods,
-        external,
     })
-}
-
-/// A queue kept in Redis is read by the operator itself while no worker is ready: at zero
-/// replicas, or while the first worker starts, no sidecar can tell that work is waiting, and
-/// this reading is what wakes the pool. Once a worker is ready its sidecar reports the same
-/// queue, every half second, and the operator stops reading it.
-async fn external_reading(
-    pool: &AsyncWorkerPool,
-    key: &PoolKey,
-    pods: &[WorkerPod],
-) -> ExternalReading {
-    let queue = &pool.spec.queue;
-    let Some(redis) = queue
-        .redis
-        .as_ref()
-        .filter(|_| queue.source == SourceKind::Redis)
-    else {
-        return ExternalReading::NotConfigured;
-    };
-    if pods.iter().any(|p| p.ready) {
-        return ExternalReading::NotConfigured;
-    }
-    let target = RedisTarget {
-        url: redis.url.clone(),
-        key: redis.key.clone(),
-        group: match redis.kind {
-            RedisKind::List => None,
-            RedisKind::Stream => redis.group.clone(),
-        },
-    };
-    let reading = match RedisReader::new(target) {
-        Ok(mut reader) => reader.read().await,
-        Err(error) => Err(error),
-    };
-    match reading {
-        Ok(reading) => {
-            let capacity = u64::try_from(pool.spec.concurrency).unwrap_or(0);
-            ExternalReading::Reading(redis::snapshot(reading, capacity))
-        }
-        Err(error) => {
-            // The pool's MetricsAvailable condition carries this as missing data.
-            tracing::debug!(namespace = %key.namespace, pool = %key.name, %error, "cannot read the pool's redis queue");
-            ExternalReading::Missing
-        }
-    }
 }
 
 /// The pool's object of kind `K`: from the label-scoped cache when it holds it (so an unchanged
@@ -471,12 +431,36 @@ fn worker_pod(pod: &Pod) -> WorkerPod {
 
 // --- decide ------------------------------------------------------------------------------------
 
+/// The pool's queue as the operator reads it itself ([`ExternalQueues`]): for a Redis queue
+/// while no worker is ready, since no sidecar can then tell that work is waiting. `None` when
+/// the workers' sidecars are the source (the poller, if one ran, stops).
+fn own_queue_reading(
+    pool: &AsyncWorkerPool,
+    key: &PoolKey,
+    ctx: &Context,
+    observed: &Observed,
+    effective: &EffectiveSpec,
+) -> Option<Result<QueueSnapshot, String>> {
+    let no_ready_worker = !observed.pods.iter().any(|p| p.ready);
+    match effective.sidecar.redis_target() {
+        Some(target) if no_ready_worker && !pool.spec.paused => {
+            let capacity = u64::from(effective.sidecar.concurrency);
+            Some(ctx.external.reading(key, &target, capacity))
+        }
+        _ => {
+            ctx.external.stop(key);
+            None
+        }
+    }
+}
+
 fn decide(
     pool: &AsyncWorkerPool,
     key: &PoolKey,
     ctx: &Context,
     observed: &Observed,
     effective: &EffectiveSpec,
+    own_reading: Option<Result<QueueSnapshot, String>>,
 ) -> Plan {
     let policy = &effective.policy;
     let clamp = |n: i32| n.clamp(pool.spec.min_replicas, pool.spec.max_replicas);
@@ -491,6 +475,9 @@ fn decide(
         .as_ref()
         .and_then(|s| s.handled_replicas_request);
     let request = pool.spec.replicas;
+    let own_read = own_reading
+        .as_ref()
+        .map(|reading| reading.as_ref().map(|_| ()).map_err(Clone::clone));
     let degraded = observed
         .pods
         .iter()
@@ -557,6 +544,7 @@ fn decide(
             degraded,
             victims: shrink_victims(current, replicas, &candidates, None),
             note: None,
+            own_read,
         };
     }
 
@@ -566,7 +554,11 @@ fn decide(
         now,
         current_replicas: u32::try_from(scaler_current).unwrap_or(0),
         pods: pods.clone(),
-        external: observed.external.clone(),
+        external: match own_reading {
+            None => ExternalReading::NotConfigured,
+            Some(Ok(snapshot)) => ExternalReading::Reading(snapshot),
+            Some(Err(_)) => ExternalReading::Missing,
+        },
     };
     let decision = entry.scaler.decide(policy, &observation);
     ctx.metrics
@@ -610,6 +602,7 @@ fn decide(
         degraded,
         victims: shrink_victims(current, replicas, &candidates, retiring.as_deref()),
         note,
+        own_read,
     }
 }
 
@@ -824,37 +817,22 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
         ),
         (Some(d), _) => Judgement::new(status::SCALING, false, "Stable", d.reason.clone()),
     };
-    let metrics = match plan.decision.as_ref().map(|d| &d.metrics) {
-        Some(MetricsState::Available) => Judgement::new(
+    let metrics = match (&plan.own_read, plan.decision.as_ref().map(|d| &d.metrics)) {
+        (Some(Ok(())), Some(MetricsState::Available)) => Judgement::new(
             status::METRICS_AVAILABLE,
             true,
-            "AllWorkersReport",
-            "every worker reports its queue",
+            "QueueRead",
+            "no worker is ready; the operator reads the Redis queue itself",
         ),
-        Some(MetricsState::Partial { missing }) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            true,
-            "SomeWorkersSilent",
-            format!("{missing} worker(s) do not report; they never cause a scale-down"),
-        ),
-        Some(MetricsState::Missing { .. }) => Judgement::new(
+        (Some(Err(error)), _) => Judgement::new(
             status::METRICS_AVAILABLE,
             false,
-            "NoReadings",
-            "no worker answers /queue with valid data; holding the size (or fallbackReplicas)",
+            "QueueUnreadable",
+            format!(
+                "no worker is ready and the Redis queue cannot be read ({error}); holding the size (or fallbackReplicas)"
+            ),
         ),
-        Some(MetricsState::NoSource) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            false,
-            "NoWorkers",
-            "no worker pod is running yet to report its queue",
-        ),
-        None => Judgement::new(
-            status::METRICS_AVAILABLE,
-            false,
-            "NotDecided",
-            "no scaling decision this round",
-        ),
+        (_, metrics) => judge_worker_metrics(metrics),
     };
     let degraded = match &plan.degraded {
         Some(message) => Judgement::new(
@@ -896,6 +874,42 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
 }
 
 #[allow(clippy::too_many_arguments)]
+/// MetricsAvailable when the workers' sidecars are the source.
+fn judge_worker_metrics(metrics: Option<&MetricsState>) -> Judgement {
+    match metrics {
+        Some(MetricsState::Available) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            true,
+            "AllWorkersReport",
+            "every worker reports its queue",
+        ),
+        Some(MetricsState::Partial { missing }) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            true,
+            "SomeWorkersSilent",
+            format!("{missing} worker(s) do not report; they never cause a scale-down"),
+        ),
+        Some(MetricsState::Missing { .. }) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            false,
+            "NoReadings",
+            "no worker answers /queue with valid data; holding the size (or fallbackReplicas)",
+        ),
+        Some(MetricsState::NoSource) => Judgement::new(
+            status::METRICS_AVAILABLE,
+            false,
+            "NoWorkers",
+            "no worker pod is running yet to report its queue",
+        ),
+        None => Judgement::new(
+            status::METRICS_AVAILABLE,
+            false,
+            "NotDecided",
+            "no scaling decision this round",
+        ),
+    }
+}
+
 async fn write_status(
     pool: &AsyncWorkerPool,
     ctx: &Context,

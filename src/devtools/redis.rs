@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::queue::redis::encode;
+
 /// How long redis-server may take to answer its first PING.
 const START_LIMIT: Duration = Duration::from_secs(10);
 
@@ -59,12 +61,9 @@ impl RedisServer {
         let mut stream = TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
-        let mut out = format!("*{}\r\n", args.len());
-        for arg in args {
-            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
+        let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
         stream
-            .write_all(out.as_bytes())
+            .write_all(&encode(&args))
             .await
             .map_err(|e| e.to_string())?;
         let mut reply = vec![0u8; 4096];

@@ -2,5 +2,6 @@
 //! and watch it.
 
 pub mod contract;
+pub mod external;
 pub mod reader;
 pub mod redis;

@@ -1,18 +1,25 @@
 //! Reading a queue kept in Redis: the length of a list, or a stream consumer group's backlog,
-//! through a small RESP2 client (two commands do not justify a client library). The sidecar's
-//! `redis` source polls it for its pod; the operator reads it itself while a pool has no ready
-//! worker, which is how a pool at zero replicas sees work arrive. A Redis that cannot be read is
-//! an error, never zeros.
+//! through a small RESP2 client (two commands do not justify a client library), polled by a
+//! [`RedisPoller`]: the sidecar's `redis` source, and the operator's own reading of a pool that
+//! has no ready worker, which is how a pool at zero replicas sees work arrive. A Redis that
+//! cannot be read is an error, never zeros.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
 
 /// Bound on connecting and on one command, so that a hung Redis turns into an error quickly.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often Redis is read. LLEN and XINFO GROUPS are O(1)-ish, so even many pods polling at
+/// this rate are cheap for Redis, and a change reaches the watch stream within this period.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// A reading older than this is stale (the poller is stuck): missing data.
+const MAX_AGE: Duration = Duration::from_secs(3);
 /// Bound on one reply line and on a bulk string, so that a wrong server cannot make us buffer.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Bound on reply nesting and element count.
@@ -69,10 +76,12 @@ impl RedisAddress {
             None => (None, None),
             Some(info) => match info.split_once(':') {
                 Some((user, pass)) => (
-                    (!user.is_empty()).then(|| user.to_string()),
-                    Some(pass.to_string()),
+                    (!user.is_empty())
+                        .then(|| percent_decode(user, "user name"))
+                        .transpose()?,
+                    Some(percent_decode(pass, "password")?),
                 ),
-                None => (Some(info.to_string()), None),
+                None => (Some(percent_decode(info, "user name")?), None),
             },
         };
         let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
@@ -98,8 +107,13 @@ impl RedisAddress {
         let db = if path.is_empty() {
             0
         } else {
-            path.parse()
-                .map_err(|_| RedisError::Url(format!("bad database number {path:?}")))?
+            // Not echoed: with an unencoded '/' in the password, the path holds part of it.
+            path.parse().map_err(|_| {
+                RedisError::Url(
+                    "the path must be a database number (percent-encode '/' and '@' in a password)"
+                        .into(),
+                )
+            })?
         };
         Ok(RedisAddress {
             host: host.to_string(),
@@ -109,6 +123,27 @@ impl RedisAddress {
             db,
         })
     }
+}
+
+/// Decodes `%XX` escapes (RFC 3986), as URLs carry reserved characters in user names and
+/// passwords. Errors do not echo the text: it may be a secret.
+fn percent_decode(text: &str, what: &str) -> Result<String, RedisError> {
+    let bad = || RedisError::Url(format!("bad percent-encoding in the {what}"));
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// One RESP2 reply.
@@ -121,7 +156,8 @@ enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
-fn encode(args: &[&[u8]]) -> Vec<u8> {
+/// One command in RESP2 framing.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
@@ -267,7 +303,7 @@ fn expect_ok(reply: Reply) -> Result<(), RedisError> {
 }
 
 /// What one read found: `(queued, in_flight)`.
-pub type Reading = (u64, u64);
+type Reading = (u64, u64);
 
 fn count(value: i64) -> Result<u64, RedisError> {
     u64::try_from(value).map_err(|_| RedisError::Protocol(format!("negative count {value}")))
@@ -337,7 +373,7 @@ async fn read_once(
 
 /// Reads one queue, keeping its connection between reads and starting afresh after an error.
 #[derive(Debug)]
-pub struct RedisReader {
+struct RedisReader {
     target: RedisTarget,
     address: RedisAddress,
     connection: Option<Connection>,
@@ -345,7 +381,7 @@ pub struct RedisReader {
 
 impl RedisReader {
     /// Fails only on a URL that cannot be parsed; Redis itself is first contacted by `read`.
-    pub fn new(target: RedisTarget) -> Result<Self, RedisError> {
+    fn new(target: RedisTarget) -> Result<Self, RedisError> {
         let address = RedisAddress::parse(&target.url)?;
         Ok(RedisReader {
             target,
@@ -355,7 +391,7 @@ impl RedisReader {
     }
 
     /// One reading, `(queued, in_flight)`, within [`IO_TIMEOUT`].
-    pub async fn read(&mut self) -> Result<Reading, RedisError> {
+    async fn read(&mut self) -> Result<Reading, RedisError> {
         let reading = match tokio::time::timeout(IO_TIMEOUT, self.read_on_connection()).await {
             Ok(reading) => reading,
             Err(_) => Err(RedisError::Timeout),
@@ -380,7 +416,7 @@ impl RedisReader {
 
 /// A reading as the contract's pool-wide snapshot. A Redis queue has no counters of its own
 /// (arrivals and service times belong to the pods' traffic), so those are zero.
-pub fn snapshot(reading: Reading, capacity: u64) -> QueueSnapshot {
+fn snapshot(reading: Reading, capacity: u64) -> QueueSnapshot {
     let (queued, in_flight) = reading;
     QueueSnapshot {
         version: CONTRACT_VERSION,
@@ -393,6 +429,88 @@ pub fn snapshot(reading: Reading, capacity: u64) -> QueueSnapshot {
         oldest_in_flight_seconds: 0.0,
         draining: false,
         scope: Scope::Pool,
+    }
+}
+
+#[derive(Debug)]
+struct Latest {
+    at: Instant,
+    reading: Result<Reading, RedisError>,
+}
+
+/// Polls one queue in the background and keeps the latest reading: the sidecar's `redis`
+/// source, and the operator's own reading of a pool with no ready worker.
+#[derive(Debug)]
+pub struct RedisPoller {
+    /// Taken by the one `run` loop.
+    reader: tokio::sync::Mutex<RedisReader>,
+    capacity: u64,
+    latest: Mutex<Option<Latest>>,
+    changed: watch::Sender<u64>,
+}
+
+impl RedisPoller {
+    pub fn new(target: RedisTarget, capacity: u64) -> Result<Self, RedisError> {
+        Ok(RedisPoller {
+            reader: tokio::sync::Mutex::new(RedisReader::new(target)?),
+            capacity,
+            latest: Mutex::new(None),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Polls until the task is dropped, reconnecting after any error.
+    pub async fn run(&self) {
+        let mut reader = self.reader.lock().await;
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let reading = reader.read().await;
+            self.store(reading);
+        }
+    }
+
+    fn store(&self, reading: Result<Reading, RedisError>) {
+        let changed = {
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = latest.as_ref().is_none_or(|l| l.reading != reading);
+            match (latest.as_ref(), &reading) {
+                (Some(Latest { reading: Ok(_), .. }) | None, Err(error)) => {
+                    tracing::warn!(%error, "cannot read the queue from redis")
+                }
+                (
+                    Some(Latest {
+                        reading: Err(_), ..
+                    }),
+                    Ok(_),
+                ) => tracing::info!("reading redis again"),
+                _ => {}
+            }
+            *latest = Some(Latest {
+                at: Instant::now(),
+                reading,
+            });
+            changed
+        };
+        if changed {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// The latest reading as a snapshot, or why there is none.
+    pub fn snapshot(&self) -> Result<QueueSnapshot, String> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = latest.as_ref().ok_or("redis not read yet")?;
+        if latest.at.elapsed() > MAX_AGE {
+            return Err("redis reading is stale".into());
+        }
+        let reading = latest.reading.clone().map_err(|e| e.to_string())?;
+        Ok(snapshot(reading, self.capacity))
     }
 }
 
@@ -417,8 +535,17 @@ mod tests {
             (c.host.as_str(), c.port, c.username.as_deref()),
             ("::1", 7000, Some("user"))
         );
+        let d = RedisAddress::parse("redis://app:p%2Fss%40w%3Ard@h/1").unwrap();
+        assert_eq!(
+            (d.username.as_deref(), d.password.as_deref(), d.db),
+            (Some("app"), Some("p/ss@w:rd"), 1)
+        );
+        let leaky = RedisAddress::parse("redis://:top/secret@h").unwrap_err();
+        assert!(!leaky.to_string().contains("secret"), "{leaky}");
         for bad in [
             "http://x",
+            "redis://:bad%zz@h",
+            "redis://:cut%4@h",
             "redis://",
             "redis://h:port",
             "redis://h:1/x",

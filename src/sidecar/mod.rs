@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> Result<Outcome, SidecarError> {
                 .redis
                 .clone()
                 .ok_or(crate::queue::redis::RedisError::Url("missing".into()))?;
-            let redis = Arc::new(source::redis::RedisSource::new(target, capacity)?);
+            let redis = Arc::new(crate::queue::redis::RedisPoller::new(target, capacity)?);
             let poller = Arc::clone(&redis);
             tokio::spawn(async move { poller.run().await });
             Source::Redis(redis)

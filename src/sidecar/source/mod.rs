@@ -1,7 +1,6 @@
 //! Where the reported queue comes from: the proxy's own limiter (default), a Redis list or
 //! stream, or the app's reports.
 
-pub mod redis;
 pub mod report;
 
 use std::sync::Arc;
@@ -9,12 +8,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::queue::contract::QueueSnapshot;
+use crate::queue::redis::RedisPoller;
 use crate::sidecar::limiter::Limiter;
 
 #[derive(Debug, Clone)]
 pub enum Source {
     Proxy(Arc<Limiter>),
-    Redis(Arc<redis::RedisSource>),
+    Redis(Arc<RedisPoller>),
     Report(Arc<report::ReportSource>),
 }
 
