@@ -380,7 +380,8 @@ pub struct SidecarSpec {
     /// Sidecar image; defaults to the one the operator was installed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Compute resources of the sidecar container.
+    /// Compute resources of the sidecar container. Default: requests of 50m CPU and 32Mi of
+    /// memory, no limits (a CPU limit throttles every request that passes through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }

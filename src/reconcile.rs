@@ -834,14 +834,36 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
         ),
         (_, metrics) => judge_worker_metrics(metrics),
     };
-    let degraded = match &plan.degraded {
-        Some(message) => Judgement::new(
+    // Pods the API server refuses (Pod Security, quotas, admission webhooks) never show up as
+    // workers; the Deployment's ReplicaFailure condition says why.
+    let refused = observed
+        .deployment
+        .as_ref()
+        .and_then(|d| d.status.as_ref()?.conditions.as_ref())
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        })
+        .map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| "pod creation failed".into())
+        });
+    let degraded = match (&plan.degraded, refused) {
+        (Some(message), _) => Judgement::new(
             status::DEGRADED,
             true,
             "CrashLooping",
             format!("{message}; scale-up is held"),
         ),
-        None => Judgement::new(
+        (None, Some(message)) => Judgement::new(
+            status::DEGRADED,
+            true,
+            "PodsRefused",
+            format!("worker pods cannot be created: {message}"),
+        ),
+        (None, None) => Judgement::new(
             status::DEGRADED,
             false,
             "Healthy",
@@ -873,7 +895,6 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
     vec![ready, scaling, metrics, degraded, paused]
 }
 
-#[allow(clippy::too_many_arguments)]
 /// MetricsAvailable when the workers' sidecars are the source.
 fn judge_worker_metrics(metrics: Option<&MetricsState>) -> Judgement {
     match metrics {

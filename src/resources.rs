@@ -8,9 +8,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, Probe, Service,
-    ServicePort, ServiceSpec,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+    ServiceSpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -166,7 +168,7 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
 fn sidecar_container(
     effective: &EffectiveSpec,
     image: String,
-    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    resources: Option<ResourceRequirements>,
 ) -> Container {
     let s = &effective.sidecar;
     let mut vars = vec![
@@ -225,8 +227,44 @@ fn sidecar_container(
         ]),
         readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(probe("/livez", 10)),
-        resources,
+        resources: Some(resources.unwrap_or_else(default_sidecar_resources)),
+        security_context: Some(sidecar_security_context()),
         ..Container::default()
+    }
+}
+
+/// Requests that let the scheduler and ResourceQuotas account for the sidecar (a few MiB of
+/// memory, a small share of a core); no limits, since a CPU limit throttles every request.
+fn default_sidecar_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(
+            [
+                ("cpu".to_owned(), Quantity("50m".into())),
+                ("memory".to_owned(), Quantity("32Mi".into())),
+            ]
+            .into(),
+        ),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// What the `restricted` Pod Security Standard asks of a container, so that the injected
+/// sidecar never gets a pool's pods refused. No fixed user id: the image runs as a non-root
+/// user, and platforms that assign ids (OpenShift) stay free to.
+fn sidecar_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -328,6 +366,45 @@ spec:
         assert_eq!(pod.termination_grace_period_seconds, Some(40));
         let rolling = spec.strategy.unwrap().rolling_update.unwrap();
         assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    }
+
+    #[test]
+    fn the_sidecar_has_default_requests_and_a_restricted_security_context() {
+        let pool = pool("");
+        let d = deployment(&pool, &effective(&pool), "default", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let sidecar = pod
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap();
+        let requests = sidecar.resources.clone().unwrap().requests.unwrap();
+        assert_eq!(requests["cpu"], Quantity("50m".into()));
+        assert_eq!(requests["memory"], Quantity("32Mi".into()));
+        let security = sidecar.security_context.clone().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(
+            security.capabilities.unwrap().drop,
+            Some(vec!["ALL".into()])
+        );
+        assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+
+        let custom = self::pool("  sidecar: {resources: {requests: {cpu: 200m}}}");
+        let d = deployment(&custom, &effective(&custom), "default", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let sidecar = pod
+            .containers
+            .iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap();
+        let requests = sidecar.resources.clone().unwrap().requests.unwrap();
+        assert_eq!(
+            requests.get("memory"),
+            None,
+            "the pool's resources replace the defaults"
+        );
+        assert_eq!(requests["cpu"], Quantity("200m".into()));
     }
 
     #[test]

@@ -64,9 +64,13 @@ struct Setup {
 }
 
 async fn setup(prefix: &str) -> Setup {
+    setup_with_labels(prefix, &[]).await
+}
+
+async fn setup_with_labels(prefix: &str, labels: &[(&str, &str)]) -> Setup {
     let client = client().await;
     install_crd(&client).await;
-    let ns = TestNamespace::new(&client, prefix).await;
+    let ns = TestNamespace::with_labels(&client, prefix, labels).await;
     Setup {
         pools: Api::namespaced(client.clone(), &ns.name),
         deployments: Api::namespaced(client.clone(), &ns.name),
@@ -624,6 +628,60 @@ async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
     .await;
     assert_eq!(reason, "QueueUnreadable");
     wait_replicas(&s.deployments, "jobs", 1, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn workers_are_admitted_where_pod_security_is_restricted() {
+    let s = setup_with_labels(
+        "e2e-restricted",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    let _operator = s.operator().await;
+    // The app container meets the restricted standard; the injected sidecar must too, or the
+    // ReplicaSet's pods are refused.
+    s.create_pool(
+        "locked",
+        json!({
+            "minReplicas": 2,
+            "template": {"spec": {
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "app",
+                    "image": "example/app:1",
+                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                }],
+            }},
+        }),
+    )
+    .await;
+    wait_replicas(&s.deployments, "locked", 2, Duration::from_secs(15)).await;
+    eventually(
+        "2 worker pods admitted",
+        Duration::from_secs(20),
+        || async { (s.live_pods("locked").await?.len() == 2).then_some(()) },
+    )
+    .await;
+
+    // An app container that does not meet it: the pool says why no worker comes up.
+    s.create_pool("open", json!({})).await;
+    let reason = wait_condition(
+        &s.pools,
+        "open",
+        "Degraded",
+        "True",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(reason, "PodsRefused");
+    let pool = s.pools.get("open").await.expect("pool");
+    let message = pool
+        .status
+        .and_then(|st| st.conditions.into_iter().find(|c| c.type_ == "Degraded"))
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(message.contains("PodSecurity"), "{message}");
+    assert_eq!(s.live_pods("open").await, Some(vec![]));
 }
 
 #[tokio::test]

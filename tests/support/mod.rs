@@ -198,10 +198,19 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
+        Self::with_labels(client, prefix, &[]).await
+    }
+
+    /// A namespace with extra labels (e.g. a Pod Security level to enforce).
+    pub async fn with_labels(client: &Client, prefix: &str, extra: &[(&str, &str)]) -> Self {
         let name = format!("{prefix}-{:08x}", rand::random::<u32>());
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        let mut labels = serde_json::json!({"asyncpool.dev/test": "true"});
+        for (key, value) in extra {
+            labels[*key] = serde_json::json!(value);
+        }
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"asyncpool.dev/test": "true"}}
+            "metadata": {"name": name, "labels": labels}
         }))
         .expect("namespace object");
         namespaces
