@@ -137,7 +137,9 @@ pub async fn run(
 /// memory stays flat as pods grow.
 fn trim_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
-    pod.annotations_mut().clear();
+    // The one annotation reconcile reads: whether a worker is already marked to go first.
+    pod.annotations_mut()
+        .retain(|key, _| key == crate::reconcile::DELETION_COST);
     pod.metadata.owner_references = None;
     pod.spec = None;
     if let Some(status) = pod.status.take() {

@@ -39,7 +39,11 @@ const APPLIED_HASH: &str = "asyncpool.dev/applied-hash";
 /// Restarts after which a container that is not ready counts as crash-looping.
 const CRASH_RESTARTS: i32 = 3;
 /// Kubernetes removes the pods with the lowest cost first when a ReplicaSet shrinks.
-const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// The cost that marks a worker to go first.
+const VICTIM_COST: &str = "-1000";
+/// Longest a scale-down waits for the victims' marks to show in the pod cache.
+const MARK_PROPAGATION_LIMIT: Duration = Duration::from_secs(2);
 
 /// Operator-wide settings that reconcile needs.
 #[derive(Debug, Clone)]
@@ -750,14 +754,22 @@ fn drifted<K: Serialize>(live: &K, desired: &K) -> bool {
 
 /// Marks the workers chosen to go with the lowest deletion cost, right before the replica
 /// count drops, so the ReplicaSet removes them rather than busy ones.
+/// Gives the victims the lowest deletion cost and waits, briefly, until the pod cache shows the
+/// marks. The ReplicaSet controller ranks pods from its own watch-fed cache: lowering the replica
+/// count before a mark has reached such a cache could remove a busy worker instead of an idle
+/// one. Workers marked in an earlier round are not patched again.
 async fn mark_victims(
     ctx: &Context,
     namespace: &str,
     victims: &[String],
 ) -> Result<(), ReconcileError> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: "-1000"}}});
-    for victim in victims {
+    let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: VICTIM_COST}}});
+    let unmarked: Vec<&String> = victims
+        .iter()
+        .filter(|victim| !marked_in_cache(ctx, namespace, victim))
+        .collect();
+    for victim in &unmarked {
         match pods
             .patch(victim, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -773,7 +785,23 @@ async fn mark_victims(
             }
         }
     }
+    let deadline = Instant::now() + MARK_PROPAGATION_LIMIT;
+    while unmarked
+        .iter()
+        .any(|victim| !marked_in_cache(ctx, namespace, victim))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
+}
+
+/// Whether the pod cache shows `pod` marked to go first (or no longer holds it: it is gone).
+fn marked_in_cache(ctx: &Context, namespace: &str, pod: &str) -> bool {
+    let reference = ObjectRef::new(pod).within(namespace);
+    ctx.caches.pods.get(&reference).is_none_or(|cached| {
+        cached.annotations().get(DELETION_COST).map(String::as_str) == Some(VICTIM_COST)
+    })
 }
 
 // --- status ------------------------------------------------------------------------------------
