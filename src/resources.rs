@@ -368,16 +368,19 @@ spec:
         assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
     }
 
+    fn sidecar_of(pool: &AsyncWorkerPool) -> Container {
+        let d = deployment(pool, &effective(pool), "default", 1).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        pod.containers
+            .into_iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap()
+    }
+
     #[test]
     fn the_sidecar_has_default_requests_and_a_restricted_security_context() {
         let pool = pool("");
-        let d = deployment(&pool, &effective(&pool), "default", 1).unwrap();
-        let pod = d.spec.unwrap().template.spec.unwrap();
-        let sidecar = pod
-            .containers
-            .iter()
-            .find(|c| c.name == SIDECAR_CONTAINER)
-            .unwrap();
+        let sidecar = sidecar_of(&pool);
         let requests = sidecar.resources.clone().unwrap().requests.unwrap();
         assert_eq!(requests["cpu"], Quantity("50m".into()));
         assert_eq!(requests["memory"], Quantity("32Mi".into()));
@@ -391,14 +394,7 @@ spec:
         assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
 
         let custom = self::pool("  sidecar: {resources: {requests: {cpu: 200m}}}");
-        let d = deployment(&custom, &effective(&custom), "default", 1).unwrap();
-        let pod = d.spec.unwrap().template.spec.unwrap();
-        let sidecar = pod
-            .containers
-            .iter()
-            .find(|c| c.name == SIDECAR_CONTAINER)
-            .unwrap();
-        let requests = sidecar.resources.clone().unwrap().requests.unwrap();
+        let requests = sidecar_of(&custom).resources.unwrap().requests.unwrap();
         assert_eq!(
             requests.get("memory"),
             None,
