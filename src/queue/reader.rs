@@ -294,11 +294,17 @@ async fn read_pod(
                 record(&key, Reading::fresh(snapshot), &readings, &changes);
             })
             .await;
+            // Until the watch works again, polling keeps the data fresh. A sidecar that is not
+            // listening yet (its pod is starting) is asked again at the next poll, so that a
+            // new worker is followed by its stream as soon as it is up; one that answered but
+            // refused or ended the stream, after ten polls.
+            next_watch_attempt = match &outcome {
+                Err(ReadError::Connect(..)) => Instant::now(),
+                _ => Instant::now() + config.poll_interval * 10,
+            };
             if let Err(error) = outcome {
                 tracing::debug!(pool = %key.pool.name, pod = %key.pod, %error, "watch stream ended; polling");
             }
-            // Until the watch works again, polling keeps the data fresh.
-            next_watch_attempt = Instant::now() + config.poll_interval * 10;
         }
         let started = Instant::now();
         let result = {
@@ -521,6 +527,64 @@ mod tests {
         let result = first_result(address).await;
         assert!(result.unwrap_err().contains("timed out"));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_that_starts_late_is_followed_by_its_stream_at_once() {
+        // Nothing listens yet: the pod's sidecar is still starting.
+        let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = reserved.local_addr().unwrap();
+        drop(reserved);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = ReaderConfig {
+            watch: true,
+            ..config(address.port())
+        };
+        let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+        timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the failed read is announced");
+
+        // The sidecar comes up. Polls are refused, so a reading can only come from the stream.
+        let listener = TcpListener::bind(address).await.unwrap();
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&polls);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 4096];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    if String::from_utf8_lossy(&request[..n]).contains("watch=true") {
+                        let line = format!("{SNAPSHOT}\n");
+                        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                        let chunk = format!("{head}{:x}\r\n{line}\r\n", line.len());
+                        let _ = socket.write_all(chunk.as_bytes()).await;
+                        // Held open, as a stream is, until the test ends.
+                        let _ = socket.read(&mut request).await;
+                    } else {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let refused = http("503 Service Unavailable", "starting");
+                        let _ = socket.write_all(refused.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        timeout(Duration::from_secs(5), async {
+            while readers.snapshots(&pool, &["pod-a".into()])[0].1.is_err() {
+                rx.recv().await;
+            }
+        })
+        .await
+        .expect("a reading from the stream");
+        // At most the poll of the round in which the sidecar came up; the watch was retried
+        // at the next one (not ten polls later, as after a refused stream).
+        assert!(polls.load(std::sync::atomic::Ordering::SeqCst) <= 1);
     }
 
     #[tokio::test]
