@@ -249,6 +249,13 @@ pub struct RedisQueue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub group: Option<String>,
+    /// The key of a Secret in the pool's namespace that holds the Redis password, so that it
+    /// stays out of the pool's spec (and out of Git). It replaces a password in `url`. The
+    /// sidecars get it as an environment variable; the operator reads it to read the queue
+    /// while the pool has no ready worker, which needs `rbac.redisPasswordSecrets` in the
+    /// Helm chart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<k8s_openapi::api::core::v1::SecretKeySelector>,
 }
 
 /// The kind of Redis key that holds the queue.

@@ -44,6 +44,8 @@ impl SidecarSettings {
                 RedisKind::List => None,
                 RedisKind::Stream => redis.group.clone(),
             },
+            // Resolved from `password_secret_ref` by whoever reads the queue.
+            password: None,
         })
     }
 }

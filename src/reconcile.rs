@@ -449,7 +449,12 @@ fn own_queue_reading(
     match effective.sidecar.redis_target() {
         Some(target) if no_ready_worker && !pool.spec.paused => {
             let capacity = u64::from(effective.sidecar.concurrency);
-            Some(ctx.external.reading(key, &target, capacity))
+            let secret = effective
+                .sidecar
+                .redis
+                .as_ref()
+                .and_then(|redis| redis.password_secret_ref.as_ref());
+            Some(ctx.external.reading(key, &target, secret, capacity))
         }
         _ => {
             ctx.external.stop(key);

@@ -8,9 +8,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
-    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
-    ServiceSpec,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -195,6 +195,20 @@ fn sidecar_container(
         ));
         if let Some(group) = &redis.group {
             vars.push(env("ASYNCPOOL_REDIS_GROUP", group.clone()));
+        }
+        if let Some(secret) = &redis.password_secret_ref {
+            vars.push(EnvVar {
+                name: "ASYNCPOOL_REDIS_PASSWORD".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: secret.key.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
         }
     }
     let probe = |path: &str, period: i32| Probe {
@@ -401,6 +415,32 @@ spec:
             "the pool's resources replace the defaults"
         );
         assert_eq!(requests["cpu"], Quantity("200m".into()));
+    }
+
+    #[test]
+    fn a_redis_password_comes_from_its_secret() {
+        let pool = pool(
+            "  minReplicas: 0\n  queue: {source: redis, redis: {url: 'redis://r:6379', key: jobs, passwordSecretRef: {name: redis-auth, key: password}}}",
+        );
+        let sidecar = sidecar_of(&pool);
+        let password = sidecar
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ASYNCPOOL_REDIS_PASSWORD")
+            .unwrap();
+        assert_eq!(password.value, None, "the password is not in the pod spec");
+        let secret = password
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("redis-auth", "password")
+        );
     }
 
     #[test]

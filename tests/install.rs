@@ -279,6 +279,7 @@ fn chart_lints_clean_with_each_mode() {
             "rbac.aggregateClusterRoles=false",
             "podDisruptionBudget.enabled=false",
         ][..],
+        &["rbac.redisPasswordSecrets=true"][..],
     ] {
         let mut args = vec!["lint", "--strict", CHART, "--kube-version", KUBE_VERSION];
         for set in sets {
@@ -478,6 +479,37 @@ fn watch_namespace_renders_a_role_there_and_no_cluster_wide_binding() {
     assert_eq!(
         env_var(container, "ASYNCPOOL_NAMESPACE").map(|v| &v["value"]),
         Some(&json!("team-a"))
+    );
+}
+
+#[test]
+fn reading_redis_password_secrets_is_opt_in_and_get_only() {
+    let secret_rules = |sets: &[&str]| -> Vec<Value> {
+        let objects = render(sets);
+        let role = of_kind(&objects, "ClusterRole")
+            .into_iter()
+            .find(|r| r["metadata"]["name"] == "asyncpool:ops")
+            .expect("the operator's ClusterRole")
+            .clone();
+        role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter(|rule| {
+                rule["resources"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!("secrets")))
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(
+        secret_rules(&[]).is_empty(),
+        "secrets are readable by default"
+    );
+    assert_eq!(
+        secret_rules(&["rbac.redisPasswordSecrets=true"]),
+        [json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})]
     );
 }
 

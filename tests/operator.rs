@@ -631,6 +631,85 @@ async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
 }
 
 #[tokio::test]
+async fn a_redis_password_in_a_secret_wakes_a_pool_from_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let redis = RedisServer::start_with_password(port, Some("s3cret"))
+        .await
+        .expect("redis-server");
+    let s = setup("e2e-secret").await;
+    let _operator = s.operator().await;
+    // The pool's spec names the Secret, not the password.
+    let url = redis.url(0);
+    s.create_pool(
+        "jobs",
+        json!({
+            "minReplicas": 0,
+            "maxReplicas": 4,
+            "queue": {"source": "redis", "redis": {
+                "url": url,
+                "key": "jobs",
+                "passwordSecretRef": {"name": "redis-auth", "key": "password"},
+            }},
+        }),
+    )
+    .await;
+    let _fleet = fleet_of(
+        &s.client,
+        &s.ns.name,
+        "jobs",
+        WorkerKind::Redis {
+            url: format!("redis://:s3cret@{}", redis.addr),
+            key: "jobs".into(),
+        },
+    );
+    // No Secret yet: the status names what is missing.
+    eventually(
+        "the missing Secret reported",
+        Duration::from_secs(15),
+        || async {
+            let pool = s.pools.get("jobs").await.ok()?;
+            let c = pool
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "MetricsAvailable")?;
+            (c.reason == "QueueUnreadable" && c.message.contains("Secret redis-auth not found"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis-auth"},
+        "stringData": {"password": "s3cret"},
+    }))
+    .expect("secret object");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the Secret");
+    let reason = wait_condition(
+        &s.pools,
+        "jobs",
+        "MetricsAvailable",
+        "True",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(reason, "QueueRead");
+
+    let mut push = vec!["RPUSH", "jobs"];
+    push.extend(std::iter::repeat_n("job", 25));
+    assert_eq!(redis.command(&push).await.as_deref(), Ok(":25"));
+    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
 async fn workers_are_admitted_where_pod_security_is_restricted() {
     let s = setup_with_labels(
         "e2e-restricted",

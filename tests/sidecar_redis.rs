@@ -223,3 +223,42 @@ async fn an_unknown_consumer_group_is_missing_data() {
         reply.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_flag_authenticates_and_its_absence_is_missing_data() {
+    let redis = RedisServer::start_with_password(free_port(), Some("s3cret"))
+        .await
+        .expect("redis-server");
+    redis.command(&["RPUSH", "jobs", "a", "b"]).await.unwrap();
+    let url = redis.url(0);
+    let with = Sidecar::start(&[
+        "--source",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-key",
+        "jobs",
+        "--redis-password",
+        "s3cret",
+    ])
+    .await;
+    wait_until("2 queued, read with the password", WAIT, || async {
+        figures(&with).await == Some((2, 0))
+    })
+    .await;
+    let without = Sidecar::start(&[
+        "--source",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-key",
+        "jobs",
+    ])
+    .await;
+    wait_until("an error, not zeros, without it", WAIT, || async {
+        get(without.admin, "/queue")
+            .await
+            .is_ok_and(|r| r.status == 503 && r.json()["error"].is_string())
+    })
+    .await;
+}

@@ -2,11 +2,15 @@
 //! worker (at zero replicas, or while its first worker starts) has no sidecar to report it, so
 //! the operator polls the queue in the background, one poller per such pool, and wakes the
 //! pool's reconcile when the reading changes. Reconcile only looks at the latest reading, so a
-//! slow or unreachable Redis never holds up a reconcile.
+//! slow or unreachable Redis never holds up a reconcile. A password kept in a Secret is read
+//! when the poller starts and again every minute, so that a rotated one is picked up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Secret, SecretKeySelector};
+use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
@@ -15,8 +19,14 @@ use crate::queue::contract::QueueSnapshot;
 use crate::queue::reader::PoolKey;
 use crate::queue::redis::{RedisError, RedisPoller, RedisTarget};
 
+/// How often a password kept in a Secret is read again.
+const SECRET_REFRESH: Duration = Duration::from_secs(60);
+/// How soon a Secret that could not be read is tried again.
+const SECRET_RETRY: Duration = Duration::from_secs(5);
+
 struct Polling {
     target: RedisTarget,
+    password_secret: Option<SecretKeySelector>,
     capacity: u64,
     poller: Arc<RedisPoller>,
     task: AbortHandle,
@@ -32,14 +42,17 @@ impl Drop for Polling {
 pub struct ExternalQueues {
     polling: Mutex<HashMap<PoolKey, Polling>>,
     changes: mpsc::UnboundedSender<PoolKey>,
+    /// Reads the Secrets that hold Redis passwords.
+    client: Client,
 }
 
 impl ExternalQueues {
     /// Pollers that announce every changed reading on `changes`.
-    pub fn new(changes: mpsc::UnboundedSender<PoolKey>) -> Self {
+    pub fn new(changes: mpsc::UnboundedSender<PoolKey>, client: Client) -> Self {
         Self {
             polling: Mutex::default(),
             changes,
+            client,
         }
     }
 
@@ -50,17 +63,19 @@ impl ExternalQueues {
         &self,
         pool: &PoolKey,
         target: &RedisTarget,
+        password_secret: Option<&SecretKeySelector>,
         capacity: u64,
     ) -> Result<QueueSnapshot, String> {
         let mut polling = self.polling.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(current) = polling.get(pool)
             && current.target == *target
+            && current.password_secret.as_ref() == password_secret
             && current.capacity == capacity
         {
             return current.poller.snapshot();
         }
         let started = self
-            .start(pool, target, capacity)
+            .start(pool, target, password_secret, capacity)
             .map_err(|error| error.to_string())?;
         let snapshot = started.poller.snapshot();
         polling.insert(pool.clone(), started);
@@ -77,12 +92,15 @@ impl ExternalQueues {
         &self,
         pool: &PoolKey,
         target: &RedisTarget,
+        password_secret: Option<&SecretKeySelector>,
         capacity: u64,
     ) -> Result<Polling, RedisError> {
         let poller = Arc::new(RedisPoller::new(target.clone(), capacity)?);
         let changes = self.changes.clone();
         let key = pool.clone();
         let running = Arc::clone(&poller);
+        let secret = password_secret.cloned();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &pool.namespace);
         let span =
             tracing::info_span!("redis_queue", namespace = %pool.namespace, pool = %pool.name);
         let task = tokio::spawn(
@@ -95,8 +113,25 @@ impl ExternalQueues {
                         }
                     }
                 };
+                let poll = async {
+                    let Some(secret) = secret else {
+                        return running.run().await;
+                    };
+                    loop {
+                        match read_password(&secrets, &secret).await {
+                            Ok(password) => {
+                                running.use_password(password).await;
+                                let _ = tokio::time::timeout(SECRET_REFRESH, running.run()).await;
+                            }
+                            Err(problem) => {
+                                running.fail(RedisError::Password(problem));
+                                tokio::time::sleep(SECRET_RETRY).await;
+                            }
+                        }
+                    }
+                };
                 tokio::select! {
-                    () = running.run() => {}
+                    () = poll => {}
                     () = announce => {}
                 }
             }
@@ -105,9 +140,30 @@ impl ExternalQueues {
         .abort_handle();
         Ok(Polling {
             target: target.clone(),
+            password_secret: password_secret.cloned(),
             capacity,
             poller,
             task,
         })
     }
+}
+
+/// The password in `secret`, or what is wrong, in words that say what to fix.
+async fn read_password(
+    secrets: &Api<Secret>,
+    secret: &SecretKeySelector,
+) -> Result<String, String> {
+    let name = &secret.name;
+    let found = secrets.get(name).await.map_err(|error| match error {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "the operator may not read Secret {name} (install it with rbac.redisPasswordSecrets=true)"
+        ),
+        kube::Error::Api(status) if status.code == 404 => format!("Secret {name} not found"),
+        other => format!("cannot read Secret {name}: {other}"),
+    })?;
+    let value = found
+        .data
+        .and_then(|mut data| data.remove(&secret.key))
+        .ok_or_else(|| format!("Secret {name} has no key {}", secret.key))?;
+    String::from_utf8(value.0).map_err(|_| format!("Secret {name} key {} is not UTF-8", secret.key))
 }

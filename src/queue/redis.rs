@@ -26,12 +26,24 @@ const MAX_REPLY_BYTES: usize = 64 * 1024;
 const MAX_ELEMENTS: i64 = 100_000;
 
 /// Which queue to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     pub url: String,
     pub key: String,
     /// `None` for a list, the consumer group for a stream.
     pub group: Option<String>,
+    /// Replaces a password in the URL (it comes from a Secret, not the pool's spec).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    // The URL may carry a password too: neither is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("key", &self.key)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -50,6 +62,8 @@ pub enum RedisError {
     NoGroup(String),
     #[error("redis cannot tell the group's lag (entries deleted past its last delivered id)")]
     LagUnknown,
+    #[error("redis password: {0}")]
+    Password(String),
 }
 
 /// A parsed `redis://[[user]:password@]host[:port][/db]` URL.
@@ -382,7 +396,10 @@ struct RedisReader {
 impl RedisReader {
     /// Fails only on a URL that cannot be parsed; Redis itself is first contacted by `read`.
     fn new(target: RedisTarget) -> Result<Self, RedisError> {
-        let address = RedisAddress::parse(&target.url)?;
+        let mut address = RedisAddress::parse(&target.url)?;
+        if let Some(password) = &target.password {
+            address.password = Some(password.clone());
+        }
         Ok(RedisReader {
             target,
             address,
@@ -461,6 +478,18 @@ impl RedisPoller {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Sets the password to authenticate with, before [`Self::run`] starts.
+    pub async fn use_password(&self, password: String) {
+        let mut reader = self.reader.lock().await;
+        reader.address.password = Some(password);
+        reader.connection = None;
+    }
+
+    /// Records why there is no reading (e.g. the password's Secret cannot be read).
+    pub fn fail(&self, error: RedisError) {
+        self.store(Err(error));
     }
 
     /// Polls until the task is dropped, reconnecting after any error.
@@ -587,6 +616,22 @@ mod tests {
         ] {
             assert!(parse_reply(bad).await.is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn a_target_prints_without_its_secrets() {
+        let target = RedisTarget {
+            url: "redis://:in-url@r:6379".into(),
+            key: "jobs".into(),
+            group: None,
+            password: Some("from-secret".into()),
+        };
+        let printed = format!("{target:?}");
+        assert!(printed.contains("jobs"), "{printed}");
+        assert!(
+            !printed.contains("in-url") && !printed.contains("from-secret"),
+            "{printed}"
+        );
     }
 
     #[test]

@@ -97,6 +97,11 @@ pub struct Args {
     #[arg(long, env = "ASYNCPOOL_REDIS_GROUP")]
     pub redis_group: Option<String>,
 
+    /// Password for Redis, replacing one in `--redis-url` (the operator injects it from the
+    /// pool's Secret).
+    #[arg(long, env = "ASYNCPOOL_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "ASYNCPOOL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -234,13 +239,19 @@ impl Args {
                             })?,
                     ),
                 };
-                Some(RedisTarget { url, key, group })
+                Some(RedisTarget {
+                    url,
+                    key,
+                    group,
+                    password: self.redis_password,
+                })
             }
             SourceKind::Proxy | SourceKind::Report => {
                 for (set, flag) in [
                     (self.redis_url.is_some(), "--redis-url"),
                     (self.redis_key.is_some(), "--redis-key"),
                     (self.redis_group.is_some(), "--redis-group"),
+                    (self.redis_password.is_some(), "--redis-password"),
                 ] {
                     if set {
                         return Err(invalid(flag, "only for --source redis"));
@@ -325,7 +336,8 @@ mod tests {
             Some(RedisTarget {
                 url: "redis://127.0.0.1:6379/2".into(),
                 key: "jobs".into(),
-                group: Some("workers".into())
+                group: Some("workers".into()),
+                password: None,
             })
         );
     }

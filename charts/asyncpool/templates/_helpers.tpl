@@ -135,4 +135,11 @@ src/controller.rs and src/reconcile.rs; every verb below is used there, and noth
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.rbac.redisPasswordSecrets }}
+# Redis passwords of pools that keep them in a Secret (queue.redis.passwordSecretRef), read to
+# poll a pool's queue while it has no ready worker. Never listed or watched.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
