@@ -230,6 +230,8 @@ impl SourceKind {
 #[x_kube(
     validation = Rule::new("self.kind != 'stream' || has(self.group)")
         .message("queue.redis.group is required for a stream: pending entries are counted per consumer group"),
+    validation = Rule::new("!has(self.passwordSecretRef) || (size(self.passwordSecretRef.name) > 0 && !(has(self.passwordSecretRef.optional) && self.passwordSecretRef.optional))")
+        .message("queue.redis.passwordSecretRef needs a Secret name and cannot be optional: the password is needed to read the queue"),
 )]
 pub struct RedisQueue {
     /// Redis URL, `redis://[[user]:password@]host[:port][/db]`, e.g.

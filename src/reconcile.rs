@@ -757,8 +757,6 @@ fn drifted<K: Serialize>(live: &K, desired: &K) -> bool {
     replicas(live) != replicas(desired)
 }
 
-/// Marks the workers chosen to go with the lowest deletion cost, right before the replica
-/// count drops, so the ReplicaSet removes them rather than busy ones.
 /// Gives the victims the lowest deletion cost and waits, briefly, until the pod cache shows the
 /// marks. The ReplicaSet controller ranks pods from its own watch-fed cache: lowering the replica
 /// count before a mark has reached such a cache could remove a busy worker instead of an idle
@@ -879,9 +877,9 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
                 .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
         })
         .map(|c| {
-            c.message
-                .clone()
-                .unwrap_or_else(|| "pod creation failed".into())
+            let reason = c.reason.as_deref().unwrap_or("ReplicaFailure");
+            let message = c.message.as_deref().unwrap_or("no message");
+            format!("{reason}: {message}")
         });
     let degraded = match (&plan.degraded, refused) {
         (Some(message), _) => Judgement::new(
@@ -894,7 +892,7 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
             status::DEGRADED,
             true,
             "PodsRefused",
-            format!("worker pods cannot be created: {message}"),
+            format!("the API server refuses changes to worker pods: {message}"),
         ),
         (None, None) => Judgement::new(
             status::DEGRADED,

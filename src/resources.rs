@@ -128,8 +128,11 @@ pub fn deployment(
         .and_then(|s| s.image.clone())
         .unwrap_or_else(|| sidecar_image.to_owned());
     let resources = pool.spec.sidecar.as_ref().and_then(|s| s.resources.clone());
+    // A template that runs as root (runAsUser 0 for the whole pod) would pass that to the
+    // sidecar, which must not run as root: it gets a user of its own then.
+    let root_pod = pod.security_context.as_ref().and_then(|c| c.run_as_user) == Some(0);
     pod.containers
-        .push(sidecar_container(effective, image, resources));
+        .push(sidecar_container(effective, image, resources, root_pod));
     let drain_seconds =
         i64::try_from(effective.sidecar.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2);
     pod.termination_grace_period_seconds = Some(drain_seconds + DRAIN_GRACE_SECONDS + 5);
@@ -169,6 +172,7 @@ fn sidecar_container(
     effective: &EffectiveSpec,
     image: String,
     resources: Option<ResourceRequirements>,
+    root_pod: bool,
 ) -> Container {
     let s = &effective.sidecar;
     let mut vars = vec![
@@ -242,7 +246,7 @@ fn sidecar_container(
         readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(probe("/livez", 10)),
         resources: Some(resources.unwrap_or_else(default_sidecar_resources)),
-        security_context: Some(sidecar_security_context()),
+        security_context: Some(sidecar_security_context(root_pod)),
         ..Container::default()
     }
 }
@@ -262,11 +266,15 @@ fn default_sidecar_resources() -> ResourceRequirements {
     }
 }
 
+/// The user the sidecar's image runs as (distroless `nonroot`).
+const SIDECAR_USER: i64 = 65532;
+
 /// What the `restricted` Pod Security Standard asks of a container, so that the injected
-/// sidecar never gets a pool's pods refused. No fixed user id: the image runs as a non-root
-/// user, and platforms that assign ids (OpenShift) stay free to.
-fn sidecar_security_context() -> SecurityContext {
+/// sidecar never gets a pool's pods refused. No fixed user id unless the pod runs as root: the
+/// image runs as a non-root user, and platforms that assign ids (OpenShift) stay free to.
+fn sidecar_security_context(root_pod: bool) -> SecurityContext {
     SecurityContext {
+        run_as_user: root_pod.then_some(SIDECAR_USER),
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
@@ -406,6 +414,25 @@ spec:
             Some(vec!["ALL".into()])
         );
         assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            security.run_as_user, None,
+            "the image's user, or the platform's"
+        );
+        assert_eq!(sidecar.resources.clone().unwrap().limits, None);
+
+        let mut root = self::pool("");
+        root.spec.template.spec.as_mut().unwrap().security_context =
+            Some(k8s_openapi::api::core::v1::PodSecurityContext {
+                run_as_user: Some(0),
+                ..Default::default()
+            });
+        let security = sidecar_of(&root).security_context.unwrap();
+        assert_eq!(
+            (security.run_as_user, security.run_as_non_root),
+            (Some(SIDECAR_USER), Some(true)),
+            "a root pod's user is not passed on to the sidecar"
+        );
 
         let custom = self::pool("  sidecar: {resources: {requests: {cpu: 200m}}}");
         let requests = sidecar_of(&custom).resources.unwrap().requests.unwrap();

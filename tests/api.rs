@@ -290,6 +290,28 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
             "minReplicas must be at least 1 unless queue.source is redis",
         ),
         (
+            "redis password Secret without a name",
+            vec![
+                ("spec/queue/source", json!("redis")),
+                (
+                    "spec/queue/redis",
+                    json!({"url": "redis://r:6379", "key": "jobs", "passwordSecretRef": {"name": "", "key": "password"}}),
+                ),
+            ],
+            "passwordSecretRef needs a Secret name and cannot be optional",
+        ),
+        (
+            "optional redis password Secret",
+            vec![
+                ("spec/queue/source", json!("redis")),
+                (
+                    "spec/queue/redis",
+                    json!({"url": "redis://r:6379", "key": "jobs", "passwordSecretRef": {"name": "auth", "key": "password", "optional": true}}),
+                ),
+            ],
+            "passwordSecretRef needs a Secret name and cannot be optional",
+        ),
+        (
             "redis over TLS",
             vec![
                 ("spec/queue/source", json!("redis")),

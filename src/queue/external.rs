@@ -23,6 +23,8 @@ use crate::queue::redis::{RedisError, RedisPoller, RedisTarget};
 const SECRET_REFRESH: Duration = Duration::from_secs(60);
 /// How soon a Secret that could not be read is tried again.
 const SECRET_RETRY: Duration = Duration::from_secs(5);
+/// Bound on reading the Secret, so that a slow API server does not stall the polling.
+const SECRET_READ_LIMIT: Duration = Duration::from_secs(5);
 
 struct Polling {
     target: RedisTarget,
@@ -117,17 +119,32 @@ impl ExternalQueues {
                     let Some(secret) = secret else {
                         return running.run().await;
                     };
+                    let mut have_password = false;
                     loop {
-                        match read_password(&secrets, &secret).await {
+                        let read = tokio::time::timeout(
+                            SECRET_READ_LIMIT,
+                            read_password(&secrets, &secret),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!("reading Secret {} timed out", secret.name))
+                        });
+                        match read {
                             Ok(password) => {
                                 running.use_password(password).await;
-                                let _ = tokio::time::timeout(SECRET_REFRESH, running.run()).await;
+                                have_password = true;
+                            }
+                            // A refresh that fails keeps the password that works.
+                            Err(problem) if have_password => {
+                                tracing::warn!(%problem, "cannot refresh the redis password; keeping the last one");
                             }
                             Err(problem) => {
                                 running.fail(RedisError::Password(problem));
                                 tokio::time::sleep(SECRET_RETRY).await;
+                                continue;
                             }
                         }
+                        let _ = tokio::time::timeout(SECRET_REFRESH, running.run()).await;
                     }
                 };
                 tokio::select! {

@@ -67,13 +67,25 @@ pub enum RedisError {
 }
 
 /// A parsed `redis://[[user]:password@]host[:port][/db]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisAddress {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+}
+
+impl std::fmt::Debug for RedisAddress {
+    // Everything but the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAddress")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisAddress {
@@ -628,6 +640,13 @@ mod tests {
         };
         let printed = format!("{target:?}");
         assert!(printed.contains("jobs"), "{printed}");
+        assert!(
+            !printed.contains("in-url") && !printed.contains("from-secret"),
+            "{printed}"
+        );
+        let poller = RedisPoller::new(target, 10).unwrap();
+        let printed = format!("{poller:?}");
+        assert!(printed.contains("6379"), "{printed}");
         assert!(
             !printed.contains("in-url") && !printed.contains("from-secret"),
             "{printed}"
