@@ -550,61 +550,85 @@ async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
     );
 }
 
-#[tokio::test]
-async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port that was free a moment ago on 127.0.0.1 (for a redis-server).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
-        .port();
-    let mut redis = RedisServer::start_on(port).await.expect("redis-server");
-    let url = redis.url(0);
-    let s = setup("e2e-zero").await;
-    let _operator = s.operator().await;
-    s.create_pool(
-        "jobs",
-        json!({
-            "minReplicas": 0,
-            "maxReplicas": 4,
-            "queue": {"source": "redis", "redis": {"url": url, "key": "jobs"}},
-            "scaling": {"fallbackReplicas": 1},
-        }),
-    )
-    .await;
-    let _fleet = fleet_of(
+        .port()
+}
+
+/// A pool on the Redis list `jobs`, able to go to zero, and sidecars for its pods that read the
+/// list at `worker_url`.
+async fn redis_pool(s: &Setup, name: &str, redis: serde_json::Value, worker_url: String) -> Fleet {
+    let mut spec = json!({
+        "minReplicas": 0,
+        "maxReplicas": 4,
+        "queue": {"source": "redis", "redis": {"key": "jobs"}},
+        "scaling": {"fallbackReplicas": 1},
+    });
+    merge(&mut spec["queue"]["redis"], redis);
+    s.create_pool(name, spec).await;
+    fleet_of(
         &s.client,
         &s.ns.name,
-        "jobs",
+        name,
         WorkerKind::Redis {
-            url: url.clone(),
+            url: worker_url,
             key: "jobs".into(),
         },
-    );
-    // Nothing queued: the pool starts with no worker, and the operator reads its queue itself.
-    let reason = wait_condition(
-        &s.pools,
-        "jobs",
-        "MetricsAvailable",
-        "True",
-        Duration::from_secs(15),
+    )
+}
+
+/// Waits until the pool's condition `type_` has `reason`.
+async fn wait_reason(s: &Setup, name: &str, type_: &str, reason: &str, limit: Duration) {
+    eventually(
+        &format!("{type_} with reason {reason} on {name}"),
+        limit,
+        || async {
+            let (_, found) = condition(&s.pools, name, type_).await?;
+            (found == reason).then_some(())
+        },
     )
     .await;
-    assert_eq!(reason, "QueueRead");
-    assert_eq!(replicas(&s.deployments, "jobs").await, Some(0));
-    let history = ReplicaHistory::start(&s.deployments, "jobs").await;
+}
 
-    // 25 jobs at 10 per worker: the operator's reading wakes the pool, then the sidecars report
-    // the same queue.
+/// Pushes 25 jobs, which need 3 workers at 10 per worker.
+async fn push_25_jobs(redis: &RedisServer) {
     let mut push = vec!["RPUSH", "jobs"];
     push.extend(std::iter::repeat_n("job", 25));
     assert_eq!(redis.command(&push).await.as_deref(), Ok(":25"));
-    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
-    eventually(
-        "the workers' sidecars to be the source",
+}
+
+#[tokio::test]
+async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
+    let mut redis = RedisServer::start_on(free_port())
+        .await
+        .expect("redis-server");
+    let s = setup("e2e-zero").await;
+    let _operator = s.operator().await;
+    let _fleet = redis_pool(&s, "jobs", json!({"url": redis.url(0)}), redis.url(0)).await;
+    // Nothing queued: the pool starts with no worker, and the operator reads its queue itself.
+    wait_reason(
+        &s,
+        "jobs",
+        "MetricsAvailable",
+        "QueueRead",
         Duration::from_secs(15),
-        || async {
-            let (status, reason) = condition(&s.pools, "jobs", "MetricsAvailable").await?;
-            (status == "True" && reason == "AllWorkersReport").then_some(())
-        },
+    )
+    .await;
+    assert_eq!(replicas(&s.deployments, "jobs").await, Some(0));
+    let history = ReplicaHistory::start(&s.deployments, "jobs").await;
+
+    // The operator's reading wakes the pool, then the sidecars report the same queue.
+    push_25_jobs(&redis).await;
+    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
+    wait_reason(
+        &s,
+        "jobs",
+        "MetricsAvailable",
+        "AllWorkersReport",
+        Duration::from_secs(15),
     )
     .await;
 
@@ -618,53 +642,31 @@ async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
     // At zero with Redis gone, the queue is missing data, not an empty queue: the fallback
     // applies.
     redis.kill();
-    let reason = wait_condition(
-        &s.pools,
+    wait_reason(
+        &s,
         "jobs",
         "MetricsAvailable",
-        "False",
+        "QueueUnreadable",
         Duration::from_secs(15),
     )
     .await;
-    assert_eq!(reason, "QueueUnreadable");
     wait_replicas(&s.deployments, "jobs", 1, Duration::from_secs(15)).await;
 }
 
 #[tokio::test]
 async fn a_redis_password_in_a_secret_wakes_a_pool_from_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let redis = RedisServer::start_with_password(port, Some("s3cret"))
+    let redis = RedisServer::start_with_password(free_port(), Some("s3cret"))
         .await
         .expect("redis-server");
     let s = setup("e2e-secret").await;
     let _operator = s.operator().await;
     // The pool's spec names the Secret, not the password.
-    let url = redis.url(0);
-    s.create_pool(
-        "jobs",
-        json!({
-            "minReplicas": 0,
-            "maxReplicas": 4,
-            "queue": {"source": "redis", "redis": {
-                "url": url,
-                "key": "jobs",
-                "passwordSecretRef": {"name": "redis-auth", "key": "password"},
-            }},
-        }),
-    )
-    .await;
-    let _fleet = fleet_of(
-        &s.client,
-        &s.ns.name,
-        "jobs",
-        WorkerKind::Redis {
-            url: format!("redis://:s3cret@{}", redis.addr),
-            key: "jobs".into(),
-        },
-    );
+    let spec = json!({
+        "url": redis.url(0),
+        "passwordSecretRef": {"name": "redis-auth", "key": "password"},
+    });
+    let worker_url = format!("redis://:s3cret@{}", redis.addr);
+    let _fleet = redis_pool(&s, "jobs", spec, worker_url).await;
     // No Secret yet: the status names what is missing.
     eventually(
         "the missing Secret reported",
@@ -693,19 +695,15 @@ async fn a_redis_password_in_a_secret_wakes_a_pool_from_zero() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("create the Secret");
-    let reason = wait_condition(
-        &s.pools,
+    wait_reason(
+        &s,
         "jobs",
         "MetricsAvailable",
-        "True",
+        "QueueRead",
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(reason, "QueueRead");
-
-    let mut push = vec!["RPUSH", "jobs"];
-    push.extend(std::iter::repeat_n("job", 25));
-    assert_eq!(redis.command(&push).await.as_deref(), Ok(":25"));
+    push_25_jobs(&redis).await;
     wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
 }
 

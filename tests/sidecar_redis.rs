@@ -31,6 +31,13 @@ impl std::ops::Deref for Redis {
     }
 }
 
+/// The sidecar in `redis` mode on `key` at `url`, with `extra` flags.
+async fn redis_sidecar(url: &str, key: &str, extra: &[&str]) -> Sidecar {
+    let mut args = vec!["--source", "redis", "--redis-url", url, "--redis-key", key];
+    args.extend_from_slice(extra);
+    Sidecar::start(&args).await
+}
+
 async fn figures(sidecar: &Sidecar) -> Option<(u64, u64)> {
     let reply = get(sidecar.admin, "/queue").await.ok()?;
     if reply.status != 200 {
@@ -45,15 +52,7 @@ async fn figures(sidecar: &Sidecar) -> Option<(u64, u64)> {
 async fn list_length_is_the_pool_queue() {
     let redis = Redis::start_on(free_port()).await;
     let url = format!("redis://{}/3", redis.addr);
-    let sidecar = Sidecar::start(&[
-        "--source",
-        "redis",
-        "--redis-url",
-        &url,
-        "--redis-key",
-        "jobs",
-    ])
-    .await;
+    let sidecar = redis_sidecar(&url, "jobs", &[]).await;
     // An absent key is an empty list: a real zero.
     wait_until("an empty list", WAIT, || async {
         figures(&sidecar).await == Some((0, 0))
@@ -91,18 +90,11 @@ async fn stream_lag_is_queued_and_pending_is_in_flight() {
         "+OK"
     );
     let url = format!("redis://{}", redis.addr);
-    let sidecar = Sidecar::start(&[
-        "--source",
-        "redis",
-        "--redis-url",
+    let sidecar = redis_sidecar(
         &url,
-        "--redis-key",
         "tasks",
-        "--redis-kind",
-        "stream",
-        "--redis-group",
-        "workers",
-    ])
+        &["--redis-kind", "stream", "--redis-group", "workers"],
+    )
     .await;
     wait_until("an empty stream", WAIT, || async {
         figures(&sidecar).await == Some((0, 0))
@@ -141,15 +133,7 @@ async fn a_redis_that_is_down_or_wrong_is_missing_data_not_zero() {
     let port = free_port();
     let mut redis = Redis::start_on(port).await;
     let url = format!("redis://{}", redis.addr);
-    let sidecar = Sidecar::start(&[
-        "--source",
-        "redis",
-        "--redis-url",
-        &url,
-        "--redis-key",
-        "jobs",
-    ])
-    .await;
+    let sidecar = redis_sidecar(&url, "jobs", &[]).await;
     wait_until("a reading", WAIT, || async {
         figures(&sidecar).await == Some((0, 0))
     })
@@ -197,18 +181,11 @@ async fn an_unknown_consumer_group_is_missing_data() {
     let redis = Redis::start_on(free_port()).await;
     redis.command(&["XADD", "tasks", "*", "n", "1"]).await;
     let url = format!("redis://{}", redis.addr);
-    let sidecar = Sidecar::start(&[
-        "--source",
-        "redis",
-        "--redis-url",
+    let sidecar = redis_sidecar(
         &url,
-        "--redis-key",
         "tasks",
-        "--redis-kind",
-        "stream",
-        "--redis-group",
-        "nobody",
-    ])
+        &["--redis-kind", "stream", "--redis-group", "nobody"],
+    )
     .await;
     wait_until("a reading", WAIT, || async {
         get(sidecar.admin, "/queue")
@@ -231,30 +208,12 @@ async fn the_password_flag_authenticates_and_its_absence_is_missing_data() {
         .expect("redis-server");
     redis.command(&["RPUSH", "jobs", "a", "b"]).await.unwrap();
     let url = redis.url(0);
-    let with = Sidecar::start(&[
-        "--source",
-        "redis",
-        "--redis-url",
-        &url,
-        "--redis-key",
-        "jobs",
-        "--redis-password",
-        "s3cret",
-    ])
-    .await;
+    let with = redis_sidecar(&url, "jobs", &["--redis-password", "s3cret"]).await;
     wait_until("2 queued, read with the password", WAIT, || async {
         figures(&with).await == Some((2, 0))
     })
     .await;
-    let without = Sidecar::start(&[
-        "--source",
-        "redis",
-        "--redis-url",
-        &url,
-        "--redis-key",
-        "jobs",
-    ])
-    .await;
+    let without = redis_sidecar(&url, "jobs", &[]).await;
     wait_until("an error, not zeros, without it", WAIT, || async {
         get(without.admin, "/queue")
             .await
