@@ -24,23 +24,8 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 LUA="$root/bench/wrk-report.lua"
 
 work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-    for _ in $(seq 400); do
-        curl -fsS -o /dev/null "http://$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "not up: $1" >&2
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 APP=$(free_port); RET=$(free_port); NG1=$(free_port); NG2=$(free_port); SC1=$(free_port); SC2=$(free_port)
 ADM1=$(free_port); ADM2=$(free_port)

@@ -16,22 +16,8 @@ eval "$("$root/scripts/test-deps")"
 (cd "$root" && cargo build --release --quiet --bin asyncpool-sidecar)
 SIDECAR="$root/target/release/asyncpool-sidecar"
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-    for _ in $(seq 400); do
-        curl -fsS -o /dev/null "http://$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "not up: $1" >&2
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # start_pool CONCURRENCY: starts 4 pods, sets `targets` to their serving addresses
 start_pool() {

@@ -598,21 +598,6 @@ async fn run(
     Ok(())
 }
 
-async fn interrupted() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-}
-
 async fn bench_main(args: Args) -> ExitCode {
     let kubeconfig = match kubeconfig_path() {
         Ok(path) => path,
@@ -648,7 +633,7 @@ async fn bench_main(args: Args) -> ExitCode {
             Ok(Err(error)) => Err(error.to_string()),
             Err(error) => Err(format!("the run failed: {error}")),
         },
-        _ = interrupted() => {
+        _ = asyncpool::signal::terminate_or_interrupt() => {
             work.abort();
             let _ = work.await;
             Err("interrupted".into())

@@ -13,4 +13,5 @@ pub mod reconcile;
 pub mod resources;
 pub mod scaling;
 pub mod sidecar;
+pub mod signal;
 pub mod status;

@@ -89,18 +89,7 @@ fn init_logging(format: &str) {
 }
 
 async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    asyncpool::signal::terminate_or_interrupt().await;
     tracing::info!("shutting down");
 }
 

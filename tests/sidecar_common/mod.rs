@@ -79,6 +79,21 @@ impl Proc {
         }
     }
 
+    /// Waits until the process answers `GET path` on `addr` with 200, failing the test if it
+    /// exits first or takes longer than `limit`.
+    pub async fn wait_answering(&mut self, addr: SocketAddr, path: &str, limit: Duration) {
+        let start = Instant::now();
+        while get(addr, path).await.map(|r| r.status) != Ok(200) {
+            self.assert_running();
+            assert!(
+                start.elapsed() < limit,
+                "{} did not come up within {limit:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([format!("-{signal}"), self.pid().to_string()])
@@ -263,15 +278,8 @@ impl App {
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps"));
         let mut proc = Proc::spawn("uvicorn", &mut command);
         let addr = loopback(port);
-        let start = Instant::now();
-        while get(addr, "/_stats").await.map(|r| r.status) != Ok(200) {
-            proc.assert_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "uvicorn did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proc.wait_answering(addr, "/_stats", Duration::from_secs(30))
+            .await;
         App { addr, proc }
     }
 
@@ -308,15 +316,8 @@ impl Sidecar {
             .envs(envs.iter().copied())
             .env("ASYNCPOOL_LOG", "warn");
         let mut proc = Proc::spawn("sidecar", &mut command);
-        let start = Instant::now();
-        while get(admin, "/livez").await.map(|r| r.status) != Ok(200) {
-            proc.assert_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "sidecar did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        proc.wait_answering(admin, "/livez", Duration::from_secs(10))
+            .await;
         Sidecar { addr, admin, proc }
     }
 
