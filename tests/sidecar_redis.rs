@@ -187,10 +187,11 @@ async fn an_unknown_consumer_group_is_missing_data() {
         &["--redis-kind", "stream", "--redis-group", "nobody"],
     )
     .await;
-    wait_until("a reading", WAIT, || async {
-        get(sidecar.admin, "/queue")
-            .await
-            .is_ok_and(|r| r.status == 503)
+    // Before its first read the sidecar answers 503 too ("not read yet"): wait for the read.
+    wait_until("the group's error", WAIT, || async {
+        get(sidecar.admin, "/queue").await.is_ok_and(|r| {
+            r.status == 503 && r.json()["error"].as_str() != Some("redis not read yet")
+        })
     })
     .await;
     let reply = get(sidecar.admin, "/queue").await.unwrap();
@@ -214,10 +215,15 @@ async fn the_password_flag_authenticates_and_its_absence_is_missing_data() {
     })
     .await;
     let without = redis_sidecar(&url, "jobs", &[]).await;
+    // Redis refuses the unauthenticated read: an error that says so, not zeros (and not merely
+    // the "not read yet" of a sidecar that has not read).
     wait_until("an error, not zeros, without it", WAIT, || async {
-        get(without.admin, "/queue")
-            .await
-            .is_ok_and(|r| r.status == 503 && r.json()["error"].is_string())
+        get(without.admin, "/queue").await.is_ok_and(|r| {
+            r.status == 503
+                && r.json()["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("NOAUTH"))
+        })
     })
     .await;
 }
