@@ -170,8 +170,9 @@ pub struct QueueSpec {
     pub source: SourceKind,
 
     /// Load (requests queued plus in flight) one worker should carry. Desired workers =
-    /// ceil(pool load / targetPerWorker). Defaults to `concurrency`: a worker is "full" when all
-    /// its slots are busy.
+    /// ceil(pool load / targetPerWorker). Defaults to 70 % of `concurrency`: requests are spread
+    /// at random over the workers, and a pool sized to be exactly full queues on its busier
+    /// ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub target_per_worker: Option<i32>,
@@ -487,7 +488,7 @@ fn default_tolerance_percent() -> i32 {
     10
 }
 fn default_scale_down_delay() -> GoDuration {
-    GoDuration::new("60s")
+    GoDuration::new("30s")
 }
 fn default_max_scale_up_rate() -> f64 {
     10.0

@@ -9,6 +9,11 @@ use crate::duration::parse_duration;
 use crate::queue::redis::RedisTarget;
 use crate::scaling::{Policy, Supervision};
 
+/// `queue.targetPerWorker` when unset, as a share of `concurrency`: with requests spread at
+/// random over the workers, a pool sized to be exactly full queues on its busier workers, and
+/// 70 % keeps the wait short at the least cost (`docs/benchmarks.md`, scaling quality).
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
+
 /// A spec that the schema let through but that cannot be acted on.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("spec.{field}: {problem}")]
@@ -69,6 +74,14 @@ fn non_negative(field: &'static str, value: i32) -> Result<u32, SpecError> {
     })
 }
 
+/// The Deployment's replicas when it is first created: the size requested through the scale
+/// subresource, else the minimum, within the bounds.
+pub fn initial_replicas(spec: &AsyncWorkerPoolSpec) -> i32 {
+    spec.replicas
+        .unwrap_or(spec.min_replicas)
+        .clamp(spec.min_replicas, spec.max_replicas.max(spec.min_replicas))
+}
+
 impl EffectiveSpec {
     pub fn from_spec(spec: &AsyncWorkerPoolSpec, paused: bool) -> Result<Self, SpecError> {
         let concurrency = non_negative("concurrency", spec.concurrency)?.max(1);
@@ -76,13 +89,16 @@ impl EffectiveSpec {
             Some(bound) => non_negative("queue.maxQueue", bound)?,
             None => concurrency.saturating_mul(10),
         };
-        let target = spec.queue.target_per_worker.unwrap_or(spec.concurrency);
+        let target = spec.queue.target_per_worker.map_or(
+            DEFAULT_TARGET_UTILIZATION * f64::from(concurrency),
+            f64::from,
+        );
         let scaling = &spec.scaling;
         let policy = Policy {
             min_replicas: non_negative("minReplicas", spec.min_replicas)?,
             max_replicas: non_negative("maxReplicas", spec.max_replicas)?,
             concurrency,
-            target_per_worker: f64::from(target),
+            target_per_worker: target,
             stable_window: duration("scaling.stableWindow", &scaling.stable_window)?,
             panic_window: duration("scaling.panicWindow", &scaling.panic_window)?,
             panic_threshold: f64::from(scaling.panic_threshold_percent) / 100.0,
@@ -179,7 +195,7 @@ spec:
     #[test]
     fn defaults_follow_concurrency() {
         let effective = EffectiveSpec::from_spec(&spec(MINIMAL), false).unwrap();
-        assert_eq!(effective.policy.target_per_worker, 4.0);
+        assert!((effective.policy.target_per_worker - 2.8).abs() < 1e-9);
         assert_eq!(effective.sidecar.max_queue, 40);
         assert_eq!(effective.policy.min_replicas, 1);
         assert_eq!(effective.policy.stable_window, Duration::from_secs(60));

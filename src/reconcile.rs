@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, ResultLabel};
-use crate::pool::EffectiveSpec;
+use crate::pool::{EffectiveSpec, initial_replicas};
 use crate::queue::contract::QueueSnapshot;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{PoolKey, SidecarReaders};
@@ -477,7 +477,7 @@ fn decide(
         .deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref()?.replicas)
-        .unwrap_or_else(|| clamp(pool.spec.replicas.unwrap_or(pool.spec.min_replicas)));
+        .unwrap_or_else(|| initial_replicas(&pool.spec));
     let now = ctx.origin.elapsed();
     let handled = pool
         .status

@@ -3,7 +3,7 @@
 //! nothing answers) → scale-down stabilization → warm-up gate → rate limits → min/max.
 
 use std::cmp::Ordering;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -20,6 +20,16 @@ const RATE_PERIOD: Duration = Duration::from_secs(1);
 /// Smallest growth allowed per second, so a pool of 0 or 1 is not held to ×rate of almost
 /// nothing (the HPA's +4 pods).
 const MIN_SCALE_UP_STEP: u32 = 4;
+
+/// How far, in standard deviations of its Poisson noise, the short-window Little's-law load
+/// must move from the stable-window mean before the pool follows it.
+const RATE_NOISE_SIGMAS: f64 = 2.0;
+
+/// How long a pod that has just turned ready may go without its first reading before it counts
+/// as missing. Its reader connects when the pod gets an address and retries once per poll, so
+/// the first answer can trail readiness by about a poll; a pool must not read every scale-up as
+/// a gap in its data (that would hold off every scale-down for a stable window).
+pub const FIRST_READING_GRACE: Duration = Duration::from_secs(5);
 
 /// Averages of whole loads carry float noise (10.000000001); it must not add a worker.
 const CEIL_SLACK: f64 = 1e-9;
@@ -175,8 +185,12 @@ pub struct Scaler {
     last_now: Duration,
     loads: LoadWindow,
     rates: RateTracker,
-    /// Highest recommendation per second over `scale_down_delay`, for stabilization.
+    /// Little's-law load (arrivals × service time) per second, for its stable-window mean.
+    rate_loads: LoadWindow,
+    /// Highest lasting recommendation per second over `scale_down_delay`, for stabilization.
     recommendations: VecDeque<(Duration, u32)>,
+    /// Highest recommendation for the present load per second over `panic_window`.
+    present_recommendations: VecDeque<(Duration, u32)>,
     /// Sizes seen or decided during the last [`RATE_PERIOD`]: the base of the rate limits.
     sizes: VecDeque<(Duration, u32)>,
     /// The last time the panic window was over the threshold.
@@ -186,6 +200,9 @@ pub struct Scaler {
     complete_since: Duration,
     /// No source has answered since then.
     silent_since: Option<Duration>,
+    /// Ready pods that have not answered yet, and when each was first seen ready; `None` once
+    /// a pod has answered. Pods no longer listed are forgotten.
+    first_readings: HashMap<String, Option<Duration>>,
 }
 
 impl Scaler {
@@ -197,11 +214,14 @@ impl Scaler {
             last_now: now,
             loads: LoadWindow::default(),
             rates: RateTracker::default(),
+            rate_loads: LoadWindow::default(),
             recommendations: VecDeque::from([(now, current_replicas)]),
+            present_recommendations: VecDeque::new(),
             sizes: VecDeque::new(),
             burst_seen: None,
             complete_since: now,
             silent_since: None,
+            first_readings: HashMap::new(),
         }
     }
 
@@ -210,7 +230,8 @@ impl Scaler {
         let now = obs.now.max(self.last_now);
         self.last_now = now;
         let current = obs.current_replicas;
-        let reading = Reading::of(obs);
+        let awaited = self.awaiting_first_reading(now, obs);
+        let reading = Reading::of(obs, &awaited);
         let metrics = self.classify(now, &reading);
 
         if let Err(error) = policy.validate() {
@@ -242,10 +263,19 @@ impl Scaler {
                 .iter()
                 .map(|pod| (pod.name.as_str(), usable(pod.snapshot.as_ref()))),
         );
+        if let Some(rates) = rates {
+            self.rate_loads.record(now, rates.load);
+        }
+        self.rate_loads.forget_older_than(now, policy.stable_window);
 
         if policy.paused {
             self.burst_seen = None;
-            self.remember_recommendation(now, current, policy.scale_down_delay);
+            remember(
+                &mut self.recommendations,
+                now,
+                current,
+                policy.scale_down_delay,
+            );
             self.remember_sizes(now, current, current);
             return Decision {
                 replicas: current,
@@ -262,7 +292,8 @@ impl Scaler {
 
         let proposal = match metrics {
             MetricsState::NoSource => Proposal {
-                recommendation: current,
+                lasting: current,
+                present: 0,
                 kind: Some(DecisionKind::Hold),
                 mode: self.mode_at(now, policy),
                 load: 0.0,
@@ -295,6 +326,38 @@ impl Scaler {
         }
     }
 
+    /// Ready pods still within [`FIRST_READING_GRACE`] of turning ready without having answered
+    /// once: starting, not missing.
+    fn awaiting_first_reading(&mut self, now: Duration, obs: &Observation) -> Vec<bool> {
+        let listed: HashSet<&str> = obs.pods.iter().map(|pod| pod.name.as_str()).collect();
+        self.first_readings
+            .retain(|name, _| listed.contains(name.as_str()));
+        obs.pods
+            .iter()
+            .map(|pod| {
+                // Garbage is an answer too: the reader got through.
+                let answered = pod.snapshot.is_some();
+                match self.first_readings.get_mut(&pod.name) {
+                    Some(entry) => {
+                        if answered {
+                            *entry = None;
+                        }
+                        entry.is_some_and(|ready| now.saturating_sub(ready) < FIRST_READING_GRACE)
+                    }
+                    None if answered => {
+                        self.first_readings.insert(pod.name.clone(), None);
+                        false
+                    }
+                    None if pod.ready => {
+                        self.first_readings.insert(pod.name.clone(), Some(now));
+                        true
+                    }
+                    None => false,
+                }
+            })
+            .collect()
+    }
+
     fn classify(&mut self, now: Duration, reading: &Reading) -> MetricsState {
         let metrics = if reading.sources == 0 {
             MetricsState::NoSource
@@ -318,10 +381,10 @@ impl Scaler {
         metrics
     }
 
-    /// Panic lasts until a stable window passes without a burst.
+    /// Panic lasts until a panic window passes without a burst.
     fn mode_at(&mut self, now: Duration, policy: &Policy) -> Mode {
         match self.burst_seen {
-            Some(seen) if now < seen.saturating_add(policy.stable_window) => Mode::Panic,
+            Some(seen) if now < seen.saturating_add(policy.panic_window) => Mode::Panic,
             _ => {
                 self.burst_seen = None;
                 Mode::Stable
@@ -382,7 +445,8 @@ impl Scaler {
             ),
         };
         Proposal {
-            recommendation,
+            lasting: recommendation,
+            present: 0,
             kind: Some(kind),
             mode: self.mode_at(now, policy),
             load: 0.0,
@@ -390,8 +454,96 @@ impl Scaler {
         }
     }
 
-    /// The load-based recommendation: the larger of the stable and panic window means, the
-    /// Little's-law term, tolerance, and no scale-down in panic or on partial data.
+    /// What the load needs for longer than a burst, in workers, and why. With the counters:
+    /// arrivals × service time (Little's law), its stable-window mean unless the short window
+    /// moved by more than its Poisson noise, so a real rise or fall is followed within a panic
+    /// window and the wobble of a steady load is not; never below what a standing queue at full
+    /// concurrency asks for. Without them: the larger of the stable and short window loads.
+    fn lasting_need(
+        &self,
+        policy: &Policy,
+        now: Duration,
+        loads: [f64; 3],
+        rates: Option<RateEstimate>,
+        mode: Mode,
+    ) -> (f64, String) {
+        let [stable_load, short_mean, observed] = loads;
+        let per_worker = policy.target_per_worker;
+        let by_load = |load: f64, window: Duration| {
+            (
+                load / per_worker,
+                format!(
+                    "load {} ({} mean) / {} per worker = {} workers",
+                    Num(load),
+                    Secs(window),
+                    Num(per_worker),
+                    Num(load / per_worker)
+                ),
+            )
+        };
+        let Some(rates) = rates.filter(|_| policy.rate_aware) else {
+            return if short_mean > stable_load {
+                by_load(short_mean, policy.panic_window)
+            } else {
+                by_load(stable_load, policy.stable_window)
+            };
+        };
+        let stable = self
+            .rate_loads
+            .trend(now, policy.stable_window)
+            .unwrap_or(rates.load);
+        let noise = RATE_NOISE_SIGMAS
+            * (stable.max(rates.load) * rates.mean_service_seconds
+                / policy.panic_window.as_secs_f64())
+            .sqrt();
+        let moved = (rates.load - stable).abs() > noise;
+        let busy = if moved { rates.load } else { stable };
+        let workers = busy / policy.rate_load_per_worker();
+        // The estimate errs short by design; a queue that stands above full concurrency over
+        // the stable window, the short one and now, outside a panic, says it erred (a burst's
+        // backlog is the panic's to meet).
+        let standing = stable_load.min(short_mean).min(observed);
+        let queue_floor = standing / f64::from(policy.concurrency);
+        if mode == Mode::Stable && queue_floor > workers {
+            return (
+                queue_floor,
+                format!(
+                    "load {} stands above the full concurrency of {} per worker ({} and {} \
+                     means, and now) = {} workers",
+                    Num(standing),
+                    policy.concurrency,
+                    Secs(policy.stable_window),
+                    Secs(policy.panic_window),
+                    Num(queue_floor)
+                ),
+            );
+        }
+        let clause = if moved {
+            format!(
+                "arrivals {}/s × {} s service keep {} busy / {} per worker = {} workers",
+                Num(rates.arrivals_per_second),
+                Num(rates.mean_service_seconds),
+                Num(rates.load),
+                Num(policy.rate_load_per_worker()),
+                Num(workers)
+            )
+        } else {
+            format!(
+                "arrivals × service time keep {} busy ({} mean) / {} per worker = {} workers",
+                Num(stable),
+                Secs(policy.stable_window),
+                Num(policy.rate_load_per_worker()),
+                Num(workers)
+            )
+        };
+        (workers, clause)
+    }
+
+    /// The load-based recommendation, in two parts. What lasts: arrivals × service time (Little's
+    /// law) when the counters give them, else the stable-window load. What is there now: the
+    /// short-window load, backlog included. A backlog built while workers start is met at once
+    /// but is not a lasting need, so only the lasting part is held through the scale-down delay;
+    /// the present part is held for a panic window. No scale-down on partial data.
     fn recommend_from_load(
         &mut self,
         policy: &Policy,
@@ -406,107 +558,101 @@ impl Scaler {
             .loads
             .mean(now, policy.stable_window)
             .unwrap_or(observed);
-        // A queue that is there now needs workers now: within the current second the window
-        // mean still averages the level before a burst with the burst, so the short window
-        // counts the present level when that is higher.
-        let panic_load = self
+        let short_mean = self
             .loads
             .mean(now, policy.panic_window)
-            .map_or(observed, |mean| mean.max(observed));
+            .unwrap_or(observed);
         let per_worker = policy.target_per_worker;
         let ready = reading.ready_workers.max(1);
-        let burst = panic_load / per_worker >= policy.panic_threshold * f64::from(ready);
+        // A burst needs workers now: within the current second the window mean still averages
+        // the level before a burst with the burst, so a burst is judged, and met, on the
+        // present level when that is higher.
+        let present_load = short_mean.max(observed);
+        let burst = present_load / per_worker >= policy.panic_threshold * f64::from(ready);
         if burst {
             self.burst_seen = Some(now);
         }
         let mode = self.mode_at(now, policy);
 
-        // Both windows count in both modes: a rise shows in the short window first, and a
-        // scale-down must be justified by both. Only the long one would under-provision for a
-        // minute after every rise short of a panic, and at target = concurrency that queue grows.
-        let (load, window) = if panic_load > stable_load {
-            (panic_load, policy.panic_window)
-        } else {
-            (stable_load, policy.stable_window)
-        };
-        let windowed = format!("load {} ({} mean)", Num(load), Secs(window));
-        let basis = match mode {
-            Mode::Stable => windowed,
-            Mode::Panic => {
-                let why = if burst {
-                    format!(
-                        "panic: the {} load needs ≥ {} × the {ready} ready workers",
-                        Secs(policy.panic_window),
-                        Num(policy.panic_threshold)
-                    )
-                } else {
-                    let ago = now.saturating_sub(self.burst_seen.unwrap_or(now));
-                    format!("panic since a burst {} ago", Secs(ago))
-                };
-                format!("{why}: {windowed}")
-            }
-        };
-        let queue_workers = load / per_worker;
-        let mut sizing = format!(
-            "{basis} / {} per worker = {} workers",
-            Num(per_worker),
-            Num(queue_workers)
+        let (lasting, lasting_clause) = self.lasting_need(
+            policy,
+            now,
+            [stable_load, short_mean, observed],
+            rates,
+            mode,
         );
+        // In a panic the load there now counts, held for a panic window through the history
+        // of recommendations (not through the window mean too, which would hold a drained
+        // backlog twice). Short of a panic what lasts decides alone: a peak of a second, gone
+        // before a new worker could start, adds none.
+        let present = match mode {
+            Mode::Panic => observed / per_worker,
+            Mode::Stable => 0.0,
+        };
+        let (workers, sizing) = if present > lasting {
+            let ago = now.saturating_sub(self.burst_seen.unwrap_or(now));
+            let why = if ago.is_zero() {
+                format!(
+                    "panic: the {} load needs ≥ {} × the {ready} ready workers",
+                    Secs(policy.panic_window),
+                    Num(policy.panic_threshold)
+                )
+            } else {
+                format!("panic since a burst {} ago", Secs(ago))
+            };
+            (
+                present,
+                format!(
+                    "{why}: load {} now / {} per worker = {} workers, above what lasts \
+                     ({lasting_clause})",
+                    Num(observed),
+                    Num(per_worker),
+                    Num(present)
+                ),
+            )
+        } else {
+            (lasting, lasting_clause)
+        };
 
-        let mut workers = queue_workers;
-        if policy.rate_aware
-            && let Some(rates) = rates
-        {
-            let rate_workers = rates.load / policy.rate_load_per_worker();
-            if rate_workers > queue_workers {
-                sizing.push_str(&format!(
-                    ", but arrivals {}/s × {} s service keep {} busy / {} per worker = {} workers",
-                    Num(rates.arrivals_per_second),
-                    Num(rates.mean_service_seconds),
-                    Num(rates.load),
-                    Num(policy.rate_load_per_worker()),
-                    Num(rate_workers)
-                ));
-                workers = rate_workers;
-            }
-        }
-
-        let mut recommendation = whole_workers(workers);
-        if recommendation != current
-            && current > 0
-            && (workers / f64::from(current) - 1.0).abs() <= policy.tolerance
-        {
-            sizing.push_str(&format!(
-                ", within {} % of {current}",
+        // Tolerance holds off small scale-downs only: one worker too many costs a little, one
+        // too few makes requests wait.
+        let within_tolerance = current > 0
+            && workers <= f64::from(current)
+            && 1.0 - workers / f64::from(current) <= policy.tolerance;
+        let mut because = Vec::new();
+        let (mut lasting, mut present) = (whole_workers(lasting), whole_workers(present));
+        if within_tolerance && lasting.max(present) != current {
+            because.push(format!(
+                "{sizing}, within {} % of {current}",
                 Num(policy.tolerance * 100.0)
             ));
-            recommendation = current;
+            lasting = current;
+            present = present.min(current);
         } else {
-            sizing.push_str(&format!(" → {recommendation}"));
+            because.push(format!("{sizing} → {}", lasting.max(present)));
         }
-        let mut because = vec![sizing];
 
         let mut kind = None;
-        if recommendation < current && mode == Mode::Panic {
-            because.push("no scale-down in panic".to_owned());
-            recommendation = current;
-            kind = Some(DecisionKind::Stabilizing);
-        }
-        if recommendation < current
+        if lasting.max(present) < current
             && let MetricsState::Partial { missing } = metrics
         {
             because.push(format!(
                 "{missing} of {} sources gave no reading: no scale-down on partial data",
                 reading.sources
             ));
-            recommendation = current;
+            lasting = current;
             kind = Some(DecisionKind::MissingData);
         }
         Proposal {
-            recommendation,
+            lasting,
+            present,
             kind,
             mode,
-            load,
+            load: if present > lasting {
+                observed
+            } else {
+                stable_load
+            },
             because,
         }
     }
@@ -521,21 +667,38 @@ impl Scaler {
         proposal: Proposal,
     ) -> Outcome {
         let Proposal {
-            recommendation,
+            lasting,
+            present,
             mut kind,
             mode,
             load,
             mut because,
         } = proposal;
 
-        let highest = self.remember_recommendation(now, recommendation, policy.scale_down_delay);
+        let delay = policy.scale_down_delay;
+        let highest_lasting = remember(&mut self.recommendations, now, lasting, delay);
+        let highest_present = remember(
+            &mut self.present_recommendations,
+            now,
+            present,
+            policy.panic_window,
+        );
+        let recommendation = lasting.max(present);
         let mut target = recommendation;
-        if target < current && highest > target {
-            target = highest.min(current);
-            because.push(format!(
-                "the highest recommendation in the last {} is {highest}",
-                Secs(policy.scale_down_delay)
-            ));
+        let held = highest_lasting.max(highest_present);
+        if target < current && held > target {
+            target = held.min(current);
+            because.push(if highest_present > highest_lasting {
+                format!(
+                    "the highest recommendation for the present load in the last {} is {highest_present}",
+                    Secs(policy.panic_window)
+                )
+            } else {
+                format!(
+                    "the highest recommendation in the last {} is {highest_lasting}",
+                    Secs(delay)
+                )
+            });
             if target == current {
                 kind = Some(DecisionKind::Stabilizing);
             }
@@ -586,34 +749,6 @@ impl Scaler {
             load,
             reason: because.join("; "),
         }
-    }
-
-    /// Records a recommendation and returns the highest one within `delay`, this one included.
-    fn remember_recommendation(
-        &mut self,
-        now: Duration,
-        recommendation: u32,
-        delay: Duration,
-    ) -> u32 {
-        while self
-            .recommendations
-            .front()
-            .is_some_and(|(at, _)| now.saturating_sub(*at) >= delay)
-        {
-            self.recommendations.pop_front();
-        }
-        // One entry per second (its highest) keeps the history as long as the delay in
-        // seconds, however often decisions come.
-        match self.recommendations.back_mut() {
-            Some((at, highest)) if at.as_secs() == now.as_secs() => {
-                *highest = (*highest).max(recommendation);
-            }
-            _ => self.recommendations.push_back((now, recommendation)),
-        }
-        self.recommendations
-            .iter()
-            .map(|(_, recommendation)| *recommendation)
-            .fold(recommendation, u32::max)
     }
 
     fn remember_sizes(&mut self, now: Duration, current: u32, decided: u32) {
@@ -678,9 +813,39 @@ impl Scaler {
     }
 }
 
+/// Records `recommendation` made at `now` in `history` and returns the highest one within
+/// `window`, this one included. One entry per second (its highest) keeps the history as long as
+/// the window in seconds, however often decisions come.
+fn remember(
+    history: &mut VecDeque<(Duration, u32)>,
+    now: Duration,
+    recommendation: u32,
+    window: Duration,
+) -> u32 {
+    while history
+        .front()
+        .is_some_and(|(at, _)| now.saturating_sub(*at) >= window)
+    {
+        history.pop_front();
+    }
+    match history.back_mut() {
+        Some((at, highest)) if at.as_secs() == now.as_secs() => {
+            *highest = (*highest).max(recommendation);
+        }
+        _ => history.push_back((now, recommendation)),
+    }
+    history
+        .iter()
+        .map(|(_, recommendation)| *recommendation)
+        .fold(recommendation, u32::max)
+}
+
 /// A recommendation before it settles.
 struct Proposal {
-    recommendation: u32,
+    /// For what lasts: held through the scale-down delay.
+    lasting: u32,
+    /// For the load there now, backlog included: held for a panic window.
+    present: u32,
     /// Set when something other than the load's direction explains the outcome.
     kind: Option<DecisionKind>,
     mode: Mode,
@@ -710,7 +875,8 @@ struct Reading {
 }
 
 impl Reading {
-    fn of(obs: &Observation) -> Self {
+    /// `awaited[i]`: pod `i` is ready and still within its grace for a first reading.
+    fn of(obs: &Observation, awaited: &[bool]) -> Self {
         let mut pod_scoped = 0.0;
         let mut pool_scoped: Option<f64> = None;
         let mut add = |load: f64, scope: Scope| match scope {
@@ -721,7 +887,7 @@ impl Reading {
         let mut answered = 0usize;
         let mut missing = 0usize;
         let mut ready_workers = 0u32;
-        for pod in &obs.pods {
+        for (index, pod) in obs.pods.iter().enumerate() {
             match usable(pod.snapshot.as_ref()) {
                 Some(snapshot) => {
                     answered += 1;
@@ -732,7 +898,10 @@ impl Reading {
                     }
                 }
                 None if pod.ready => {
-                    missing += 1;
+                    // Serving, so capacity; silent because its reader has yet to connect.
+                    if !awaited.get(index).copied().unwrap_or(false) {
+                        missing += 1;
+                    }
                     ready_workers = ready_workers.saturating_add(1);
                 }
                 None => {}

@@ -68,6 +68,47 @@ impl LoadWindow {
     }
 }
 
+impl LoadWindow {
+    /// The level at `now` of a straight line fitted (least squares) to the per-second means of
+    /// the window: the mean without its lag on a ramp (a window mean trails a ramp by half the
+    /// window), kept within the lowest and highest second of the window. The mean when the
+    /// window holds under [`MIN_TREND_SECONDS`] seconds.
+    pub(super) fn trend(&self, now: Duration, window: Duration) -> Option<f64> {
+        let points: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .rev()
+            .take_while(|bucket| in_window(bucket.second, now, window))
+            .map(|bucket| (bucket.second as f64 + 0.5, bucket.mean()))
+            .collect();
+        let count = points.len() as f64;
+        if points.is_empty() {
+            return None;
+        }
+        let mean_x = points.iter().map(|p| p.0).sum::<f64>() / count;
+        let mean_y = points.iter().map(|p| p.1).sum::<f64>() / count;
+        if points.len() < MIN_TREND_SECONDS {
+            return Some(mean_y);
+        }
+        let spread: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+        let slope = points
+            .iter()
+            .map(|p| (p.0 - mean_x) * (p.1 - mean_y))
+            .sum::<f64>()
+            / spread;
+        // A line through a step overshoots the new level; never beyond what the window saw.
+        let (low, high) = points
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(low, high), p| {
+                (low.min(p.1), high.max(p.1))
+            });
+        Some((mean_y + slope * (now.as_secs_f64() - mean_x)).clamp(low.max(0.0), high))
+    }
+}
+
+/// Fewer seconds than this give no slope worth following.
+const MIN_TREND_SECONDS: usize = 10;
+
 /// A window of `window` ending at `now` covers the buckets that start after `now - window`:
 /// exactly ceil(window) one-second buckets, the current one included.
 fn in_window(second: u64, now: Duration, window: Duration) -> bool {
@@ -123,6 +164,44 @@ mod tests {
         window.forget_older_than(at(99.5), Duration::from_secs(60));
         assert_eq!(window.buckets.len(), 60);
         assert_eq!(window.mean(at(99.5), Duration::from_secs(60)), Some(1.0));
+    }
+
+    #[test]
+    fn the_trend_follows_a_ramp_without_the_lag_of_the_mean() {
+        let mut window = LoadWindow::default();
+        for second in 0..60 {
+            window.record(Duration::from_secs(second), second as f64);
+        }
+        let now = at(59.5);
+        let minute = Duration::from_secs(60);
+        // The mean trails by half the window; the line's level now is the ramp's.
+        assert_eq!(window.mean(now, minute), Some(29.5));
+        let trend = window.trend(now, minute).unwrap();
+        assert!((trend - 59.0).abs() < 1e-9, "{trend}");
+        // Flat load: the trend is the mean. Few points: the mean.
+        let mut flat = LoadWindow::default();
+        for second in 0..60 {
+            flat.record(Duration::from_secs(second), 7.0);
+        }
+        assert!((flat.trend(now, minute).unwrap() - 7.0).abs() < 1e-9);
+        let mut few = LoadWindow::default();
+        few.record(at(1.0), 2.0);
+        few.record(at(2.0), 4.0);
+        assert_eq!(few.trend(at(2.0), minute), Some(3.0));
+        assert_eq!(LoadWindow::default().trend(now, minute), None);
+    }
+
+    #[test]
+    fn the_trend_of_a_step_stays_within_what_the_window_saw() {
+        let mut window = LoadWindow::default();
+        for second in 0..60 {
+            window.record(
+                Duration::from_secs(second),
+                if second < 30 { 30.0 } else { 90.0 },
+            );
+        }
+        let trend = window.trend(at(59.5), Duration::from_secs(60)).unwrap();
+        assert_eq!(trend, 90.0);
     }
 
     #[test]
