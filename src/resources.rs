@@ -31,7 +31,7 @@ pub const ADMIN_PORT: u16 = 9090;
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "asyncpool-operator";
 /// Seconds the sidecar keeps serving after a drain starts, so endpoint removal can propagate.
-const DRAIN_GRACE_SECONDS: i64 = 5;
+pub const DRAIN_GRACE_SECONDS: i64 = 5;
 
 /// Why an object cannot be built from a pool.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -143,6 +143,7 @@ async fn valid_example_is_accepted_and_listed_with_printer_columns() {
 
 #[tokio::test]
 async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
+    // Also: the simulator's reading of a pool file refuses each one the same way.
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "api-invalid").await;
@@ -371,10 +372,26 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
         for (path, value) in changes {
             set(&mut pool, path, value.clone());
         }
+        // The same pool read without a cluster (kubectl asyncpool simulate -f): refused too,
+        // and in the API server's own words.
+        let local = asyncpool::manifest::validate(&mut pool.clone());
         let pool: DynamicObject = serde_json::from_value(pool).expect("pool object");
         match pools.create(&PostParams::default(), &pool).await {
             Ok(_) => failures.push(format!("{case}: accepted")),
-            Err(kube::Error::Api(status)) if status.message.contains(expected) => {}
+            Err(kube::Error::Api(status)) if status.message.contains(expected) => {
+                if local.is_empty() {
+                    failures.push(format!("{case}: accepted by manifest::validate"));
+                }
+                for cause in &local {
+                    if !status.message.contains(&cause.to_string()) {
+                        failures.push(format!(
+                            "{case}: manifest::validate says {:?}, the API server {:?}",
+                            cause.to_string(),
+                            status.message
+                        ));
+                    }
+                }
+            }
             Err(error) => failures.push(format!("{case}: expected {expected:?}, got {error}")),
         }
     }
@@ -387,8 +404,9 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
     );
 
     // The same base pool is accepted, so each refusal above is due to its one change.
-    let base: DynamicObject =
-        serde_json::from_value(valid_pool("valid-base")).expect("pool object");
+    let mut base = valid_pool("valid-base");
+    assert_eq!(asyncpool::manifest::validate(&mut base.clone()), []);
+    let base: DynamicObject = serde_json::from_value(base.take()).expect("pool object");
     pools
         .create(&PostParams::default(), &base)
         .await

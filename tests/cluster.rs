@@ -1,5 +1,6 @@
 //! The local cluster itself works: scheduler, controller-manager and kwok turn a Deployment into
-//! Running pods with 127.x addresses, and deleting a namespace garbage-collects what it held.
+//! Running pods with 127.x addresses, and deleting a namespace garbage-collects what it held;
+//! pods that ask to start slowly or to stop gracefully (the fidelity benchmark's) do.
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use support::{TestNamespace, client, eventually};
 
 #[tokio::test]
@@ -103,5 +104,79 @@ async fn deployment_pods_run_with_loopback_ips_and_namespace_deletion_collects_t
     assert!(
         leftover.items.is_empty(),
         "pods survived namespace deletion"
+    );
+}
+
+fn bare_pod(name: &str, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+    }))
+    .expect("pod object")
+}
+
+#[tokio::test]
+async fn pods_start_after_their_start_delay_and_graceful_ones_outlive_their_deletion() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "cluster-stages").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+
+    // Timestamps have whole seconds: a 3 s delay shows as at least 2 s.
+    let slow = bare_pod(
+        "slow",
+        serde_json::json!({"asyncpool.dev/local-start-delay": "3s"}),
+    );
+    pods.create(&PostParams::default(), &slow)
+        .await
+        .expect("create pod");
+    let started_after = eventually("the slow pod is ready", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("slow").await.ok()?;
+            let created = pod.metadata.creation_timestamp.clone()?.0;
+            let ready = pod
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")?;
+            Some(ready.last_transition_time?.0.duration_since(created))
+        }
+    })
+    .await;
+    assert!(
+        started_after.as_secs() >= 2,
+        "ready {started_after:?} after creation, asked for 3 s"
+    );
+
+    // Deleted with a 3 s grace, a pod whose processes stop themselves stays until the grace is
+    // over (nothing stops it here); without the annotation kwok deletes it at once.
+    let graceful = bare_pod(
+        "graceful",
+        serde_json::json!({"asyncpool.dev/local-graceful-stop": "true"}),
+    );
+    pods.create(&PostParams::default(), &graceful)
+        .await
+        .expect("create pod");
+    eventually("the graceful pod runs", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("graceful").await.ok()?;
+            (pod.status?.phase.as_deref() == Some("Running")).then_some(())
+        }
+    })
+    .await;
+    let asked = tokio::time::Instant::now();
+    pods.delete("graceful", &DeleteParams::default().grace_period(3))
+        .await
+        .expect("delete pod");
+    eventually("the graceful pod is gone", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move { pods.get_opt("graceful").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let lived = asked.elapsed();
+    assert!(
+        lived >= Duration::from_secs(2),
+        "gone {lived:?} after a delete with a 3 s grace"
     );
 }

@@ -150,24 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app_dir = args.app_dir.canonicalize()?;
     let config = FleetConfig {
         sidecar_binary: args.sidecar.clone(),
-        kind: WorkerKind::Proxy {
-            app: vec![
-                args.python.display().to_string(),
-                "-m".into(),
-                "uvicorn".into(),
-                "slow_app:app".into(),
-                "--app-dir".into(),
-                app_dir.display().to_string(),
-                "--host".into(),
-                "{ip}".into(),
-                "--port".into(),
-                "{port}".into(),
-                "--log-level".into(),
-                "warning".into(),
-            ],
-            app_port: 8000,
-            concurrency: 10,
-        },
+        kind: WorkerKind::slow_app(&args.python.display().to_string(), &app_dir, 10),
         log_dir: args.log_dir.clone(),
     };
     let fleet = Fleet::start(&client, &args.namespace, &args.pool, config);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -36,6 +36,32 @@ pub enum WorkerKind {
         app_port: u16,
         concurrency: u32,
     },
+}
+
+impl WorkerKind {
+    /// The demo's app (`tests/apps/slow_app.py` in `app_dir`) under uvicorn, behind a proxy
+    /// sidecar: each request holds a slot for as long as its query asks.
+    pub fn slow_app(python: &str, app_dir: &std::path::Path, concurrency: u32) -> Self {
+        let app = [
+            python,
+            "-m",
+            "uvicorn",
+            "slow_app:app",
+            "--app-dir",
+            &app_dir.display().to_string(),
+            "--host",
+            "{ip}",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+        ];
+        WorkerKind::Proxy {
+            app: app.iter().map(|arg| (*arg).to_owned()).collect(),
+            app_port: 8000,
+            concurrency,
+        }
+    }
 }
 
 /// How the fleet is set up.
@@ -119,6 +145,8 @@ struct State {
     /// Per-pod completed-requests totals to report (the app's own counters).
     completed: HashMap<String, u64>,
     workers: HashMap<String, Worker>,
+    /// Workers of deleted pods stopping gracefully: their sidecar got SIGTERM and drains.
+    stopping: HashMap<String, Worker>,
 }
 
 /// Workers for one pool, kept in step with its pods by a background task.
@@ -140,6 +168,7 @@ impl Fleet {
             overrides: HashMap::new(),
             completed: HashMap::new(),
             workers: HashMap::new(),
+            stopping: HashMap::new(),
         }));
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let selector = format!("{POOL_LABEL}={pool}");
@@ -172,6 +201,7 @@ impl Fleet {
         if state.mode != mode {
             state.mode = mode;
             state.workers.clear();
+            state.stopping.clear();
         }
     }
 
@@ -201,7 +231,9 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.task.abort();
-        lock(&self.state).workers.clear();
+        let mut state = lock(&self.state);
+        state.workers.clear();
+        state.stopping.clear();
     }
 }
 
@@ -321,10 +353,63 @@ async fn follow(pods: Api<Pod>, selector: String, config: FleetConfig, state: Ar
                     ))
                 })
                 .collect();
+            let graceful: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .filter(|p| p.annotations().contains_key(GRACEFUL_STOP))
+                .map(|p| p.name_any())
+                .collect();
+            let listed: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
+            for stopped in stop_gracefully(&state, &graceful, &listed) {
+                // The drain is over: the pod goes now, as a kubelet reports it.
+                let _ = pods
+                    .delete(&stopped, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
             reconcile_workers(&config, &state, &running).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A pod with this annotation is stopped the way a kubelet stops it: SIGTERM to the sidecar,
+/// the app kept until the sidecar has drained and exited, then the pod deleted. kwok (see
+/// `scripts/cluster`) deletes such a pod only at the end of its termination grace period.
+pub const GRACEFUL_STOP: &str = "asyncpool.dev/local-graceful-stop";
+
+/// Moves the workers of `graceful` (deleted pods to stop gracefully) to stopping and signals
+/// their sidecars; returns the pods whose sidecar has exited. Workers whose pod is no longer
+/// `listed` are killed.
+fn stop_gracefully(state: &Mutex<State>, graceful: &[String], listed: &[String]) -> Vec<String> {
+    let mut s = lock(state);
+    for name in graceful {
+        if let Some(mut worker) = s.workers.remove(name) {
+            if let Running::Processes(children) = &mut worker.running
+                && let Some(sidecar) = children.last()
+            {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &sidecar.id().to_string()])
+                    .status();
+            }
+            s.stopping.insert(name.clone(), worker);
+        }
+    }
+    s.stopping.retain(|name, _| listed.contains(name));
+    let mut done = Vec::new();
+    s.stopping.retain(|name, worker| {
+        let exited = match &mut worker.running {
+            Running::Processes(children) => children
+                .last_mut()
+                .is_none_or(|sidecar| !matches!(sidecar.try_wait(), Ok(None))),
+            Running::Garbage(_) => true,
+        };
+        if exited {
+            done.push(name.clone());
+        }
+        !exited
+    });
+    done
 }
 
 async fn reconcile_workers(

@@ -17,7 +17,7 @@ use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often Redis is read. LLEN and XINFO GROUPS are O(1)-ish, so even many pods polling at
 /// this rate are cheap for Redis, and a change reaches the watch stream within this period.
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// A reading older than this is stale (the poller is stuck): missing data.
 const MAX_AGE: Duration = Duration::from_secs(3);
 /// Bound on one reply line and on a bulk string, so that a wrong server cannot make us buffer.
@@ -445,8 +445,7 @@ impl RedisReader {
 
 /// A reading as the contract's pool-wide snapshot. A Redis queue has no counters of its own
 /// (arrivals and service times belong to the pods' traffic), so those are zero.
-fn snapshot(reading: Reading, capacity: u64) -> QueueSnapshot {
-    let (queued, in_flight) = reading;
+pub fn snapshot((queued, in_flight): (u64, u64), capacity: u64) -> QueueSnapshot {
     QueueSnapshot {
         version: CONTRACT_VERSION,
         queued,
