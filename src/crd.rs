@@ -170,9 +170,9 @@ pub struct QueueSpec {
     pub source: SourceKind,
 
     /// Load (requests queued plus in flight) one worker should carry. Desired workers =
-    /// ceil(pool load / targetPerWorker). Defaults to 70 % of `concurrency`: requests are spread
-    /// at random over the workers, and a pool sized to be exactly full queues on its busier
-    /// ones.
+    /// ceil(pool load / targetPerWorker). Defaults to 70 % of `concurrency` (at least 1):
+    /// requests are spread at random over the workers, and a pool sized to be exactly full
+    /// queues on its busier ones and on every rise while new workers start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub target_per_worker: Option<i32>,
@@ -287,15 +287,17 @@ pub struct ScalingSpec {
     /// Window over which load is averaged for ordinary decisions.
     #[serde(default = "default_stable_window")]
     pub stable_window: GoDuration,
-    /// Short window that catches bursts: when it asks for `panicThreshold` times the current
-    /// size, the pool scales up at once and does not scale down until a calm stable window.
+    /// Short window that catches bursts: when it asks for `panicThreshold` times the ready
+    /// workers, the pool scales up at once for the load there now, backlog included, and holds
+    /// that size until a panic window passes without a burst.
     #[serde(default = "default_panic_window")]
     pub panic_window: GoDuration,
     /// Ratio of wanted to current workers, in percent, at which the panic window takes over.
     #[serde(default = "default_panic_threshold_percent")]
     #[schemars(range(min = 110, max = 10000))]
     pub panic_threshold_percent: i32,
-    /// Changes smaller than this percentage of the current size are ignored, to avoid flapping.
+    /// Scale-downs smaller than this percentage of the current size are ignored, to avoid
+    /// flapping. Scale-ups always happen.
     #[serde(default = "default_tolerance_percent")]
     #[schemars(range(min = 0, max = 99))]
     pub tolerance_percent: i32,

@@ -89,8 +89,9 @@ impl EffectiveSpec {
             Some(bound) => non_negative("queue.maxQueue", bound)?,
             None => concurrency.saturating_mul(10),
         };
+        // At least one request per worker, as the schema asks of a target that is set.
         let target = spec.queue.target_per_worker.map_or(
-            DEFAULT_TARGET_UTILIZATION * f64::from(concurrency),
+            (DEFAULT_TARGET_UTILIZATION * f64::from(concurrency)).max(1.0),
             f64::from,
         );
         let scaling = &spec.scaling;

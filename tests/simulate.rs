@@ -197,6 +197,26 @@ fn knative_panics_within_a_tick_of_a_doubled_load_and_never_scales_down_in_panic
 }
 
 #[test]
+fn a_pool_that_cannot_serve_ends_its_run_with_the_requests_unserved() {
+    // Paused at zero on a shared Redis queue: nothing ever pulls the jobs.
+    let spec = "  minReplicas: 0\n  maxReplicas: 4\n  concurrency: 10\n  paused: true\n  \
+                queue: {source: redis, redis: {url: 'redis://queue:6379', key: jobs}}\n";
+    let trace = Trace::new(vec![Request {
+        arrival: 1.0,
+        service: 1.0,
+    }])
+    .unwrap();
+    let options = Options {
+        policies: vec![PolicyKind::Asyncpool],
+        ..Options::default()
+    };
+    let comparison = run(spec, &trace, &options);
+    let ours = policy(&comparison, "asyncpool");
+    assert_eq!((ours.served, ours.refused), (0, 1));
+    assert_eq!(ours.pod_seconds, 0.0);
+}
+
+#[test]
 fn every_policy_serves_a_steady_load_within_its_bounds() {
     let generator = Generator::parse("steady:rate=30,duration=5m", Some("exp:500ms")).unwrap();
     let comparison = run(
@@ -288,7 +308,15 @@ fn the_command_compares_every_policy_and_writes_a_plot() {
 fn bad_input_names_its_line_exits_non_zero_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("plot.svg");
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 7] = [
+        (
+            "arrival_s,service_s\n0,1\n1e12,1\n",
+            "line 3: arrival 1000000000000 s is more than 31 days",
+        ),
+        (
+            "arrival_s,service_s\n0,1e6\n",
+            "line 2: service time 1000000 s is longer than a day",
+        ),
         (
             "arrival_s,service_s\n0,1\n1,x\n",
             "line 3: service_s \"x\" is not a number",

@@ -22,13 +22,14 @@ pub struct Policy {
     pub concurrency: u32,
     /// Load (queued + in flight) one worker should carry.
     pub target_per_worker: f64,
-    /// Window of the load average that steady scaling follows, and the calm time that ends panic.
+    /// Window of the load average and arrival-rate trend that steady scaling follows, and of
+    /// complete data before any scale-down.
     pub stable_window: Duration,
     /// Short window of the load average that detects bursts.
     pub panic_window: Duration,
     /// Panic starts when the panic-window load needs this many times the ready workers (2.0 = 200 %).
     pub panic_threshold: f64,
-    /// Relative change ignored in either direction, so the pool does not chase noise.
+    /// Relative scale-down ignored, so the pool does not chase noise. Scale-ups always happen.
     pub tolerance: f64,
     /// Growth factor allowed per second (and at least +4 pods per second).
     pub max_scale_up_rate: f64,

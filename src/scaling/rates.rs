@@ -127,8 +127,10 @@ impl RateTracker {
         // by the larger count errs short, never long, within the balance tolerance.
         let (larger, smaller) = (arrived.max(completed), arrived.min(completed));
         let balanced = (larger - smaller) as f64 <= BALANCE_TOLERANCE * larger as f64 + 1.0;
-        if completed > 0 && balanced {
-            self.last_service_seconds = Some(busy_seconds / larger as f64);
+        let service_seconds = busy_seconds / larger as f64;
+        // Counters near f64::MAX may sum to infinity: that is no service time.
+        if completed > 0 && balanced && service_seconds.is_finite() {
+            self.last_service_seconds = Some(service_seconds);
         }
         let mean_service_seconds = self.last_service_seconds?;
         Some(RateEstimate {

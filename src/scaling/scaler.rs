@@ -77,8 +77,7 @@ pub struct Observation {
 pub enum Mode {
     /// Following the stable-window load.
     Stable,
-    /// A burst: following the panic-window load, never scaling down, until a stable window
-    /// passes without a burst.
+    /// A burst: the load there now counts too, until a panic window passes without a burst.
     Panic,
 }
 
@@ -185,7 +184,7 @@ pub struct Scaler {
     last_now: Duration,
     loads: LoadWindow,
     rates: RateTracker,
-    /// Little's-law load (arrivals × service time) per second, for its stable-window mean.
+    /// Little's-law load (arrivals × service time) per second, for its stable-window trend.
     rate_loads: LoadWindow,
     /// Highest lasting recommendation per second over `scale_down_delay`, for stabilization.
     recommendations: VecDeque<(Duration, u32)>,
@@ -529,7 +528,7 @@ impl Scaler {
             )
         } else {
             format!(
-                "arrivals × service time keep {} busy ({} mean) / {} per worker = {} workers",
+                "arrivals × service time keep {} busy ({} trend) / {} per worker = {} workers",
                 Num(stable),
                 Secs(policy.stable_window),
                 Num(policy.rate_load_per_worker()),
@@ -584,9 +583,11 @@ impl Scaler {
         // In a panic the load there now counts, held for a panic window through the history
         // of recommendations (not through the window mean too, which would hold a drained
         // backlog twice). Short of a panic what lasts decides alone: a peak of a second, gone
-        // before a new worker could start, adds none.
+        // before a new worker could start, adds none. Per worker as the rate term counts it
+        // (never above a worker's concurrency), so entering a panic never asks for fewer
+        // workers than the queue floor did.
         let present = match mode {
-            Mode::Panic => observed / per_worker,
+            Mode::Panic => observed / policy.rate_load_per_worker(),
             Mode::Stable => 0.0,
         };
         let (workers, sizing) = if present > lasting {
@@ -606,7 +607,7 @@ impl Scaler {
                     "{why}: load {} now / {} per worker = {} workers, above what lasts \
                      ({lasting_clause})",
                     Num(observed),
-                    Num(per_worker),
+                    Num(policy.rate_load_per_worker()),
                     Num(present)
                 ),
             )

@@ -672,6 +672,30 @@ fn a_pod_just_turned_ready_is_starting_until_its_first_reading_is_overdue() {
 }
 
 #[test]
+fn counters_that_overflow_when_summed_do_not_break_the_policy() {
+    // Each pod's figures are valid; their sum is not finite.
+    let huge = |name: &str, busy: f64, arrived: u64| {
+        let mut reading = pod(name, 1);
+        if let Some(s) = reading.snapshot.as_mut() {
+            s.busy_seconds_total = busy;
+            s.arrived_total = arrived;
+            s.completed_total = arrived;
+        }
+        reading
+    };
+    let mut scaler = Scaler::new(Duration::ZERO, 2);
+    // The busy counters leap as the arrivals stop, so the last service time measured is the
+    // overflowing one, and then no arrivals times it stand for a whole window.
+    for second in 0..150u32 {
+        let busy = if second < 40 { 0.0 } else { 1e308 };
+        let arrived = u64::from(second.min(40)) * 10;
+        let pods = vec![huge("a", busy, arrived), huge("b", busy, arrived)];
+        let d = scaler.decide(&policy(20), &observe(f64::from(second), 2, pods));
+        assert!((1..=20).contains(&d.replicas), "{d:?}");
+    }
+}
+
+#[test]
 fn garbage_snapshots_are_missing_data_not_zero() {
     let mut garbage = pod("b", 0);
     if let Some(s) = garbage.snapshot.as_mut() {

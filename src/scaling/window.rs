@@ -80,6 +80,7 @@ impl LoadWindow {
             .rev()
             .take_while(|bucket| in_window(bucket.second, now, window))
             .map(|bucket| (bucket.second as f64 + 0.5, bucket.mean()))
+            .filter(|(_, y)| y.is_finite())
             .collect();
         let count = points.len() as f64;
         if points.is_empty() {
@@ -102,7 +103,12 @@ impl LoadWindow {
             .fold((f64::INFINITY, 0.0f64), |(low, high), p| {
                 (low.min(p.1), high.max(p.1))
             });
-        Some((mean_y + slope * (now.as_secs_f64() - mean_x)).clamp(low.max(0.0), high))
+        // max then min rather than clamp: no panic whatever the points.
+        Some(
+            (mean_y + slope * (now.as_secs_f64() - mean_x))
+                .max(low.max(0.0))
+                .min(high),
+        )
     }
 }
 
@@ -202,6 +208,21 @@ mod tests {
         }
         let trend = window.trend(at(59.5), Duration::from_secs(60)).unwrap();
         assert_eq!(trend, 90.0);
+    }
+
+    #[test]
+    fn the_trend_leaves_out_what_is_not_a_number() {
+        let mut window = LoadWindow::default();
+        for second in 0..30 {
+            window.record(Duration::from_secs(second), f64::NAN);
+        }
+        let minute = Duration::from_secs(60);
+        assert_eq!(window.trend(at(29.5), minute), None);
+        for second in 30..60 {
+            window.record(Duration::from_secs(second), 5.0);
+        }
+        window.record(Duration::from_secs(60), f64::INFINITY);
+        assert_eq!(window.trend(at(60.5), minute), Some(5.0));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::f64::consts::PI;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::trace::{Request, Trace, TraceError};
+use super::trace::{LONGEST_SERVICE, LONGEST_TRACE, Request, Trace, TraceError};
 use crate::duration::parse_duration;
 
 /// A bad generator or service-time spec; the message says what is expected.
@@ -77,6 +77,10 @@ pub struct Generator {
     pub duration: f64,
 }
 
+/// The most requests a generator may make (by its peak rate over its duration): enough for a
+/// month at a few per second, and bounded in memory.
+const MOST_REQUESTS: f64 = 2e7;
+
 /// The named traces of the scaling-quality benchmark (`docs/benchmarks.md`), so that a user
 /// can run the same ones: name, shape, service time.
 pub const PRESETS: [(&str, &str, &str); 6] = [
@@ -124,8 +128,10 @@ impl Generator {
         let (name, params) = shape.split_once(':').unwrap_or((shape, ""));
         let mut params = Params::parse(name, params)?;
         let duration = params.duration("duration", Some(600.0))?;
-        if duration <= 0.0 {
-            return Err(SpecError(format!("{name}: duration must be above 0")));
+        if duration <= 0.0 || duration > LONGEST_TRACE {
+            return Err(SpecError(format!(
+                "{name}: duration must be above 0 and at most 31 days"
+            )));
         }
         let shape = match name {
             "steady" => Shape::Steady {
@@ -168,11 +174,19 @@ impl Generator {
             }
         };
         params.finish()?;
-        Ok(Self {
+        let generator = Self {
             shape,
             service,
             duration,
-        })
+        };
+        let expected = generator.peak_rate() * duration;
+        if expected.is_nan() || expected > MOST_REQUESTS {
+            return Err(SpecError(format!(
+                "{name}: up to {expected:.3e} requests; at most {MOST_REQUESTS:.0e} are generated \
+                 (lower the rate or the duration)"
+            )));
+        }
+        Ok(generator)
     }
 
     /// The trace this generator makes with `seed`.
@@ -327,8 +341,9 @@ impl ServiceTime {
         Ok(service)
     }
 
+    /// A draw, capped at a day (what a trace may hold).
     pub fn sample(&self, rng: &mut impl Rng) -> f64 {
-        match *self {
+        let seconds = match *self {
             ServiceTime::Fixed(seconds) => seconds,
             ServiceTime::Exponential { mean } => exponential(rng, mean),
             ServiceTime::LogNormal { median, sigma } => median * (sigma * normal(rng)).exp(),
@@ -337,7 +352,8 @@ impl ServiceTime {
                 scale / (1.0 - rng.random::<f64>()).powf(1.0 / alpha)
             }
             ServiceTime::Uniform { min, max } => min + (max - min) * rng.random::<f64>(),
-        }
+        };
+        seconds.min(LONGEST_SERVICE)
     }
 }
 
@@ -528,6 +544,9 @@ mod tests {
             ("steady:rate=1", Some("lognormal:1s"), "unknown form"),
             ("steady:rate=1", Some("pareto:1s,-2"), "ALPHA must be"),
             ("steady:rate=1", Some("uniform:3s,1s"), "MIN is above MAX"),
+            ("steady:rate=1e308", None, "at most 2e7 are generated"),
+            ("waves:users=10,every=1ns,duration=1h", None, "at most 2e7"),
+            ("steady:rate=1,duration=800h", None, "at most 31 days"),
         ];
         for (shape, service, expected) in cases {
             let error = Generator::parse(shape, service).unwrap_err().to_string();

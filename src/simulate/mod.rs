@@ -140,7 +140,8 @@ pub fn compare(
         workers.concurrency,
         policy.min_replicas,
         policy.max_replicas,
-        options.startup.mean(),
+        // The shortest start-up keeps it a bound whatever start-ups the policies draw.
+        options.startup.shortest(),
         end_of_work,
     );
     let fixed = options

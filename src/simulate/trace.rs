@@ -21,6 +21,13 @@ pub struct Request {
 /// A first arrival later than this is a clock time by mistake, not a quiet start: a week.
 const LONGEST_LEADING_SILENCE: f64 = 7.0 * 24.0 * 3600.0;
 
+/// The latest arrival a trace may have: 31 days. The policies look at the pool every second of
+/// simulated time, so a trace's span, not only its rows, sets how long a run takes.
+pub const LONGEST_TRACE: f64 = 31.0 * 24.0 * 3600.0;
+
+/// The longest service time a request may have: a day.
+pub const LONGEST_SERVICE: f64 = 24.0 * 3600.0;
+
 /// A non-empty list of requests in arrival order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
@@ -194,9 +201,21 @@ fn check_request(request: Request, previous_arrival: Option<f64>) -> Result<(), 
             request.arrival
         ));
     }
+    if request.arrival > LONGEST_TRACE {
+        return Err(format!(
+            "arrival {} s is more than 31 days into the trace: split it",
+            request.arrival
+        ));
+    }
     if !(request.service.is_finite() && request.service >= 0.0) {
         return Err(format!(
             "service time {} is not a finite number of seconds ≥ 0",
+            request.service
+        ));
+    }
+    if request.service > LONGEST_SERVICE {
+        return Err(format!(
+            "service time {} s is longer than a day",
             request.service
         ));
     }

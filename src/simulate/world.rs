@@ -56,6 +56,13 @@ impl StartupDelay {
         }
     }
 
+    pub fn shortest(&self) -> f64 {
+        match *self {
+            StartupDelay::Fixed(seconds) => seconds,
+            StartupDelay::Uniform { min, .. } => min,
+        }
+    }
+
     fn sample(&self, rng: &mut impl Rng) -> f64 {
         match *self {
             StartupDelay::Fixed(seconds) => seconds,
@@ -123,10 +130,10 @@ pub struct Pod {
     pub phase: Phase,
     queue: VecDeque<Waiting>,
     running: BTreeSet<usize>,
-    in_flight_start_sum: f64,
-    busy_completed: f64,
-    /// The busy total last reported: float error must never make a counter go back.
-    busy_reported: f64,
+    /// Slot-seconds of work up to `busy_since`; only ever grows, as the sidecar's counter does
+    /// (a counter that goes back reads as a restarted sidecar).
+    busy_total: f64,
+    busy_since: f64,
     arrived_total: u64,
     completed_total: u64,
     /// Load × seconds since the last [`World::take_average_load`], up to `area_since`.
@@ -148,9 +155,8 @@ impl Pod {
             },
             queue: VecDeque::new(),
             running: BTreeSet::new(),
-            in_flight_start_sum: 0.0,
-            busy_completed: 0.0,
-            busy_reported: 0.0,
+            busy_total: 0.0,
+            busy_since: now,
             arrived_total: 0,
             completed_total: 0,
             load_area: 0.0,
@@ -183,10 +189,20 @@ impl Pod {
         self.area_since = now;
     }
 
+    /// Brings the busy total up to `now`; call before every change of what runs.
+    fn account_busy(&mut self, now: f64) {
+        self.busy_total += self.running.len() as f64 * (now - self.busy_since).max(0.0);
+        self.busy_since = now;
+    }
+
+    fn busy_seconds_at(&self, now: f64) -> f64 {
+        self.busy_total + self.running.len() as f64 * (now - self.busy_since).max(0.0)
+    }
+
     fn start(&mut self, now: f64, request: usize) {
         self.integrate(now);
+        self.account_busy(now);
         self.running.insert(request);
-        self.in_flight_start_sum += now;
     }
 
     fn has_room(&self, concurrency: u32) -> bool {
@@ -200,7 +216,6 @@ enum Event {
     Done {
         pod: usize,
         request: usize,
-        started: f64,
     },
     Ready(usize),
     /// A queued request's time is up, if it is still queued.
@@ -252,6 +267,10 @@ pub trait Autoscaler {
     }
 }
 
+/// How long after the trace's work ends a run goes on for requests still waiting; what is
+/// unserved then stays unserved.
+const LONGEST_TAIL: f64 = 24.0 * 3600.0;
+
 /// A run's record: what became of every request, every pod's life, the replicas over time.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -260,8 +279,6 @@ pub struct Run {
     pub pod_lives: Vec<(f64, f64)>,
     /// The Deployment's replicas from each change on, starting at time 0.
     pub replicas: Vec<(f64, u32)>,
-    /// Ready pods from each change on, starting at time 0.
-    pub ready: Vec<(f64, u32)>,
     /// When the run ended: the trace's end of work or the last request's resolution, later.
     pub horizon: f64,
 }
@@ -287,7 +304,6 @@ pub struct World<'t> {
     round_robin: usize,
     changed_at: Option<f64>,
     replica_log: Vec<(f64, u32)>,
-    ready_log: Vec<(f64, u32)>,
 }
 
 impl<'t> World<'t> {
@@ -311,7 +327,6 @@ impl<'t> World<'t> {
             round_robin: 0,
             changed_at: None,
             replica_log: Vec::new(),
-            ready_log: Vec::new(),
         }
     }
 
@@ -329,7 +344,6 @@ impl<'t> World<'t> {
             pod.created = -startup;
         }
         self.replica_log.push((0.0, initial));
-        self.log_ready();
         let mut reported = 0.0;
         loop {
             let next_event = self.events.peek().map_or(f64::INFINITY, |e| e.0.at);
@@ -343,9 +357,15 @@ impl<'t> World<'t> {
                 // Nothing can happen any more: what is still pending stays unserved.
                 break;
             }
+            if next > self.end_of_work + LONGEST_TAIL {
+                // A pool that cannot serve what waits (paused at zero, say) would look on
+                // for ever.
+                self.now = self.now.max(self.end_of_work + LONGEST_TAIL);
+                break;
+            }
             if self.unresolved == 0 {
                 let horizon = self.end_of_work.max(self.last_resolution);
-                if next > horizon || !next.is_finite() {
+                if next > horizon {
                     self.now = horizon.max(self.now);
                     break;
                 }
@@ -382,7 +402,6 @@ impl<'t> World<'t> {
                 .collect(),
             fates: self.fates,
             replicas: self.replica_log,
-            ready: self.ready_log,
             horizon,
         }
     }
@@ -425,8 +444,6 @@ impl<'t> World<'t> {
             Dispatch::Shared(kind) => self.shared_snapshot(kind),
             Dispatch::Service(_) => {
                 let pod = &self.pods[pod];
-                let running = pod.running.len() as f64;
-                let busy = pod.busy_completed + running * self.now - pod.in_flight_start_sum;
                 QueueSnapshot {
                     version: CONTRACT_VERSION,
                     queued: pod.queue.len() as u64,
@@ -434,7 +451,7 @@ impl<'t> World<'t> {
                     capacity: u64::from(self.workers.concurrency),
                     arrived_total: pod.arrived_total,
                     completed_total: pod.completed_total,
-                    busy_seconds_total: busy.max(pod.busy_reported),
+                    busy_seconds_total: pod.busy_seconds_at(self.now),
                     oldest_in_flight_seconds: 0.0,
                     draining: false,
                     scope: Scope::Pod,
@@ -554,7 +571,6 @@ impl<'t> World<'t> {
                 self.endpoints.retain(|&e| e != index);
                 self.schedule(now + grace, Event::GraceOver(index));
                 self.schedule(now + timeout, Event::DrainDeadline(index));
-                self.log_ready();
             }
             Phase::Draining { .. } | Phase::Gone { .. } => {}
         }
@@ -582,22 +598,9 @@ impl<'t> World<'t> {
         self.last_resolution = self.last_resolution.max(self.now);
     }
 
-    fn log_ready(&mut self) {
-        let ready = self.endpoints.len() as u32;
-        match self.ready_log.last_mut() {
-            Some((at, count)) if *at == self.now => *count = ready,
-            Some((_, count)) if *count == ready => {}
-            _ => self.ready_log.push((self.now, ready)),
-        }
-    }
-
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Done {
-                pod,
-                request,
-                started,
-            } => self.finish(pod, request, started),
+            Event::Done { pod, request } => self.finish(pod, request),
             Event::Ready(pod) => {
                 if self.pods[pod].phase == Phase::Starting {
                     self.pods[pod].phase = Phase::Ready;
@@ -624,7 +627,6 @@ impl<'t> World<'t> {
 
     fn became_ready(&mut self, pod: usize) {
         self.endpoints.push(pod);
-        self.log_ready();
         if let Dispatch::Shared(_) = self.workers.dispatch {
             self.pull(pod);
         }
@@ -701,20 +703,18 @@ impl<'t> World<'t> {
             Event::Done {
                 pod,
                 request: waiting.request,
-                started: now,
             },
         );
     }
 
-    fn finish(&mut self, pod: usize, request: usize, started: f64) {
+    fn finish(&mut self, pod: usize, request: usize) {
         let now = self.now;
         let p = &mut self.pods[pod];
         p.integrate(now);
+        p.account_busy(now);
         if !p.running.remove(&request) {
             return; // cut by the drain timeout
         }
-        p.in_flight_start_sum -= started;
-        p.busy_completed += now - started;
         p.completed_total += 1;
         if let Fate::Served { wait, .. } = self.fates[request] {
             self.resolve(request, Fate::Served { wait, done: true });
