@@ -59,7 +59,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            sidecar_image: "ghcr.io/asyncpool/sidecar:0.1.0".into(),
+            sidecar_image: crate::resources::DEFAULT_SIDECAR_IMAGE.into(),
             tick: Duration::from_secs(1),
             status_interval: Duration::from_secs(2),
         }

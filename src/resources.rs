@@ -28,6 +28,13 @@ pub const SIDECAR_CONTAINER: &str = "asyncpool-sidecar";
 pub const SERVE_PORT: u16 = 8080;
 /// Port of the sidecar contract (`/queue`, `/metrics`, probes, drain).
 pub const ADMIN_PORT: u16 = 9090;
+/// The sidecar image the operator injects unless told otherwise: the release of the same
+/// version as the operator (the chart's appVersion; `tests/version.rs` keeps them one).
+pub const DEFAULT_SIDECAR_IMAGE: &str =
+    concat!("ghcr.io/asyncpool/sidecar:", env!("CARGO_PKG_VERSION"));
+/// The operator's image of this version, as the chart and `deploy/` name it.
+pub const DEFAULT_OPERATOR_IMAGE: &str =
+    concat!("ghcr.io/asyncpool/operator:", env!("CARGO_PKG_VERSION"));
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "asyncpool-operator";
 /// Seconds the sidecar keeps serving after a drain starts, so endpoint removal can propagate.

@@ -307,7 +307,7 @@ fn default_render_runs_the_operator_as_documented() {
     let value = |name: &str| env_var(container, name).map(|v| v["value"].clone());
     assert_eq!(
         value("ASYNCPOOL_SIDECAR_IMAGE"),
-        Some(json!("ghcr.io/asyncpool/sidecar:0.1.0"))
+        Some(json!(asyncpool::resources::DEFAULT_SIDECAR_IMAGE))
     );
     assert_eq!(value("ASYNCPOOL_LOG_FORMAT"), Some(json!("json")));
     assert_eq!(value("ASYNCPOOL_LEADER_ELECT"), Some(json!("true")));
@@ -316,7 +316,10 @@ fn default_render_runs_the_operator_as_documented() {
         Some(json!("0.0.0.0:8081"))
     );
     assert_eq!(value("ASYNCPOOL_NAMESPACE"), None, "default watches all");
-    assert_eq!(container["image"], "ghcr.io/asyncpool/operator:0.1.0");
+    assert_eq!(
+        container["image"],
+        asyncpool::resources::DEFAULT_OPERATOR_IMAGE
+    );
 
     assert_eq!(container["ports"][0]["name"], "http-metrics");
     assert_eq!(container["ports"][0]["containerPort"], 8081);
@@ -1019,7 +1022,7 @@ async fn helm_install_for_one_namespace_runs_the_operator_on_its_rbac_alone() {
         .expect("the injected sidecar");
     assert_eq!(
         sidecar.image.as_deref(),
-        Some("ghcr.io/asyncpool/sidecar:0.1.0"),
+        Some(asyncpool::resources::DEFAULT_SIDECAR_IMAGE),
         "the chart's sidecar image"
     );
 

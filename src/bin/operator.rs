@@ -22,7 +22,7 @@ struct Args {
     #[arg(
         long,
         env = "ASYNCPOOL_SIDECAR_IMAGE",
-        default_value = "ghcr.io/asyncpool/sidecar:0.1.0"
+        default_value = asyncpool::resources::DEFAULT_SIDECAR_IMAGE
     )]
     sidecar_image: String,
     /// Address of /metrics, /livez and /readyz.
