@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::crd::{AsyncWorkerPool, crd};
@@ -61,10 +60,9 @@ const API_VERSION: &str = "asyncpool.dev/v1alpha1";
 /// the file holds several, defaulted and checked as the API server would.
 pub fn load_pool(text: &str, name: Option<&str>) -> Result<AsyncWorkerPool, ManifestError> {
     let mut pools = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let yaml = serde_yaml::Value::deserialize(document)
-            .map_err(|e| ManifestError::Yaml(e.to_string()))?;
-        let value = serde_json::to_value(yaml).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let documents: Vec<Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    for value in documents {
         let is_pool = value.get("kind").and_then(Value::as_str) == Some(KIND)
             && value.get("apiVersion").and_then(Value::as_str) == Some(API_VERSION);
         if is_pool {

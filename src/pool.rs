@@ -179,7 +179,7 @@ mod tests {
     use crate::crd::AsyncWorkerPool;
 
     fn spec(yaml: &str) -> AsyncWorkerPoolSpec {
-        let pool: AsyncWorkerPool = serde_yaml::from_str(yaml).expect("valid yaml");
+        let pool: AsyncWorkerPool = serde_saphyr::from_str(yaml).expect("valid yaml");
         pool.spec
     }
 

@@ -334,7 +334,7 @@ spec:
     spec: {{containers: [{{name: app, image: chat:1}}]}}
 {extra_spec}"#
         );
-        serde_yaml::from_str(&yaml).expect("valid pool")
+        serde_saphyr::from_str(&yaml).expect("valid pool")
     }
 
     fn effective(pool: &AsyncWorkerPool) -> EffectiveSpec {

@@ -36,7 +36,7 @@ fn example_pools_parse_as_the_api_type() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).expect("read example");
-            let pool: Result<asyncpool::crd::AsyncWorkerPool, _> = serde_yaml::from_str(&text);
+            let pool: Result<asyncpool::crd::AsyncWorkerPool, _> = serde_saphyr::from_str(&text);
             assert!(
                 pool.is_ok(),
                 "{} does not parse: {:?}",

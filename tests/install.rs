@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::Kubeconfig;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use support::{
     TestNamespace, client, eventually, helm, helm_path, install_crd, kubeconfig_path, kubectl,
@@ -80,10 +79,9 @@ fn render(sets: &[&str]) -> Vec<Value> {
 }
 
 fn parse_yaml_stream(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
+    let documents: Vec<Value> =
+        serde_saphyr::from_str_multiple(yaml).expect("rendered YAML parses");
+    documents.into_iter().filter(|v| !v.is_null()).collect()
 }
 
 fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -550,7 +548,7 @@ fn bad_values_are_refused_with_a_reason() {
 
 #[test]
 fn every_value_is_documented_in_the_install_guide() {
-    let values: serde_yaml::Value = serde_yaml::from_str(
+    let values: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(repo_root().join(CHART).join("values.yaml")).expect("values"),
     )
     .expect("values.yaml parses");
@@ -563,11 +561,10 @@ fn every_value_is_documented_in_the_install_guide() {
         "readinessProbe",
         "nodeSelector",
     ];
-    fn collect(prefix: &str, value: &serde_yaml::Value, whole: &[&str], out: &mut Vec<String>) {
-        match value.as_mapping() {
+    fn collect(prefix: &str, value: &Value, whole: &[&str], out: &mut Vec<String>) {
+        match value.as_object() {
             Some(map) if !map.is_empty() && !whole.contains(&prefix) => {
                 for (key, child) in map {
-                    let key = key.as_str().expect("string keys");
                     let path = if prefix.is_empty() {
                         key.to_owned()
                     } else {

@@ -13,11 +13,11 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
-fn yaml(path: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+fn yaml(path: &str) -> serde_json::Value {
+    serde_saphyr::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn text<'a>(value: &'a serde_yaml::Value, path: &[&str]) -> &'a str {
+fn text<'a>(value: &'a serde_json::Value, path: &[&str]) -> &'a str {
     path.iter()
         .fold(value, |v, key| &v[*key])
         .as_str()
