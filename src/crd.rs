@@ -56,6 +56,19 @@ use serde::{Deserialize, Serialize};
         description = "Requests queued plus in flight across the pool"
     ),
     printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the pool is or is not ready (the Ready condition's reason)"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "The Ready condition's message: what to fix when the pool is not ready",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Min",
         type_ = "integer",
         json_path = ".spec.minReplicas",

@@ -130,6 +130,21 @@ impl Default for Metrics {
     }
 }
 
+/// The `kind` label values of `asyncpool_pool_replicas`.
+const REPLICA_KINDS: [&str; 5] = ["desired", "current", "ready", "min", "max"];
+
+/// One pool's figures for `/metrics`. `min` and `max` are the spec's bounds, so alerts and
+/// dashboards can tell a pool held at its ceiling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolFigures {
+    pub load: Option<f64>,
+    pub desired: i32,
+    pub current: i32,
+    pub ready: i32,
+    pub min: i32,
+    pub max: i32,
+}
+
 impl Metrics {
     /// The text exposition for `/metrics`.
     pub fn encode(&self) -> String {
@@ -139,19 +154,12 @@ impl Metrics {
         text
     }
 
-    pub fn record_pool(
-        &self,
-        pool: &PoolKey,
-        load: Option<f64>,
-        desired: i32,
-        current: i32,
-        ready: i32,
-    ) {
+    pub fn record_pool(&self, pool: &PoolKey, figures: &PoolFigures) {
         let labels = PoolLabels {
             namespace: pool.namespace.clone(),
             pool: pool.name.clone(),
         };
-        match load {
+        match figures.load {
             Some(load) => {
                 self.pool_load.get_or_create(&labels).set(load);
             }
@@ -159,7 +167,13 @@ impl Metrics {
                 self.pool_load.remove(&labels);
             }
         }
-        for (kind, value) in [("desired", desired), ("current", current), ("ready", ready)] {
+        for (kind, value) in [
+            ("desired", figures.desired),
+            ("current", figures.current),
+            ("ready", figures.ready),
+            ("min", figures.min),
+            ("max", figures.max),
+        ] {
             self.pool_replicas
                 .get_or_create(&PoolReplicaLabels {
                     namespace: pool.namespace.clone(),
@@ -177,7 +191,7 @@ impl Metrics {
             pool: pool.name.clone(),
         };
         self.pool_load.remove(&labels);
-        for kind in ["desired", "current", "ready"] {
+        for kind in REPLICA_KINDS {
             self.pool_replicas.remove(&PoolReplicaLabels {
                 namespace: pool.namespace.clone(),
                 pool: pool.name.clone(),
@@ -216,7 +230,15 @@ mod tests {
             namespace: "team".into(),
             name: "chat".into(),
         };
-        metrics.record_pool(&pool, Some(57.0), 6, 5, 5);
+        let figures = PoolFigures {
+            load: Some(57.0),
+            desired: 6,
+            current: 5,
+            ready: 5,
+            min: 1,
+            max: 10,
+        };
+        metrics.record_pool(&pool, &figures);
         let text = metrics.encode();
         assert!(
             text.contains(r#"asyncpool_pool_load{namespace="team",pool="chat"} 57.0"#),
@@ -226,6 +248,10 @@ mod tests {
             text.contains(
                 r#"asyncpool_pool_replicas{namespace="team",pool="chat",kind="desired"} 6"#
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"asyncpool_pool_replicas{namespace="team",pool="chat",kind="max"} 10"#),
             "{text}"
         );
         metrics.forget_pool(&pool);

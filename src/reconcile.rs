@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
-use crate::metrics::{CategoryLabel, KindLabel, Metrics, ResultLabel};
+use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
 use crate::pool::{EffectiveSpec, initial_replicas};
 use crate::queue::contract::QueueSnapshot;
 use crate::queue::external::ExternalQueues;
@@ -255,7 +255,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         Ok(effective) => effective,
         Err(problem) => {
             let ready = Judgement::new(status::READY, false, "InvalidSpec", problem.to_string());
-            write_status(pool, ctx, &key, &observed, None, &[ready], true).await?;
+            let judgements = with_kstatus(vec![ready], false);
+            write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
             return Ok(Action::await_change());
         }
     };
@@ -265,7 +266,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
             observed.foreign.join(" and ")
         );
         let ready = Judgement::new(status::READY, false, "NotOwned", message);
-        write_status(pool, ctx, &key, &observed, None, &[ready], true).await?;
+        let judgements = with_kstatus(vec![ready], false);
+        write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
@@ -280,7 +282,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         (Err(problem), _) | (_, Err(problem)) => {
             let ready =
                 Judgement::new(status::READY, false, "InvalidTemplate", problem.to_string());
-            write_status(pool, ctx, &key, &observed, None, &[ready], true).await?;
+            let judgements = with_kstatus(vec![ready], false);
+            write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
             return Ok(Action::await_change());
         }
     };
@@ -923,7 +926,30 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
     {
         tracing::info!(pool = %pool.name_any(), "fallback replicas in effect");
     }
-    vec![ready, scaling, metrics, degraded, paused]
+    let rolling_out = observed.deployment.as_ref().is_some_and(rolling_out);
+    with_kstatus(vec![ready, scaling, metrics, degraded, paused], rolling_out)
+}
+
+/// Appends the kstatus conditions derived from `judgements`.
+fn with_kstatus(mut judgements: Vec<Judgement>, rolling_out: bool) -> Vec<Judgement> {
+    let kstatus = status::kstatus_judgements(&judgements, rolling_out);
+    judgements.extend(kstatus);
+    judgements
+}
+
+/// Whether the Deployment is still replacing pods with its current template (the test kstatus
+/// applies to Deployments): its controller has not seen the spec yet, or fewer pods run the
+/// current template than it wants.
+fn rolling_out(deployment: &Deployment) -> bool {
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = deployment.status.as_ref();
+    let seen = status.and_then(|s| s.observed_generation);
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
+    seen < deployment.metadata.generation || updated < wanted
 }
 
 /// MetricsAvailable when the workers' sidecars are the source.
@@ -999,10 +1025,14 @@ async fn write_status(
     };
     ctx.metrics.record_pool(
         key,
-        next.load,
-        next.desired_replicas,
-        next.replicas,
-        next.ready_replicas,
+        &PoolFigures {
+            load: next.load,
+            desired: next.desired_replicas,
+            current: next.replicas,
+            ready: next.ready_replicas,
+            min: pool.spec.min_replicas,
+            max: pool.spec.max_replicas,
+        },
     );
     if next == previous {
         return Ok(());
@@ -1050,6 +1080,10 @@ async fn write_status(
     )
     .await
     .map_err(ReconcileError::Status)?;
+    // After the write, so that a failed one is retried without a second Event.
+    for warning in status::new_warnings(&previous.conditions, judgements) {
+        publish_warning(pool, ctx, warning).await;
+    }
     Ok(())
 }
 
@@ -1084,6 +1118,28 @@ async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, p
     // Events are best effort: a failure to record one must not fail the reconcile.
     if let Err(error) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
         tracing::debug!(%error, "could not publish the scale event");
+    }
+}
+
+/// A Warning Event for a problem the user must fix (kubectl describe, event exporters, alerts).
+async fn publish_warning(pool: &AsyncWorkerPool, ctx: &Context, warning: status::Warning) {
+    tracing::warn!(
+        namespace = ?pool.namespace(),
+        pool = %pool.name_any(),
+        reason = warning.reason,
+        note = %warning.note,
+        "pool needs attention"
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: warning.reason.into(),
+        note: Some(warning.note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // Best effort, like every Event.
+    if let Err(error) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::debug!(%error, "could not publish the warning event");
     }
 }
 

@@ -28,6 +28,8 @@ pub const SIDECAR_CONTAINER: &str = "asyncpool-sidecar";
 pub const SERVE_PORT: u16 = 8080;
 /// Port of the sidecar contract (`/queue`, `/metrics`, probes, drain).
 pub const ADMIN_PORT: u16 = 9090;
+/// The sidecar's admin container port by name (probes, the chart's PodMonitor).
+pub const ADMIN_PORT_NAME: &str = "admin";
 /// The sidecar image the operator injects unless told otherwise: the release of the same
 /// version as the operator (the chart's appVersion; `tests/version.rs` keeps them one).
 pub const DEFAULT_SIDECAR_IMAGE: &str =
@@ -225,7 +227,7 @@ fn sidecar_container(
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("admin".into()),
+            port: IntOrString::String(ADMIN_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -244,7 +246,7 @@ fn sidecar_container(
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("admin".into()),
+                name: Some(ADMIN_PORT_NAME.into()),
                 container_port: i32::from(ADMIN_PORT),
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()

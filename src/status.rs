@@ -8,6 +8,13 @@ pub const SCALING: &str = "Scaling";
 pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
+/// kstatus' "the controller is still working on it" (Flux health checks, `kubectl wait`).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus' "the controller cannot make progress without a change from you": read as Failed.
+pub const STALLED: &str = "Stalled";
+
+/// `Ready=False` reasons that only a change to the pool or the cluster can clear.
+const STALLED_READY_REASONS: [&str; 3] = ["InvalidSpec", "InvalidTemplate", "NotOwned"];
 
 /// One condition as reconcile judged it, before timestamps.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +39,81 @@ impl Judgement {
             message: message.into(),
         }
     }
+}
+
+/// The `Reconciling` and `Stalled` conditions that kstatus (Flux, Argo's kstatus-based checks,
+/// `kubectl wait`) reads, derived from the pool's own judgements so the two views never disagree:
+/// stalled when the spec is unusable, the objects are not ours, or workers crash-loop or are
+/// refused; reconciling while workers are not ready yet or a template change rolls out.
+pub fn kstatus_judgements(judgements: &[Judgement], rolling_out: bool) -> [Judgement; 2] {
+    let find = |type_: &str| judgements.iter().find(|j| j.type_ == type_);
+    let ready = find(READY);
+    let stuck = ready
+        .filter(|j| !j.status && STALLED_READY_REASONS.contains(&j.reason))
+        .or_else(|| find(DEGRADED).filter(|j| j.status));
+    if let Some(cause) = stuck {
+        return [
+            Judgement::new(
+                RECONCILING,
+                false,
+                cause.reason,
+                "stalled: see the Stalled condition",
+            ),
+            Judgement::new(STALLED, true, cause.reason, cause.message.clone()),
+        ];
+    }
+    let stalled = Judgement::new(STALLED, false, "Progressing", "nothing blocks the pool");
+    let reconciling = match ready {
+        Some(j) if !j.status => Judgement::new(RECONCILING, true, j.reason, j.message.clone()),
+        _ if rolling_out => Judgement::new(
+            RECONCILING,
+            true,
+            "RollingOut",
+            "workers are being replaced with the new template",
+        ),
+        _ => Judgement::new(
+            RECONCILING,
+            false,
+            "Reconciled",
+            "the pool is as its spec asks",
+        ),
+    };
+    [reconciling, stalled]
+}
+
+/// A problem the user must fix, worth a Warning Event when it appears.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// `MetricsAvailable=False` reasons that mean the pool flies blind (held at its size).
+const BLIND_REASONS: [&str; 2] = ["NoReadings", "QueueUnreadable"];
+
+/// The problems in `judgements` that were not already reported in `previous` with the same
+/// reason: stalls (what to fix is in the message) and missing readings. One Event per
+/// appearance, not one per reconcile.
+pub fn new_warnings(previous: &[Condition], judgements: &[Judgement]) -> Vec<Warning> {
+    let was = |type_: &str, status: &str, reason: &str| {
+        previous
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+    };
+    judgements
+        .iter()
+        .filter(|j| {
+            (j.type_ == STALLED && j.status && !was(STALLED, "True", j.reason))
+                || (j.type_ == METRICS_AVAILABLE
+                    && !j.status
+                    && BLIND_REASONS.contains(&j.reason)
+                    && !was(METRICS_AVAILABLE, "False", j.reason))
+        })
+        .map(|j| Warning {
+            reason: j.reason,
+            note: j.message.clone(),
+        })
+        .collect()
 }
 
 /// Turns judgements into conditions, keeping `lastTransitionTime` of every condition whose
@@ -66,8 +148,80 @@ pub fn merge_conditions(
 mod tests {
     use super::*;
 
+    fn verdict(judgements: &[Judgement], rolling_out: bool) -> (bool, bool, &'static str) {
+        let [reconciling, stalled] = kstatus_judgements(judgements, rolling_out);
+        (reconciling.status, stalled.status, stalled.reason)
+    }
+
+    #[test]
+    fn kstatus_reads_unusable_pools_as_stalled_and_waiting_ones_as_reconciling() {
+        let ready = Judgement::new(READY, true, "WorkersReady", "2 of 2 workers ready");
+        let waiting = Judgement::new(READY, false, "WaitingForWorkers", "0 of 2 workers ready");
+        let healthy = Judgement::new(DEGRADED, false, "Healthy", "fine");
+        let crashing = Judgement::new(DEGRADED, true, "CrashLooping", "2 workers crash-loop");
+        for reason in STALLED_READY_REASONS {
+            let not_ready = Judgement::new(READY, false, reason, "fix it");
+            assert_eq!(verdict(&[not_ready], false), (false, true, reason));
+        }
+        assert_eq!(
+            verdict(&[ready.clone(), crashing.clone()], false),
+            (false, true, "CrashLooping")
+        );
+        assert_eq!(
+            verdict(&[waiting, crashing], false),
+            (false, true, "CrashLooping")
+        );
+        let waiting = Judgement::new(READY, false, "WaitingForWorkers", "0 of 2 workers ready");
+        assert!(verdict(&[waiting, healthy.clone()], false).0);
+        assert_eq!(
+            verdict(&[ready.clone(), healthy.clone()], true),
+            (true, false, "Progressing")
+        );
+        assert_eq!(
+            verdict(&[ready, healthy], false),
+            (false, false, "Progressing")
+        );
+    }
+
     fn at(seconds: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn a_problem_is_warned_about_once_when_it_appears() {
+        let stalled = kstatus_judgements(
+            &[Judgement::new(READY, false, "NotOwned", "rename the pool")],
+            false,
+        );
+        let blind = Judgement::new(METRICS_AVAILABLE, false, "NoReadings", "no worker answers");
+        let mut judgements = stalled.to_vec();
+        judgements.push(blind);
+        let first = new_warnings(&[], &judgements);
+        let reasons: Vec<_> = first.iter().map(|w| w.reason).collect();
+        assert_eq!(reasons, ["NotOwned", "NoReadings"]);
+        assert_eq!(first[0].note, "rename the pool");
+        // Reported already: nothing new, until the reason changes.
+        let now = merge_conditions(&[], &judgements, Some(1), &at(10));
+        assert!(new_warnings(&now, &judgements).is_empty());
+        let crashing = kstatus_judgements(
+            &[Judgement::new(
+                DEGRADED,
+                true,
+                "CrashLooping",
+                "web-1 crash-loops",
+            )],
+            false,
+        );
+        let again = new_warnings(&now, &crashing);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].reason, "CrashLooping");
+        // Healthy pools and merely partial readings warn about nothing.
+        let healthy =
+            kstatus_judgements(&[Judgement::new(READY, true, "WorkersReady", "ok")], false);
+        let partial = Judgement::new(METRICS_AVAILABLE, true, "SomeWorkersSilent", "1 silent");
+        let mut quiet = healthy.to_vec();
+        quiet.push(partial);
+        assert!(new_warnings(&[], &quiet).is_empty());
     }
 
     #[test]

@@ -116,7 +116,7 @@ async fn valid_example_is_accepted_and_listed_with_printer_columns() {
     let columns: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(
         columns,
-        ["NAME", "DESIRED", "READY", "LOAD", "AGE"],
+        ["NAME", "DESIRED", "READY", "LOAD", "STATUS", "AGE"],
         "table:\n{table}"
     );
     assert!(table.contains("chat-api"), "table:\n{table}");
@@ -127,7 +127,7 @@ async fn valid_example_is_accepted_and_listed_with_printer_columns() {
         .next()
         .unwrap_or_default()
         .to_owned();
-    for column in ["MIN", "MAX", "PAUSED"] {
+    for column in ["MESSAGE", "MIN", "MAX", "PAUSED"] {
         assert!(
             header.contains(column),
             "wide output lacks {column}: {header}"

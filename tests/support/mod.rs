@@ -21,7 +21,8 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn cache_dir() -> PathBuf {
+/// Where `scripts/cluster` and the test tools cache what they build.
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("ASYNCPOOL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -95,14 +96,19 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("kubectl output")
 }
 
-/// The helm version `scripts/cluster` builds (and `scripts/gen-deploy` renders with).
-pub const HELM_VERSION: &str = "v3.22.0";
+/// The helm version `scripts/cluster` builds (and `scripts/gen-deploy` renders with): Helm 4.
+pub const HELM_VERSION: &str = "v4.3.2";
+/// The Helm 3 that `scripts/cluster` builds beside it, since many clusters are still run with it.
+pub const HELM3_VERSION: &str = "v3.21.4";
 
-/// The helm built by `scripts/cluster build`.
+/// The helm 4 built by `scripts/cluster build`.
 pub fn helm_path() -> PathBuf {
-    cache_dir()
-        .join(format!("helm-{HELM_VERSION}"))
-        .join("helm")
+    helm_path_of(HELM_VERSION)
+}
+
+/// The helm of `version` built by `scripts/cluster build`.
+pub fn helm_path_of(version: &str) -> PathBuf {
+    cache_dir().join(format!("helm-{version}")).join("helm")
 }
 
 /// Runs helm against the test cluster. Commands that need no cluster (`template`, `lint`) can
