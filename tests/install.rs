@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::{Value, json};
 use support::{
-    TestNamespace, client, eventually, helm, helm_path, install_crd, kubeconfig_path, kubectl,
-    kubectl_stdin, repo_root,
+    HELM_VERSION, HELM3_VERSION, TestNamespace, client, eventually, helm_path, helm_path_of,
+    install_crd, kubeconfig_path, kubectl, kubectl_stdin, repo_root,
 };
 
 const CHART: &str = "charts/asyncpool";
@@ -132,34 +132,57 @@ fn assert_cannot(user: &str, checks: &[&[&str]]) {
 /// A Helm release in the test cluster, uninstalled on drop (a failing test included), because
 /// its ClusterRoles outlive the namespace that TestNamespace deletes.
 struct Release {
+    helm: PathBuf,
     namespace: String,
     uninstalled: bool,
 }
 
 impl Release {
+    /// Installs with Helm 4 and `--set` values.
     fn install(namespace: &str, sets: &[&str]) -> Self {
-        let mut args = vec!["install", RELEASE, CHART, "--namespace", namespace];
+        let mut args = Vec::new();
         for set in sets {
             args.extend(["--set", set]);
         }
-        let out = Command::new(helm_path())
+        Self::install_with(&helm_path(), namespace, &args)
+    }
+
+    /// Installs with the helm binary `helm` and extra arguments.
+    fn install_with(helm: &Path, namespace: &str, extra: &[&str]) -> Self {
+        let release = Self {
+            helm: helm.to_owned(),
+            namespace: namespace.to_owned(),
+            uninstalled: false,
+        };
+        let mut args = vec!["install", RELEASE, CHART];
+        args.extend_from_slice(extra);
+        succeeded(release.run(&args), "helm install");
+        release
+    }
+
+    /// Runs this release's helm from the repository root, against the test cluster and in the
+    /// release's namespace.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.helm)
             .current_dir(repo_root())
             .arg("--kubeconfig")
             .arg(kubeconfig_path())
-            .args(&args)
+            .args(["--namespace", &self.namespace])
+            .args(args)
             .output()
-            .expect("run helm install");
-        succeeded(out, "helm install");
-        Self {
-            namespace: namespace.to_owned(),
-            uninstalled: false,
-        }
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.helm.display()))
+    }
+
+    fn upgrade(&self, extra: &[&str]) {
+        let mut args = vec!["upgrade", RELEASE, CHART];
+        args.extend_from_slice(extra);
+        succeeded(self.run(&args), "helm upgrade");
     }
 
     fn uninstall(&mut self) {
         self.uninstalled = true;
         succeeded(
-            helm(&["uninstall", RELEASE, "--namespace", &self.namespace]),
+            self.run(&["uninstall", RELEASE, "--wait"]),
             "helm uninstall",
         );
     }
@@ -168,7 +191,7 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         if !self.uninstalled {
-            let _ = helm(&["uninstall", RELEASE, "--namespace", &self.namespace]);
+            let _ = self.run(&["uninstall", RELEASE]);
         }
     }
 }
@@ -552,7 +575,7 @@ fn every_value_is_documented_in_the_install_guide() {
         &std::fs::read_to_string(repo_root().join(CHART).join("values.yaml")).expect("values"),
     )
     .expect("values.yaml parses");
-    // Kubernetes-typed maps are documented as a whole, not key by key.
+    // Kubernetes-typed maps, and label maps with a default, are documented as a whole.
     let whole = [
         "podSecurityContext",
         "securityContext",
@@ -560,6 +583,7 @@ fn every_value_is_documented_in_the_install_guide() {
         "livenessProbe",
         "readinessProbe",
         "nodeSelector",
+        "grafanaDashboard.labels",
     ];
     fn collect(prefix: &str, value: &Value, whole: &[&str], out: &mut Vec<String>) {
         match value.as_object() {
@@ -815,6 +839,31 @@ impl ChartedOperator {
         }
     }
 
+    /// Waits until this process holds the Lease "asyncpool" in `namespace`; fails at once, with
+    /// its log, if the process exits (a setting it refuses, say).
+    async fn wait_for_lease(&mut self, client: &kube::Client, namespace: &str, identity: &str) {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let started = eventually(
+            &format!("the operator to hold its Lease in {namespace}"),
+            Duration::from_secs(30),
+            || {
+                let exited = self.child.try_wait().ok().flatten();
+                let leases = leases.clone();
+                async move {
+                    if let Some(status) = exited {
+                        return Some(Err(status));
+                    }
+                    let lease = leases.get_opt("asyncpool").await.ok()??;
+                    (lease.spec?.holder_identity.as_deref() == Some(identity)).then_some(Ok(()))
+                }
+            },
+        )
+        .await;
+        if let Err(status) = started {
+            panic!("the operator exited ({status}):\n{}", self.log_tail());
+        }
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -937,28 +986,7 @@ async fn helm_install_for_one_namespace_runs_the_operator_on_its_rbac_alone() {
         .expect("the operator Deployment");
     let identity = "asyncpool-0-test";
     let mut process = ChartedOperator::start(&installed, h, identity);
-
-    let leases: Api<Lease> = Api::namespaced(client.clone(), h);
-    let started = eventually(
-        "the operator to hold its Lease",
-        Duration::from_secs(30),
-        || {
-            // A process that exits (a setting it refuses, say) fails at once, with its log.
-            let exited = process.child.try_wait().ok().flatten();
-            let leases = leases.clone();
-            async move {
-                if let Some(status) = exited {
-                    return Some(Err(status));
-                }
-                let lease = leases.get_opt("asyncpool").await.ok()??;
-                (lease.spec?.holder_identity.as_deref() == Some(identity)).then_some(Ok(()))
-            }
-        },
-    )
-    .await;
-    if let Err(status) = started {
-        panic!("the operator exited ({status}):\n{}", process.log_tail());
-    }
+    process.wait_for_lease(&client, h, identity).await;
     // The liveness probe's path, and the metrics the ServiceMonitor scrapes, with this replica
     // marked as the leader.
     let port = process.http_port;
@@ -1140,4 +1168,319 @@ async fn a_leading_operator_turns_ready_for_the_chart_probe() {
         },
     )
     .await;
+}
+
+// --- Helm 4 and Helm 3 -------------------------------------------------------------------------
+
+/// `spec.replicas` of the release's operator Deployment, or None once it is gone.
+async fn operator_replicas(client: &kube::Client, namespace: &str) -> Option<i32> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments.get_opt(RELEASE).await.ok()??.spec?.replicas
+}
+
+/// The release's revision and status, as `helm status` reports them.
+fn release_status(release: &Release) -> (u64, String) {
+    let status: Value = serde_json::from_str(&succeeded(
+        release.run(&["status", RELEASE, "-o", "json"]),
+        "helm status",
+    ))
+    .expect("helm status JSON");
+    (
+        status["version"].as_u64().unwrap_or_default(),
+        status["info"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// The whole life of a release with one helm: install, upgrade with a changed value, uninstall.
+async fn install_upgrade_uninstall(version: &str) {
+    let client = client().await;
+    install_crd(&client).await;
+    let major = version.split('.').next().unwrap_or(version);
+    let ns = TestNamespace::new(&client, &format!("helm-{major}")).await;
+    let n = ns.name.as_str();
+    let mut release = Release::install_with(&helm_path_of(version), n, &[]);
+    assert_eq!(release_status(&release), (1, "deployed".to_owned()));
+    wait_operator_pods_running(&client, n, 2).await;
+
+    release.upgrade(&["--set", "replicaCount=1", "--set", "logLevel=debug"]);
+    assert_eq!(release_status(&release), (2, "deployed".to_owned()));
+    assert_eq!(operator_replicas(&client, n).await, Some(1));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), n);
+    let upgraded = deployments
+        .get(RELEASE)
+        .await
+        .expect("the operator Deployment");
+    let container = &upgraded
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec")
+        .containers[0];
+    assert!(
+        container
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug")),
+        "the upgraded log level did not reach the Deployment: {:?}",
+        container.env
+    );
+    wait_operator_pods_running(&client, n, 1).await;
+
+    release.uninstall();
+    assert_eq!(operator_replicas(&client, n).await, None);
+    let role = format!("asyncpool:{n}");
+    assert!(
+        !cluster_role_exists(&role),
+        "{role} outlived helm uninstall"
+    );
+    // The CRD, and so every pool in the cluster, survives an uninstall.
+    succeeded(
+        kubectl(&["get", "crd", "asyncworkerpools.asyncpool.dev", "-o", "name"]),
+        "the CRD after uninstall",
+    );
+}
+
+#[tokio::test]
+async fn helm_4_installs_upgrades_and_uninstalls_the_chart() {
+    install_upgrade_uninstall(HELM_VERSION).await;
+}
+
+#[tokio::test]
+async fn helm_3_installs_upgrades_and_uninstalls_the_chart() {
+    install_upgrade_uninstall(HELM3_VERSION).await;
+}
+
+const CRD: &str = "asyncworkerpools.asyncpool.dev";
+
+fn crd_annotation(key: &str) -> String {
+    let path = format!(
+        "jsonpath={{.metadata.annotations.{}}}",
+        key.replace('.', "\\.")
+    );
+    succeeded(kubectl(&["get", "crd", CRD, "-o", &path]), "read the CRD")
+}
+
+/// `value` with every number as a float, so that 1 and 1.0 compare equal.
+fn as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => n.as_f64().map_or(Value::Null, |f| json!(f)),
+        Value::Array(items) => Value::Array(items.iter().map(as_floats).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), as_floats(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn templated_crds_are_off_by_default_and_kept_unless_asked() {
+    let default = render(&[]);
+    assert!(of_kind(&default, "CustomResourceDefinition").is_empty());
+    let on = render(&["crds.enabled=true"]);
+    let crd = one(&on, "CustomResourceDefinition");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    // The template is the crds/ file, only labelled and annotated. (Helm's YAML round trip
+    // writes 1.0 as 1: the same JSON number, so numbers are compared as numbers.)
+    let file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_root().join("crds/asyncworkerpools.yaml")).expect("CRD file"),
+    )
+    .expect("CRD YAML");
+    assert!(
+        crd["spec"] == as_floats(&file["spec"])
+            || as_floats(&crd["spec"]) == as_floats(&file["spec"]),
+        "the templated CRD's spec differs from crds/asyncworkerpools.yaml"
+    );
+    assert_eq!(crd["metadata"]["name"], file["metadata"]["name"]);
+    assert_eq!(
+        crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+    let unkept = render(&["crds.enabled=true", "crds.keep=false"]);
+    let crd = one(&unkept, "CustomResourceDefinition");
+    assert!(crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+}
+
+#[tokio::test]
+async fn templated_crds_are_adopted_updated_on_upgrade_and_kept_on_uninstall() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "helm-crds").await;
+    let n = ns.name.as_str();
+    // What docs/operator.md tells a user moving from crds/ to the templated CRD: hand the
+    // existing CRD to the release (it may carry a previous release's marks: overwrite them).
+    succeeded(
+        kubectl(&[
+            "annotate",
+            "crd",
+            CRD,
+            "--overwrite",
+            "meta.helm.sh/release-name=asyncpool",
+            &format!("meta.helm.sh/release-namespace={n}"),
+        ]),
+        "annotate the CRD for Helm",
+    );
+    succeeded(
+        kubectl(&[
+            "label",
+            "crd",
+            CRD,
+            "--overwrite",
+            "app.kubernetes.io/managed-by=Helm",
+        ]),
+        "label the CRD for Helm",
+    );
+    let mut release = Release::install_with(
+        &helm_path(),
+        n,
+        &["--skip-crds", "--set", "crds.enabled=true"],
+    );
+    assert_eq!(crd_annotation("helm.sh/resource-policy"), "keep");
+
+    // An upgrade reaches the CRD, which Helm never does for crds/.
+    let marker = format!("crds.annotations.asyncpool\\.dev/test-run={n}");
+    release.upgrade(&[
+        "--skip-crds",
+        "--set",
+        "crds.enabled=true",
+        "--set",
+        &marker,
+    ]);
+    assert_eq!(crd_annotation("asyncpool.dev/test-run"), n);
+
+    release.uninstall();
+    assert_eq!(
+        crd_annotation("asyncpool.dev/test-run"),
+        n,
+        "helm uninstall removed or replaced the kept CRD"
+    );
+}
+
+// --- Kustomize ---------------------------------------------------------------------------------
+
+/// A Kustomize overlay that moves the plain manifests to another namespace: every namespaced
+/// object goes there, the bindings name the moved ServiceAccount, and the operator keeps its
+/// Lease there too (the manifests do not pin the Lease's namespace).
+#[tokio::test]
+async fn a_kustomize_namespace_overlay_moves_the_operator_and_its_lease() {
+    let client = client().await;
+    install_crd(&client).await;
+    let namespace = format!("kustomized-{:08x}", rand::random::<u32>());
+    // Kustomize takes bases only by relative path: the overlay lives inside the repository.
+    let overlay = repo_root().join(format!("target/kustomize-{namespace}"));
+    std::fs::create_dir_all(&overlay).expect("overlay dir");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             namespace: {namespace}\nresources:\n  - ../../deploy\n"
+        ),
+    )
+    .expect("write the overlay");
+    let rendered = succeeded(
+        kubectl(&["kustomize", &overlay.to_string_lossy()]),
+        "kubectl kustomize",
+    );
+    let _ = std::fs::remove_dir_all(&overlay);
+    assert!(
+        !rendered.contains("namespace: asyncpool-system"),
+        "an object stayed in asyncpool-system"
+    );
+
+    struct Applied(String);
+    impl Drop for Applied {
+        fn drop(&mut self) {
+            let _ = kubectl_stdin(
+                &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
+                &self.0,
+            );
+        }
+    }
+    let applied = Applied(rendered);
+    succeeded(
+        kubectl_stdin(&["apply", "-f", "-"], &applied.0),
+        "kubectl apply of the overlay",
+    );
+    wait_operator_pods_running(&client, &namespace, 2).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let installed = deployments
+        .get("asyncpool")
+        .await
+        .expect("the operator Deployment in the overlay's namespace");
+    let identity = "asyncpool-kustomized";
+    let mut process = ChartedOperator::start(&installed, &namespace, identity);
+    process.wait_for_lease(&client, &namespace, identity).await;
+}
+
+// --- NetworkPolicy -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_network_policy_lets_the_operator_reach_what_it_needs_and_the_api_server_takes_it() {
+    let objects = render(&[
+        "networkPolicy.enabled=true",
+        "watchNamespace=team",
+        "networkPolicy.apiServer.cidrs[0]=10.0.0.1/32",
+    ]);
+    let policy = one(&objects, "NetworkPolicy");
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    assert_eq!(spec["ingress"][0]["ports"][0]["port"], 8081);
+    let egress = spec["egress"].as_array().expect("egress rules");
+    let to_port = |port: u64| {
+        egress
+            .iter()
+            .find(|rule| {
+                rule["ports"]
+                    .as_array()
+                    .is_some_and(|ports| ports.iter().any(|p| p["port"] == port))
+            })
+            .unwrap_or_else(|| panic!("no egress rule for port {port}"))
+    };
+    assert_eq!(to_port(443)["to"][0]["ipBlock"]["cidr"], "10.0.0.1/32");
+    assert!(
+        to_port(53)["to"].is_null(),
+        "DNS must be reachable wherever it runs"
+    );
+    let workers = &to_port(u64::from(asyncpool::resources::ADMIN_PORT))["to"][0];
+    assert_eq!(
+        workers["podSelector"]["matchExpressions"][0]["key"],
+        "asyncpool.dev/pool"
+    );
+    assert_eq!(
+        workers["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "team"
+    );
+    // Cluster-wide, the workers may be in any namespace.
+    let wide = render(&["networkPolicy.enabled=true"]);
+    let wide_rules = one(&wide, "NetworkPolicy")["spec"]["egress"].clone();
+    assert!(
+        wide_rules
+            .as_array()
+            .expect("egress")
+            .iter()
+            .any(|r| r["to"][0]["namespaceSelector"] == json!({})),
+        "{wide_rules}"
+    );
+
+    // The API server accepts it as rendered.
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "install-netpol").await;
+    let mut rendered = policy.clone();
+    rendered["metadata"]["namespace"] = json!(ns.name);
+    succeeded(
+        kubectl_stdin(
+            &["apply", "--dry-run=server", "-f", "-"],
+            &rendered.to_string(),
+        ),
+        "server-side dry run of the NetworkPolicy",
+    );
 }
