@@ -5,12 +5,15 @@
 //! `scripts/test` builds the images first (ASYNCPOOL_IMAGES_BUILT=1); run alone, this test builds
 //! them itself.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use asyncpool::resources::{DEFAULT_OPERATOR_IMAGE, DEFAULT_SIDECAR_IMAGE};
 use serde_json::Value;
+use support::succeeded;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MIB: u64 = 1024 * 1024;
@@ -43,17 +46,6 @@ fn images(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run scripts/images")
-}
-
-fn succeeded(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Builds the images unless `scripts/test` already did; once per test binary.

@@ -20,7 +20,7 @@ use kube::config::Kubeconfig;
 use serde_json::{Value, json};
 use support::{
     HELM_VERSION, HELM3_VERSION, TestNamespace, client, eventually, helm_path, helm_path_of,
-    install_crd, kubeconfig_path, kubectl, kubectl_stdin, repo_root,
+    install_crd, kubeconfig_path, kubectl, kubectl_stdin, repo_root, succeeded,
 };
 
 const CHART: &str = "charts/asyncpool";
@@ -35,16 +35,25 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The stdout of a command that must succeed; otherwise fails the test with both streams.
-fn succeeded(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+/// Manifests applied with kubectl, deleted again on drop (a failing test included): their
+/// cluster-scoped objects outlive any namespace.
+struct Applied(String);
+
+impl Applied {
+    fn apply(manifest: String, what: &str) -> Self {
+        let applied = Self(manifest);
+        succeeded(kubectl_stdin(&["apply", "-f", "-"], &applied.0), what);
+        applied
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let _ = kubectl_stdin(
+            &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
+            &self.0,
+        );
+    }
 }
 
 /// helm without a cluster (template, lint), run from the repository root.
@@ -1105,20 +1114,7 @@ async fn kubectl_apply_of_the_plain_manifests_runs_the_operator() {
         .expect("read deploy/operator.yaml")
         .replace("asyncpool-system", &namespace);
 
-    struct Applied(String);
-    impl Drop for Applied {
-        fn drop(&mut self) {
-            let _ = kubectl_stdin(
-                &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
-                &self.0,
-            );
-        }
-    }
-    let applied = Applied(manifest.clone());
-    succeeded(
-        kubectl_stdin(&["apply", "-f", "-"], &manifest),
-        "kubectl apply -f deploy/operator.yaml",
-    );
+    let applied = Applied::apply(manifest, "kubectl apply -f deploy/operator.yaml");
 
     // The Namespace carries the restricted Pod Security level and the pods are still admitted.
     let labels = succeeded(
@@ -1392,20 +1388,7 @@ async fn a_kustomize_namespace_overlay_moves_the_operator_and_its_lease() {
         "an object stayed in asyncpool-system"
     );
 
-    struct Applied(String);
-    impl Drop for Applied {
-        fn drop(&mut self) {
-            let _ = kubectl_stdin(
-                &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
-                &self.0,
-            );
-        }
-    }
-    let applied = Applied(rendered);
-    succeeded(
-        kubectl_stdin(&["apply", "-f", "-"], &applied.0),
-        "kubectl apply of the overlay",
-    );
+    let _applied = Applied::apply(rendered, "kubectl apply of the overlay");
     wait_operator_pods_running(&client, &namespace, 2).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);

@@ -14,20 +14,9 @@ use std::process::{Command, Output};
 use asyncpool::resources::ADMIN_PORT_NAME;
 use serde_json::Value;
 use sidecar_common::{Sidecar, free_port, get};
-use support::{helm_path, repo_root};
+use support::{helm_path, repo_root, succeeded};
 
 const NAMESPACE: &str = "ops";
-
-fn succeeded(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The chart rendered in namespace "ops" with the kit on, plus `sets`.
 fn render(sets: &[&str]) -> Vec<Value> {
