@@ -1,7 +1,9 @@
 //! The operator's Prometheus metrics. Every label takes values from a bounded set (error
 //! categories, decision kinds) or names a pool, whose series are removed when the pool goes.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,6 +59,9 @@ pub struct Metrics {
     pub read_seconds: Family<ModeLabel, Histogram>,
     pub read_errors: Family<CategoryLabel, Counter>,
     pub leader: Gauge,
+    /// Pools with series, so that a deleted pool's are dropped even if reconcile never kept
+    /// any other memory of it (a pool that was only ever refused, say).
+    recorded_pools: Mutex<HashSet<PoolKey>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,7 +97,7 @@ impl Default for Metrics {
         let pool_replicas = Family::<PoolReplicaLabels, Gauge>::default();
         registry.register(
             "pool_replicas",
-            "Replicas of a pool: desired, current, ready",
+            "Replicas of a pool: desired, current, ready, and the spec's min and max",
             pool_replicas.clone(),
         );
         let read_seconds = Family::<ModeLabel, Histogram>::new_with_constructor(
@@ -126,6 +131,7 @@ impl Default for Metrics {
             read_seconds,
             read_errors,
             leader,
+            recorded_pools: Mutex::default(),
         }
     }
 }
@@ -155,6 +161,10 @@ impl Metrics {
     }
 
     pub fn record_pool(&self, pool: &PoolKey, figures: &PoolFigures) {
+        self.recorded_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pool.clone());
         let labels = PoolLabels {
             namespace: pool.namespace.clone(),
             pool: pool.name.clone(),
@@ -167,13 +177,14 @@ impl Metrics {
                 self.pool_load.remove(&labels);
             }
         }
-        for (kind, value) in [
-            ("desired", figures.desired),
-            ("current", figures.current),
-            ("ready", figures.ready),
-            ("min", figures.min),
-            ("max", figures.max),
-        ] {
+        let values = [
+            figures.desired,
+            figures.current,
+            figures.ready,
+            figures.min,
+            figures.max,
+        ];
+        for (kind, value) in REPLICA_KINDS.into_iter().zip(values) {
             self.pool_replicas
                 .get_or_create(&PoolReplicaLabels {
                     namespace: pool.namespace.clone(),
@@ -184,8 +195,28 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of every pool not in `live`.
+    pub fn forget_pools_except(&self, live: &[PoolKey]) {
+        let gone: Vec<PoolKey> = {
+            let mut recorded = self
+                .recorded_pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let gone = recorded
+                .iter()
+                .filter(|k| !live.contains(k))
+                .cloned()
+                .collect();
+            recorded.retain(|k| live.contains(k));
+            gone
+        };
+        for pool in gone {
+            self.forget_pool(&pool);
+        }
+    }
+
     /// Drops a deleted pool's series so that memory and cardinality follow the live pools.
-    pub fn forget_pool(&self, pool: &PoolKey) {
+    fn forget_pool(&self, pool: &PoolKey) {
         let labels = PoolLabels {
             namespace: pool.namespace.clone(),
             pool: pool.name.clone(),
@@ -254,7 +285,12 @@ mod tests {
             text.contains(r#"asyncpool_pool_replicas{namespace="team",pool="chat",kind="max"} 10"#),
             "{text}"
         );
-        metrics.forget_pool(&pool);
+        metrics.forget_pools_except(std::slice::from_ref(&pool));
+        assert!(
+            metrics.encode().contains(r#"pool="chat""#),
+            "a live pool lost its series"
+        );
+        metrics.forget_pools_except(&[]);
         assert!(!metrics.encode().contains(r#"pool="chat""#));
     }
 }

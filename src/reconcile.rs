@@ -134,9 +134,10 @@ impl Context {
             memory.remove(&pool);
             self.readers.forget_pool(&pool);
             self.external.stop(&pool);
-            self.metrics.forget_pool(&pool);
             tracing::info!(namespace = %pool.namespace, pool = %pool.name, "pool deleted; forgot it");
         }
+        // Apart from the memory: a pool that was only ever refused has series but no memory.
+        self.metrics.forget_pools_except(live);
     }
 }
 
@@ -255,7 +256,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         Ok(effective) => effective,
         Err(problem) => {
             let ready = Judgement::new(status::READY, false, "InvalidSpec", problem.to_string());
-            let judgements = with_kstatus(vec![ready], false);
+            let judgements = with_kstatus(vec![ready], &status::Rollout::Done);
             write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
             return Ok(Action::await_change());
         }
@@ -266,7 +267,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
             observed.foreign.join(" and ")
         );
         let ready = Judgement::new(status::READY, false, "NotOwned", message);
-        let judgements = with_kstatus(vec![ready], false);
+        let judgements = with_kstatus(vec![ready], &status::Rollout::Done);
         write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
@@ -282,7 +283,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         (Err(problem), _) | (_, Err(problem)) => {
             let ready =
                 Judgement::new(status::READY, false, "InvalidTemplate", problem.to_string());
-            let judgements = with_kstatus(vec![ready], false);
+            let judgements = with_kstatus(vec![ready], &status::Rollout::Done);
             write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
             return Ok(Action::await_change());
         }
@@ -926,30 +927,18 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
     {
         tracing::info!(pool = %pool.name_any(), "fallback replicas in effect");
     }
-    let rolling_out = observed.deployment.as_ref().is_some_and(rolling_out);
-    with_kstatus(vec![ready, scaling, metrics, degraded, paused], rolling_out)
+    let rollout = observed
+        .deployment
+        .as_ref()
+        .map_or(status::Rollout::Done, status::rollout_of);
+    with_kstatus(vec![ready, scaling, metrics, degraded, paused], &rollout)
 }
 
 /// Appends the kstatus conditions derived from `judgements`.
-fn with_kstatus(mut judgements: Vec<Judgement>, rolling_out: bool) -> Vec<Judgement> {
-    let kstatus = status::kstatus_judgements(&judgements, rolling_out);
+fn with_kstatus(mut judgements: Vec<Judgement>, rollout: &status::Rollout) -> Vec<Judgement> {
+    let kstatus = status::kstatus_judgements(&judgements, rollout);
     judgements.extend(kstatus);
     judgements
-}
-
-/// Whether the Deployment is still replacing pods with its current template (the test kstatus
-/// applies to Deployments): its controller has not seen the spec yet, or fewer pods run the
-/// current template than it wants.
-fn rolling_out(deployment: &Deployment) -> bool {
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let status = deployment.status.as_ref();
-    let seen = status.and_then(|s| s.observed_generation);
-    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
-    seen < deployment.metadata.generation || updated < wanted
 }
 
 /// MetricsAvailable when the workers' sidecars are the source.

@@ -1,6 +1,7 @@
 //! Pure builders of a pool's status and its conditions, in the standard `metav1.Condition`
 //! shape so that `kubectl wait --for=condition=Ready awp/NAME` works.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
@@ -41,31 +42,76 @@ impl Judgement {
     }
 }
 
+/// Where the Deployment's rollout of the pool's current template stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rollout {
+    Done,
+    /// Pods of an older template still run beside the new ones.
+    InProgress,
+    /// The Deployment gave up waiting for the new pods (ProgressDeadlineExceeded: images that
+    /// do not pull, pods that never schedule or never turn ready); its message says which.
+    Stuck(String),
+}
+
+/// The rollout state of `deployment`, read as kstatus reads a Deployment. A scale alone is no
+/// rollout: it bumps the generation, but every pod still runs the current template.
+pub fn rollout_of(deployment: &Deployment) -> Rollout {
+    let status = deployment.status.as_ref();
+    let deadline_exceeded = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| {
+            conditions.iter().find(|c| {
+                c.type_ == "Progressing"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+        });
+    if let Some(condition) = deadline_exceeded {
+        return Rollout::Stuck(condition.message.clone().unwrap_or_default());
+    }
+    let pods = status.and_then(|s| s.replicas).unwrap_or(0);
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
+    if pods > updated {
+        Rollout::InProgress
+    } else {
+        Rollout::Done
+    }
+}
+
 /// The `Reconciling` and `Stalled` conditions that kstatus (Flux, Argo's kstatus-based checks,
 /// `kubectl wait`) reads, derived from the pool's own judgements so the two views never disagree:
-/// stalled when the spec is unusable, the objects are not ours, or workers crash-loop or are
-/// refused; reconciling while workers are not ready yet or a template change rolls out.
-pub fn kstatus_judgements(judgements: &[Judgement], rolling_out: bool) -> [Judgement; 2] {
+/// stalled when the spec is unusable, the objects are not ours, workers crash-loop or are
+/// refused, or the rollout stopped progressing; reconciling while workers are not ready yet or
+/// pods of an older template remain.
+pub fn kstatus_judgements(judgements: &[Judgement], rollout: &Rollout) -> [Judgement; 2] {
     let find = |type_: &str| judgements.iter().find(|j| j.type_ == type_);
     let ready = find(READY);
     let stuck = ready
         .filter(|j| !j.status && STALLED_READY_REASONS.contains(&j.reason))
-        .or_else(|| find(DEGRADED).filter(|j| j.status));
-    if let Some(cause) = stuck {
+        .or_else(|| find(DEGRADED).filter(|j| j.status))
+        .map(|cause| (cause.reason, cause.message.clone()))
+        .or_else(|| match rollout {
+            Rollout::Stuck(message) => Some((
+                "RolloutStuck",
+                format!("the workers' rollout stopped progressing: {message}"),
+            )),
+            _ => None,
+        });
+    if let Some((reason, message)) = stuck {
         return [
             Judgement::new(
                 RECONCILING,
                 false,
-                cause.reason,
+                reason,
                 "stalled: see the Stalled condition",
             ),
-            Judgement::new(STALLED, true, cause.reason, cause.message.clone()),
+            Judgement::new(STALLED, true, reason, message),
         ];
     }
     let stalled = Judgement::new(STALLED, false, "Progressing", "nothing blocks the pool");
     let reconciling = match ready {
         Some(j) if !j.status => Judgement::new(RECONCILING, true, j.reason, j.message.clone()),
-        _ if rolling_out => Judgement::new(
+        _ if *rollout == Rollout::InProgress => Judgement::new(
             RECONCILING,
             true,
             "RollingOut",
@@ -149,8 +195,50 @@ mod tests {
     use super::*;
 
     fn verdict(judgements: &[Judgement], rolling_out: bool) -> (bool, bool, &'static str) {
-        let [reconciling, stalled] = kstatus_judgements(judgements, rolling_out);
+        let rollout = if rolling_out {
+            Rollout::InProgress
+        } else {
+            Rollout::Done
+        };
+        let [reconciling, stalled] = kstatus_judgements(judgements, &rollout);
         (reconciling.status, stalled.status, stalled.reason)
+    }
+
+    fn deployment(status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "generation": 7},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .expect("deployment")
+    }
+
+    #[test]
+    fn a_scale_is_no_rollout_and_a_missed_deadline_stalls_the_pool() {
+        // Scaled: the generation moved past observedGeneration, every pod runs the template.
+        let scaled = deployment(
+            serde_json::json!({"observedGeneration": 6, "replicas": 2, "updatedReplicas": 2}),
+        );
+        assert_eq!(rollout_of(&scaled), Rollout::Done);
+        let rolling = deployment(
+            serde_json::json!({"observedGeneration": 7, "replicas": 4, "updatedReplicas": 1}),
+        );
+        assert_eq!(rollout_of(&rolling), Rollout::InProgress);
+        let stuck = deployment(serde_json::json!({
+            "replicas": 4, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"web-7d\" has timed out progressing."}]
+        }));
+        let Rollout::Stuck(message) = rollout_of(&stuck) else {
+            panic!("a missed deadline is not stuck");
+        };
+        assert!(message.contains("timed out"));
+        let ready = Judgement::new(READY, true, "WorkersReady", "3 of 3 workers ready");
+        let [reconciling, stalled] = kstatus_judgements(&[ready], &Rollout::Stuck(message));
+        assert!(!reconciling.status);
+        assert!(stalled.status);
+        assert_eq!(stalled.reason, "RolloutStuck");
+        assert!(stalled.message.contains("timed out"), "{}", stalled.message);
     }
 
     #[test]
@@ -191,7 +279,7 @@ mod tests {
     fn a_problem_is_warned_about_once_when_it_appears() {
         let stalled = kstatus_judgements(
             &[Judgement::new(READY, false, "NotOwned", "rename the pool")],
-            false,
+            &Rollout::Done,
         );
         let blind = Judgement::new(METRICS_AVAILABLE, false, "NoReadings", "no worker answers");
         let mut judgements = stalled.to_vec();
@@ -210,14 +298,16 @@ mod tests {
                 "CrashLooping",
                 "web-1 crash-loops",
             )],
-            false,
+            &Rollout::Done,
         );
         let again = new_warnings(&now, &crashing);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].reason, "CrashLooping");
         // Healthy pools and merely partial readings warn about nothing.
-        let healthy =
-            kstatus_judgements(&[Judgement::new(READY, true, "WorkersReady", "ok")], false);
+        let healthy = kstatus_judgements(
+            &[Judgement::new(READY, true, "WorkersReady", "ok")],
+            &Rollout::Done,
+        );
         let partial = Judgement::new(METRICS_AVAILABLE, true, "SomeWorkersSilent", "1 silent");
         let mut quiet = healthy.to_vec();
         quiet.push(partial);

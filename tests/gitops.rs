@@ -1,14 +1,13 @@
 //! GitOps health, judged by the GitOps tools' own code on real pools: Argo CD's health check
 //! (deploy/gitops/argocd/health.lua, run by gopher-lua, the interpreter Argo CD embeds) and
-//! kstatus (what Flux's health checks compute), both in scripts/tools/gitops-health, fed pools
+//! kstatus (what Flux's health checks compute), both in scripts/tools/gitops-health (run through
+//! scripts/tool, which builds it), fed pools
 //! that the operator has brought into each state on the local cluster.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
@@ -17,61 +16,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::operator::OperatorProcess;
-use support::{TestNamespace, cache_dir, client, eventually, install_crd, kubectl, repo_root};
+use support::{TestNamespace, client, eventually, install_crd, kubectl, repo_root};
 
 const HEALTH_LUA: &str = "deploy/gitops/argocd/health.lua";
-const TOOL_SOURCE: &str = "scripts/tools/gitops-health";
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// FNV-1a: a stable fingerprint of the tool's source, so a changed tool is rebuilt.
-fn fingerprint(parts: &[String]) -> u64 {
-    parts
-        .iter()
-        .flat_map(|p| p.bytes())
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        })
-}
-
-/// The gitops-health binary, built once per source version into the cache (Go modules come
-/// from the module proxy, like the cluster's tools).
-fn gitops_health() -> &'static Path {
-    static TOOL: OnceLock<PathBuf> = OnceLock::new();
-    TOOL.get_or_init(|| {
-        let source = repo_root().join(TOOL_SOURCE);
-        let parts: Vec<String> = ["go.mod", "go.sum", "main.go"]
-            .iter()
-            .map(|f| read(&format!("{TOOL_SOURCE}/{f}")))
-            .collect();
-        let dir = cache_dir().join(format!("gitops-health-{:016x}", fingerprint(&parts)));
-        let binary = dir.join("gitops-health");
-        if binary.exists() {
-            return binary;
-        }
-        let partial = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        let out = Command::new("go")
-            .current_dir(&source)
-            .env("CGO_ENABLED", "0")
-            .args(["build", "-trimpath", "-o"])
-            .arg(partial.join("gitops-health"))
-            .arg(".")
-            .output()
-            .expect("run go build (Go is needed to build the GitOps tools' checks)");
-        assert!(
-            out.status.success(),
-            "go build gitops-health failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Another test binary may have finished the same build first; either copy will do.
-        if std::fs::rename(&partial, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-        }
-        binary
-    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +38,9 @@ fn verdicts(namespace: &str) -> BTreeMap<String, Verdicts> {
 }
 
 fn judge(list_json: &[u8]) -> BTreeMap<String, Verdicts> {
-    let mut child = Command::new(gitops_health())
+    // scripts/tool builds it once per source version (scripts/test builds it before the tests).
+    let mut child = Command::new(repo_root().join("scripts/tool"))
+        .arg("gitops-health")
         .arg(repo_root().join(HEALTH_LUA))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -342,40 +294,36 @@ async fn argo_cd_and_kstatus_read_real_pools_in_each_state() {
         "{:?}",
         seen["starting"]
     );
-    // And `kubectl describe` shows it as a Warning Event on the pool, once.
+    // And `kubectl describe` shows it as a Warning Event on the pool.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let not_owned_warnings = || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let found: Vec<Event> = list
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("NotOwned")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("taken")
+                })
+                .collect();
+            (!found.is_empty()).then_some(found)
+        }
+    };
     let warnings = eventually(
         "a NotOwned Warning on the pool",
         Duration::from_secs(15),
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                let found: Vec<Event> = list
-                    .items
-                    .into_iter()
-                    .filter(|e| {
-                        e.type_.as_deref() == Some("Warning")
-                            && e.reason.as_deref() == Some("NotOwned")
-                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("taken")
-                    })
-                    .collect();
-                (!found.is_empty()).then_some(found)
-            }
-        },
+        not_owned_warnings,
     )
     .await;
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0]
             .note
             .as_deref()
             .is_some_and(|n| n.contains("not owned")),
         "{warnings:?}"
-    );
-    assert!(
-        warnings[0].series.is_none(),
-        "the Warning repeated while the problem lasted: {warnings:?}"
     );
 
     // Repair the pool: the Deployment in its way goes, and both tools turn to Healthy/Current.
@@ -399,4 +347,13 @@ async fn argo_cd_and_kstatus_read_real_pools_in_each_state() {
         },
     )
     .await;
+    // The operator looked at the blocked pool again and again (each status write of its own
+    // triggers a reconcile; the other pools' changes too): the Warning was given once, not once
+    // per look.
+    let warnings = not_owned_warnings().await.expect("the NotOwned Warning");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].series.is_none(),
+        "the Warning repeated while the problem lasted: {warnings:?}"
+    );
 }

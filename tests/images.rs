@@ -153,3 +153,29 @@ fn each_image_carries_its_labels_and_stays_under_its_size_budget() {
         );
     }
 }
+
+#[test]
+fn the_images_save_as_oci_archives_that_name_themselves() {
+    built();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().to_string_lossy().into_owned();
+    succeeded(images(&["save", &target]), "scripts/images save");
+    for (file, image) in [("operator", &IMAGES[0]), ("sidecar", &IMAGES[1])] {
+        let archive = dir.path().join(format!("{file}.oci.tar"));
+        let index = Command::new("tar")
+            .arg("xOf")
+            .arg(&archive)
+            .arg("index.json")
+            .output()
+            .expect("run tar");
+        let index: Value =
+            serde_json::from_str(&succeeded(index, "read index.json")).expect("index JSON");
+        // What `ctr images import`, `kind load image-archive` and skopeo take the name from.
+        assert_eq!(
+            index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+            image.reference,
+            "{}",
+            archive.display()
+        );
+    }
+}

@@ -563,6 +563,11 @@ fn bad_values_are_refused_with_a_reason() {
             ][..],
             "needs metrics.service.enabled",
         ),
+        (
+            &["prometheusRule.enabled=true"][..],
+            "needs serviceMonitor.enabled",
+        ),
+        (&["networkPolicy.apiServer.ports={}"][..], "ports"),
     ] {
         let mut args = vec!["template", RELEASE, CHART, "--kube-version", KUBE_VERSION];
         for set in sets {
@@ -1348,6 +1353,55 @@ async fn templated_crds_are_adopted_updated_on_upgrade_and_kept_on_uninstall() {
         &marker,
     ]);
     assert_eq!(crd_annotation("asyncpool.dev/test-run"), n);
+
+    // A chart whose CRD spec changed, as a new version's would. Helm 4 applies server-side, and
+    // the fields were first applied by another manager (here the tests', for users kubectl's):
+    // the upgrade stops on the conflict until it is forced, as docs/operator.md says.
+    let newer = tempfile::tempdir().expect("tempdir");
+    let chart = newer.path().join("asyncpool");
+    succeeded(
+        Command::new("cp")
+            .arg("-r")
+            .arg(repo_root().join(CHART))
+            .arg(&chart)
+            .output()
+            .expect("run cp"),
+        "copy the chart",
+    );
+    let crd_file = chart.join("crds/asyncworkerpools.yaml");
+    let crd_text = std::fs::read_to_string(&crd_file).expect("chart CRD");
+    let changed = crd_text.replacen(
+        "    categories:\n    - asyncpool\n",
+        "    categories:\n    - asyncpool\n    - asyncpool-upgraded\n",
+        1,
+    );
+    assert_ne!(
+        changed, crd_text,
+        "the CRD's categories were not where expected"
+    );
+    std::fs::write(&crd_file, changed).expect("write chart CRD");
+    let chart_path = chart.to_string_lossy().into_owned();
+    let upgrade = |force: bool| {
+        let mut args = vec!["upgrade", RELEASE, chart_path.as_str()];
+        args.extend([
+            "--skip-crds",
+            "--set",
+            "crds.enabled=true",
+            "--set",
+            &marker,
+        ]);
+        if force {
+            args.push("--force-conflicts");
+        }
+        release.run(&args)
+    };
+    let refused = upgrade(false);
+    assert!(
+        !refused.status.success() && text(&refused.stderr).contains("conflict"),
+        "an upgrade over fields another manager owns went through without --force-conflicts: {}",
+        text(&refused.stderr)
+    );
+    succeeded(upgrade(true), "helm upgrade --force-conflicts");
 
     release.uninstall();
     assert_eq!(

@@ -33,6 +33,8 @@ fn render(sets: &[&str]) -> Vec<Value> {
         "--set",
         "prometheusRule.enabled=true",
         "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
         "grafanaDashboard.enabled=true",
     ];
     for set in sets {
@@ -409,6 +411,23 @@ fn every_operator_family() -> String {
     metrics.read_failed("timeout");
     metrics.leader.set(1);
     metrics.encode()
+}
+
+#[test]
+fn the_dashboard_adds_up_only_per_pod_sidecar_figures() {
+    // A Redis pool's sidecars each report the whole queue (scope="pool"): summed over pods it
+    // would count the queue once per worker.
+    for expr in dashboard_exprs(&dashboard()) {
+        for figure in ["queued", "in_flight", "capacity", "arrived_total"] {
+            let name = format!("asyncpool_sidecar_{figure}{{");
+            for (at, _) in expr.match_indices(&name) {
+                assert!(
+                    expr[at..].starts_with(&format!("{name}scope=\"pod\"")),
+                    "{expr} adds up {figure} without scope=\"pod\""
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

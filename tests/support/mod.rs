@@ -34,7 +34,7 @@ pub fn succeeded(out: Output, what: &str) -> String {
 }
 
 /// Where `scripts/cluster` and the test tools cache what they build.
-pub fn cache_dir() -> PathBuf {
+fn cache_dir() -> PathBuf {
     std::env::var_os("ASYNCPOOL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
