@@ -1,0 +1,139 @@
+//! The operator↔sidecar contract as the pod sees it: the environment the operator injects into
+//! the sidecar container is read by the sidecar's own argument parser and validation, for every
+//! queue source, and means what the pool says. (The other tests start sidecars with flags of
+//! their own, so a renamed variable or a value the sidecar refuses would only show in a real pod.)
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use asyncpool::crd::AsyncWorkerPool;
+use asyncpool::pool::EffectiveSpec;
+use asyncpool::resources::{self, ADMIN_PORT, SIDECAR_CONTAINER};
+use asyncpool::sidecar::config::{Args, Config, SourceKind};
+use clap::{CommandFactory, Parser};
+use k8s_openapi::api::core::v1::Container;
+
+/// A pool as `kubectl apply` would store it (schema defaults applied, CEL rules checked).
+fn pool(queue: &str) -> AsyncWorkerPool {
+    let yaml = format!(
+        r#"
+apiVersion: asyncpool.dev/v1alpha1
+kind: AsyncWorkerPool
+metadata: {{name: chat, namespace: team, uid: 1234-5678}}
+spec:
+  minReplicas: 1
+  maxReplicas: 8
+  concurrency: 6
+  port: 8123
+  queue: {queue}
+  supervision: {{drainTimeout: 45s}}
+  template:
+    metadata: {{labels: {{app: chat}}}}
+    spec: {{containers: [{{name: app, image: chat:1}}]}}
+"#
+    );
+    asyncpool::manifest::load_pool(&yaml, None).expect("a valid pool")
+}
+
+fn sidecar_of(pool: &AsyncWorkerPool) -> Container {
+    let effective = EffectiveSpec::from_spec(&pool.spec, false).expect("valid spec");
+    let deployment = resources::deployment(pool, &effective, "ghcr.io/asyncpool/sidecar:test", 2)
+        .expect("build");
+    deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec")
+        .containers
+        .into_iter()
+        .find(|c| c.name == SIDECAR_CONTAINER)
+        .expect("the injected sidecar")
+}
+
+/// The sidecar's command line for the injected environment, through the parser's own mapping of
+/// each variable to its flag. A variable from a Secret gets a stand-in value, as the kubelet would
+/// resolve it.
+fn command_line(sidecar: &Container) -> Vec<String> {
+    let command = Args::command();
+    let flag_of: BTreeMap<String, String> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_string_lossy().into_owned();
+            Some((env, arg.get_long()?.to_owned()))
+        })
+        .collect();
+    let mut argv = vec!["asyncpool-sidecar".to_owned()];
+    for var in sidecar.env.iter().flatten() {
+        let flag = flag_of.get(&var.name).unwrap_or_else(|| {
+            panic!(
+                "the operator injects {} but the sidecar has no flag reading it",
+                var.name
+            )
+        });
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), None) => value.clone(),
+            (None, Some(from)) if from.secret_key_ref.is_some() => "from-the-secret".to_owned(),
+            other => panic!("{}: unexpected source {other:?}", var.name),
+        };
+        argv.push(format!("--{flag}={value}"));
+    }
+    argv
+}
+
+fn parsed(pool: &AsyncWorkerPool) -> Config {
+    let argv = command_line(&sidecar_of(pool));
+    let args = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    args.validate()
+        .unwrap_or_else(|e| panic!("the sidecar refuses {argv:?}: {e:?}"))
+}
+
+#[test]
+fn a_proxy_pools_environment_configures_the_sidecar_as_the_pool_says() {
+    let pool = pool("{source: proxy, maxQueue: 30, queueTimeout: 12s}");
+    let config = parsed(&pool);
+    assert_eq!(config.source, SourceKind::Proxy);
+    assert_eq!(config.concurrency, 6);
+    assert_eq!(config.max_queue, 30);
+    assert_eq!(config.queue_timeout, Duration::from_secs(12));
+    assert_eq!(config.drain_timeout, Duration::from_secs(45));
+    assert_eq!(config.upstream, "127.0.0.1:8123");
+    assert_eq!(config.admin_listen.port(), ADMIN_PORT);
+    assert!(config.redis.is_none());
+}
+
+#[test]
+fn a_report_pools_environment_configures_the_sidecar() {
+    let config = parsed(&pool("{source: report}"));
+    assert_eq!(config.source, SourceKind::Report);
+    assert_eq!(config.concurrency, 6);
+}
+
+#[test]
+fn a_redis_list_pools_environment_configures_the_sidecar() {
+    let config = parsed(&pool(
+        "{source: redis, redis: {url: 'redis://redis.team.svc:6379/0', key: jobs}}",
+    ));
+    assert_eq!(config.source, SourceKind::Redis);
+    let redis = config.redis.expect("a Redis target");
+    assert_eq!(redis.url, "redis://redis.team.svc:6379/0");
+    assert_eq!(redis.key, "jobs");
+    assert_eq!(redis.group, None, "a list has no consumer group");
+    assert_eq!(redis.password, None);
+}
+
+#[test]
+fn a_redis_stream_pools_environment_with_a_secret_password_configures_the_sidecar() {
+    let pool = pool(
+        "{source: redis, redis: {url: 'redis://redis.team.svc:6379/0', key: events, kind: stream, \
+         group: workers, passwordSecretRef: {name: redis, key: password}}}",
+    );
+    let sidecar = sidecar_of(&pool);
+    let argv = command_line(&sidecar);
+    assert!(
+        argv.iter().any(|a| a == "--redis-password=from-the-secret"),
+        "{argv:?}"
+    );
+    let redis = parsed(&pool).redis.expect("a Redis target");
+    assert_eq!(redis.key, "events");
+    assert_eq!(redis.group.as_deref(), Some("workers"));
+    assert_eq!(redis.password.as_deref(), Some("from-the-secret"));
+}
