@@ -4,7 +4,6 @@
 //! problems that a retry can fix).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
@@ -28,8 +28,8 @@ use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{PoolKey, SidecarReaders};
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
 use crate::scaling::{
-    Candidate, Decision, DecisionKind, ExternalReading, MetricsState, Observation, PodReading,
-    Scaler, Supervision, choose_victims,
+    Candidate, Decision, DecisionKind, ExternalReading, Observation, PodReading, Scaler,
+    Supervision, choose_victims,
 };
 use crate::status::{self, Judgement, merge_conditions};
 
@@ -97,6 +97,8 @@ pub struct Context {
     pub recorder: Recorder,
     origin: Instant,
     memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+    /// Failed reconciles in a row, per pool: the retry backs off with them.
+    failures: Mutex<HashMap<PoolKey, u32>>,
 }
 
 impl Context {
@@ -119,6 +121,7 @@ impl Context {
             recorder,
             origin: Instant::now(),
             memory: Mutex::default(),
+            failures: Mutex::default(),
         }
     }
 
@@ -130,6 +133,10 @@ impl Context {
             .filter(|k| !live.contains(k))
             .cloned()
             .collect();
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| live.contains(k));
         for pool in gone {
             memory.remove(&pool);
             self.readers.forget_pool(&pool);
@@ -166,6 +173,20 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// Whether only a change to the pool can fix this: the API server refused, as invalid, what
+    /// the pool's spec makes the operator build (a template it rejects, say). Retrying the same
+    /// request cannot succeed; the next change to the pool triggers a reconcile anyway.
+    pub fn needs_a_spec_change(&self) -> bool {
+        match self {
+            ReconcileError::NoNamespace | ReconcileError::Serialize { .. } => true,
+            ReconcileError::Apply {
+                source: kube::Error::Api(status),
+                ..
+            } => status.code == 422,
+            _ => false,
+        }
+    }
+
     pub fn category(&self) -> &'static str {
         match self {
             ReconcileError::NoNamespace => "invalid_object",
@@ -214,7 +235,13 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let result = reconcile_pool(&pool, &ctx).await;
+    // Every log line of this reconcile names its pool.
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = pool.namespace().as_deref().unwrap_or(""),
+        pool = %pool.name_any()
+    );
+    let result = reconcile_pool(&pool, &ctx).instrument(span).await;
     ctx.metrics
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -222,6 +249,16 @@ pub async fn reconcile(
         result: if result.is_ok() { "ok" } else { "error" },
     };
     ctx.metrics.reconciles.get_or_create(&label).inc();
+    if result.is_ok() {
+        let key = PoolKey {
+            namespace: pool.namespace().unwrap_or_default(),
+            name: pool.name_any(),
+        };
+        ctx.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+    }
     if let Err(error) = &result {
         ctx.metrics
             .reconcile_errors
@@ -233,14 +270,50 @@ pub async fn reconcile(
     result
 }
 
-/// How a failed reconcile is retried: soon, then backing off is left to the next trigger.
+/// First retry after a failure, and the longest wait between retries.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// The wait before retry `failures` (1 for the first failure in a row): doubling, capped.
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
+/// How a failed reconcile is retried. A spec the user must fix waits for the pool to change;
+/// anything else (the API server unreachable, a conflict) is retried with a per-pool exponential
+/// back-off, so one broken pool does not hammer the API server. Either way the pool gets a
+/// Warning Event on the first failure of a run, with the error.
 pub fn error_policy(
     pool: Arc<AsyncWorkerPool>,
     error: &ReconcileError,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, category = error.category(), "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    let key = PoolKey {
+        namespace: pool.namespace().unwrap_or_default(),
+        name: pool.name_any(),
+    };
+    let failures = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let user_must_fix = error.needs_a_spec_change();
+    tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, category = error.category(), failures, user_must_fix, "reconcile failed");
+    if failures == 1 {
+        let warning = status::Warning {
+            reason: "ReconcileFailed",
+            note: error.to_string(),
+        };
+        let (pool, ctx) = (pool.clone(), ctx.clone());
+        tokio::spawn(async move { publish_warning(&pool, &ctx, warning).await });
+    }
+    if user_must_fix {
+        Action::await_change()
+    } else {
+        Action::requeue(retry_delay(failures))
+    }
 }
 
 async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -711,9 +784,16 @@ fn shrink_victims(
 fn content_hash<T: Serialize>(object: &T, what: &'static str) -> Result<String, ReconcileError> {
     let bytes =
         serde_json::to_vec(object).map_err(|source| ReconcileError::Serialize { what, source })?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    Ok(format!("{:016x}", hasher.finish()))
+    Ok(format!("{:016x}", fnv1a(&bytes)))
+}
+
+/// FNV-1a, 64 bits: the applied-hash annotation must mean the same to every operator version
+/// (the standard library's hasher may change between Rust releases, and a changed hash re-applies
+/// every pool once). It detects changes; it guards against no adversary.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Server-side applies `desired` unless the live object already carries the same content.
@@ -813,67 +893,12 @@ fn marked_in_cache(ctx: &Context, namespace: &str, pod: &str) -> bool {
 
 // --- status ------------------------------------------------------------------------------------
 
+/// The conditions, judged by the pure status module from what this reconcile saw and planned.
 fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgement> {
-    let ready_workers = observed.pods.iter().filter(|p| p.ready).count();
-    let wanted = usize::try_from(plan.replicas).unwrap_or(0);
-    let ready = if ready_workers > 0 || wanted == 0 {
-        Judgement::new(
-            status::READY,
-            true,
-            "WorkersReady",
-            format!("{ready_workers} of {wanted} workers ready"),
-        )
-    } else {
-        Judgement::new(
-            status::READY,
-            false,
-            "WaitingForWorkers",
-            format!("0 of {wanted} workers ready"),
-        )
-    };
-    let current = observed
-        .deployment
-        .as_ref()
-        .and_then(|d| d.spec.as_ref()?.replicas);
-    let scaling = match (&plan.decision, current) {
-        (Some(d), Some(current)) if plan.replicas != current => {
-            let reason = if plan.replicas > current {
-                "ScalingUp"
-            } else {
-                "ScalingDown"
-            };
-            Judgement::new(status::SCALING, true, reason, d.reason.clone())
-        }
-        (None, _) => Judgement::new(
-            status::SCALING,
-            true,
-            "ScaleRequested",
-            format!("scale subresource asked for {} replicas", plan.replicas),
-        ),
-        (Some(d), _) => Judgement::new(status::SCALING, false, "Stable", d.reason.clone()),
-    };
-    let metrics = match (&plan.own_read, plan.decision.as_ref().map(|d| &d.metrics)) {
-        (Some(Ok(())), Some(MetricsState::Available)) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            true,
-            "QueueRead",
-            "no worker is ready; the operator reads the Redis queue itself",
-        ),
-        (Some(Err(error)), _) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            false,
-            "QueueUnreadable",
-            format!(
-                "no worker is ready and the Redis queue cannot be read ({error}); holding the size (or fallbackReplicas)"
-            ),
-        ),
-        (_, metrics) => judge_worker_metrics(metrics),
-    };
+    let deployment = observed.deployment.as_ref();
     // Pods the API server refuses (Pod Security, quotas, admission webhooks) never show up as
     // workers; the Deployment's ReplicaFailure condition says why.
-    let refused = observed
-        .deployment
-        .as_ref()
+    let refused = deployment
         .and_then(|d| d.status.as_ref()?.conditions.as_ref())
         .and_then(|conditions| {
             conditions
@@ -885,41 +910,6 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
             let message = c.message.as_deref().unwrap_or("no message");
             format!("{reason}: {message}")
         });
-    let degraded = match (&plan.degraded, refused) {
-        (Some(message), _) => Judgement::new(
-            status::DEGRADED,
-            true,
-            "CrashLooping",
-            format!("{message}; scale-up is held"),
-        ),
-        (None, Some(message)) => Judgement::new(
-            status::DEGRADED,
-            true,
-            "PodsRefused",
-            format!("the API server refuses changes to worker pods: {message}"),
-        ),
-        (None, None) => Judgement::new(
-            status::DEGRADED,
-            false,
-            "Healthy",
-            "no worker is crash-looping",
-        ),
-    };
-    let paused = if pool.spec.paused {
-        Judgement::new(
-            status::PAUSED,
-            true,
-            "Paused",
-            "spec.paused is set: the size is held",
-        )
-    } else {
-        Judgement::new(
-            status::PAUSED,
-            false,
-            "Autoscaling",
-            "the pool follows its load",
-        )
-    };
     if plan
         .decision
         .as_ref()
@@ -927,11 +917,23 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
     {
         tracing::info!(pool = %pool.name_any(), "fallback replicas in effect");
     }
-    let rollout = observed
-        .deployment
-        .as_ref()
-        .map_or(status::Rollout::Done, status::rollout_of);
-    with_kstatus(vec![ready, scaling, metrics, degraded, paused], &rollout)
+    status::judge(&status::Facts {
+        ready_workers: observed.pods.iter().filter(|p| p.ready).count(),
+        wanted: plan.replicas,
+        current: deployment.and_then(|d| d.spec.as_ref()?.replicas),
+        decision: plan
+            .decision
+            .as_ref()
+            .map(|d| (d.reason.as_str(), d.metrics)),
+        own_read: plan
+            .own_read
+            .as_ref()
+            .map(|r| r.as_ref().map_err(String::as_str).copied()),
+        crash_looping: plan.degraded.as_deref(),
+        refused,
+        paused: pool.spec.paused,
+        rollout: deployment.map_or(status::Rollout::Done, status::rollout_of),
+    })
 }
 
 /// Appends the kstatus conditions derived from `judgements`.
@@ -939,42 +941,6 @@ fn with_kstatus(mut judgements: Vec<Judgement>, rollout: &status::Rollout) -> Ve
     let kstatus = status::kstatus_judgements(&judgements, rollout);
     judgements.extend(kstatus);
     judgements
-}
-
-/// MetricsAvailable when the workers' sidecars are the source.
-fn judge_worker_metrics(metrics: Option<&MetricsState>) -> Judgement {
-    match metrics {
-        Some(MetricsState::Available) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            true,
-            "AllWorkersReport",
-            "every worker reports its queue",
-        ),
-        Some(MetricsState::Partial { missing }) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            true,
-            "SomeWorkersSilent",
-            format!("{missing} worker(s) do not report; they never cause a scale-down"),
-        ),
-        Some(MetricsState::Missing { .. }) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            false,
-            "NoReadings",
-            "no worker answers /queue with valid data; holding the size (or fallbackReplicas)",
-        ),
-        Some(MetricsState::NoSource) => Judgement::new(
-            status::METRICS_AVAILABLE,
-            false,
-            "NoWorkers",
-            "no worker pod is running yet to report its queue",
-        ),
-        None => Judgement::new(
-            status::METRICS_AVAILABLE,
-            false,
-            "NotDecided",
-            "no scaling decision this round",
-        ),
-    }
 }
 
 async fn write_status(
@@ -1136,6 +1102,38 @@ async fn publish_warning(pool: &AsyncWorkerPool, ctx: &Context, warning: status:
 mod tests {
     use super::*;
     use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=12).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
+
+    #[test]
+    fn only_what_the_api_server_refuses_as_invalid_waits_for_a_spec_change() {
+        let api = |code: u16| ReconcileError::Apply {
+            what: "Deployment",
+            source: kube::Error::Api(Box::new(
+                kube::core::Status::failure("refused", "Invalid").with_code(code),
+            )),
+        };
+        assert!(api(422).needs_a_spec_change());
+        assert!(
+            !api(409).needs_a_spec_change(),
+            "a conflict clears on retry"
+        );
+        assert!(!api(500).needs_a_spec_change());
+        assert!(ReconcileError::NoNamespace.needs_a_spec_change());
+    }
+
+    #[test]
+    fn the_applied_hash_is_fnv1a_and_stable() {
+        // The published FNV-1a 64 test vectors: any change here re-applies every pool.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
 
     fn memory() -> PoolMemory {
         PoolMemory {

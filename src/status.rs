@@ -2,6 +2,8 @@
 //! shape so that `kubectl wait --for=condition=Ready awp/NAME` works.
 
 use k8s_openapi::api::apps::v1::Deployment;
+
+use crate::scaling::MetricsState;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
@@ -39,6 +41,148 @@ impl Judgement {
             reason,
             message: message.into(),
         }
+    }
+}
+
+/// What a pool's conditions are judged from: this reconcile's observation and plan, reduced to
+/// the facts that matter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts<'a> {
+    pub ready_workers: usize,
+    /// The size the plan wants.
+    pub wanted: i32,
+    /// The Deployment's `spec.replicas` before this reconcile, when it exists.
+    pub current: Option<i32>,
+    /// The scaler's reason and what it knew of the readings; `None` when the scale subresource
+    /// set the size.
+    pub decision: Option<(&'a str, MetricsState)>,
+    /// How the operator's own read of a Redis queue went, when it read one (no worker ready).
+    pub own_read: Option<Result<(), &'a str>>,
+    /// Why workers count as crash-looping, when they do.
+    pub crash_looping: Option<&'a str>,
+    /// The API server's reason for refusing worker pods (the Deployment's ReplicaFailure).
+    pub refused: Option<String>,
+    pub paused: bool,
+    pub rollout: Rollout,
+}
+
+/// Every condition of a pool that was planned for: Ready, Scaling, MetricsAvailable, Degraded,
+/// Paused, and the kstatus pair derived from them.
+pub fn judge(facts: &Facts) -> Vec<Judgement> {
+    let wanted = usize::try_from(facts.wanted).unwrap_or(0);
+    let ready = if facts.ready_workers > 0 || wanted == 0 {
+        Judgement::new(
+            READY,
+            true,
+            "WorkersReady",
+            format!("{} of {wanted} workers ready", facts.ready_workers),
+        )
+    } else {
+        Judgement::new(
+            READY,
+            false,
+            "WaitingForWorkers",
+            format!("0 of {wanted} workers ready"),
+        )
+    };
+    let scaling = match (facts.decision, facts.current) {
+        (Some((reason, _)), Some(current)) if facts.wanted != current => {
+            let direction = if facts.wanted > current {
+                "ScalingUp"
+            } else {
+                "ScalingDown"
+            };
+            Judgement::new(SCALING, true, direction, reason)
+        }
+        (None, _) => Judgement::new(
+            SCALING,
+            true,
+            "ScaleRequested",
+            format!("scale subresource asked for {} replicas", facts.wanted),
+        ),
+        (Some((reason, _)), _) => Judgement::new(SCALING, false, "Stable", reason),
+    };
+    let metrics = match (facts.own_read, facts.decision.map(|(_, m)| m)) {
+        (Some(Ok(())), Some(MetricsState::Available)) => Judgement::new(
+            METRICS_AVAILABLE,
+            true,
+            "QueueRead",
+            "no worker is ready; the operator reads the Redis queue itself",
+        ),
+        (Some(Err(error)), _) => Judgement::new(
+            METRICS_AVAILABLE,
+            false,
+            "QueueUnreadable",
+            format!(
+                "no worker is ready and the Redis queue cannot be read ({error}); holding the size (or fallbackReplicas)"
+            ),
+        ),
+        (_, metrics) => worker_metrics(metrics),
+    };
+    let degraded = match (facts.crash_looping, &facts.refused) {
+        (Some(message), _) => Judgement::new(
+            DEGRADED,
+            true,
+            "CrashLooping",
+            format!("{message}; scale-up is held"),
+        ),
+        (None, Some(message)) => Judgement::new(
+            DEGRADED,
+            true,
+            "PodsRefused",
+            format!("the API server refuses changes to worker pods: {message}"),
+        ),
+        (None, None) => Judgement::new(DEGRADED, false, "Healthy", "no worker is crash-looping"),
+    };
+    let paused = if facts.paused {
+        Judgement::new(
+            PAUSED,
+            true,
+            "Paused",
+            "spec.paused is set: the size is held",
+        )
+    } else {
+        Judgement::new(PAUSED, false, "Autoscaling", "the pool follows its load")
+    };
+    let mut judgements = vec![ready, scaling, metrics, degraded, paused];
+    let kstatus = kstatus_judgements(&judgements, &facts.rollout);
+    judgements.extend(kstatus);
+    judgements
+}
+
+/// MetricsAvailable when the workers' sidecars are the source.
+fn worker_metrics(metrics: Option<MetricsState>) -> Judgement {
+    match metrics {
+        Some(MetricsState::Available) => Judgement::new(
+            METRICS_AVAILABLE,
+            true,
+            "AllWorkersReport",
+            "every worker reports its queue",
+        ),
+        Some(MetricsState::Partial { missing }) => Judgement::new(
+            METRICS_AVAILABLE,
+            true,
+            "SomeWorkersSilent",
+            format!("{missing} worker(s) do not report; they never cause a scale-down"),
+        ),
+        Some(MetricsState::Missing { .. }) => Judgement::new(
+            METRICS_AVAILABLE,
+            false,
+            "NoReadings",
+            "no worker answers /queue with valid data; holding the size (or fallbackReplicas)",
+        ),
+        Some(MetricsState::NoSource) => Judgement::new(
+            METRICS_AVAILABLE,
+            false,
+            "NoWorkers",
+            "no worker pod is running yet to report its queue",
+        ),
+        None => Judgement::new(
+            METRICS_AVAILABLE,
+            false,
+            "NotDecided",
+            "no scaling decision this round",
+        ),
     }
 }
 
@@ -193,6 +337,224 @@ pub fn merge_conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A healthy pool at its size: one fact at a time is changed from here.
+    fn steady() -> Facts<'static> {
+        Facts {
+            ready_workers: 3,
+            wanted: 3,
+            current: Some(3),
+            decision: Some(("load 20 / 7 per worker = 3", MetricsState::Available)),
+            own_read: None,
+            crash_looping: None,
+            refused: None,
+            paused: false,
+            rollout: Rollout::Done,
+        }
+    }
+
+    /// The (status, reason) judged for `type_`.
+    fn reason(facts: &Facts, type_: &str) -> (bool, &'static str) {
+        let judged = judge(facts);
+        let j = judged
+            .iter()
+            .find(|j| j.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} judged"));
+        (j.status, j.reason)
+    }
+
+    #[test]
+    fn every_condition_reason_is_judged_from_its_facts() {
+        type Case = (
+            &'static str,
+            fn(&mut Facts<'static>),
+            &'static str,
+            bool,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            ("steady", |_| {}, READY, true, "WorkersReady"),
+            (
+                "no worker ready",
+                |f| f.ready_workers = 0,
+                READY,
+                false,
+                "WaitingForWorkers",
+            ),
+            (
+                "meant to be at zero",
+                |f| {
+                    f.ready_workers = 0;
+                    f.wanted = 0
+                },
+                READY,
+                true,
+                "WorkersReady",
+            ),
+            ("steady", |_| {}, SCALING, false, "Stable"),
+            ("growing", |f| f.wanted = 5, SCALING, true, "ScalingUp"),
+            ("shrinking", |f| f.wanted = 2, SCALING, true, "ScalingDown"),
+            (
+                "kubectl scale / paused",
+                |f| f.decision = None,
+                SCALING,
+                true,
+                "ScaleRequested",
+            ),
+            (
+                "every worker reports",
+                |_| {},
+                METRICS_AVAILABLE,
+                true,
+                "AllWorkersReport",
+            ),
+            (
+                "some silent",
+                |f| f.decision = Some(("r", MetricsState::Partial { missing: 1 })),
+                METRICS_AVAILABLE,
+                true,
+                "SomeWorkersSilent",
+            ),
+            (
+                "none answers",
+                |f| {
+                    f.decision = Some((
+                        "r",
+                        MetricsState::Missing {
+                            since: Duration::from_secs(12),
+                        },
+                    ))
+                },
+                METRICS_AVAILABLE,
+                false,
+                "NoReadings",
+            ),
+            (
+                "no worker yet",
+                |f| f.decision = Some(("r", MetricsState::NoSource)),
+                METRICS_AVAILABLE,
+                false,
+                "NoWorkers",
+            ),
+            (
+                "no decision",
+                |f| f.decision = None,
+                METRICS_AVAILABLE,
+                false,
+                "NotDecided",
+            ),
+            (
+                "Redis read by the operator",
+                |f| f.own_read = Some(Ok(())),
+                METRICS_AVAILABLE,
+                true,
+                "QueueRead",
+            ),
+            (
+                "Redis unreadable",
+                |f| f.own_read = Some(Err("connection refused")),
+                METRICS_AVAILABLE,
+                false,
+                "QueueUnreadable",
+            ),
+            ("healthy", |_| {}, DEGRADED, false, "Healthy"),
+            (
+                "crash-looping",
+                |f| f.crash_looping = Some("web-1 restarted 5 times"),
+                DEGRADED,
+                true,
+                "CrashLooping",
+            ),
+            (
+                "refused",
+                |f| f.refused = Some("FailedCreate: forbidden".into()),
+                DEGRADED,
+                true,
+                "PodsRefused",
+            ),
+            (
+                "both: the crash wins",
+                |f| {
+                    f.crash_looping = Some("x");
+                    f.refused = Some("y".into())
+                },
+                DEGRADED,
+                true,
+                "CrashLooping",
+            ),
+            ("autoscaling", |_| {}, PAUSED, false, "Autoscaling"),
+            ("paused", |f| f.paused = true, PAUSED, true, "Paused"),
+            ("steady", |_| {}, RECONCILING, false, "Reconciled"),
+            (
+                "rolling out",
+                |f| f.rollout = Rollout::InProgress,
+                RECONCILING,
+                true,
+                "RollingOut",
+            ),
+            (
+                "waiting",
+                |f| f.ready_workers = 0,
+                RECONCILING,
+                true,
+                "WaitingForWorkers",
+            ),
+            ("steady", |_| {}, STALLED, false, "Progressing"),
+            (
+                "crash-looping",
+                |f| f.crash_looping = Some("x"),
+                STALLED,
+                true,
+                "CrashLooping",
+            ),
+            (
+                "rollout stuck",
+                |f| f.rollout = Rollout::Stuck("timed out".into()),
+                STALLED,
+                true,
+                "RolloutStuck",
+            ),
+        ];
+        for (name, change, type_, status, expected) in cases {
+            let mut facts = steady();
+            change(&mut facts);
+            assert_eq!(reason(&facts, type_), (status, expected), "{name}: {type_}");
+        }
+    }
+
+    #[test]
+    fn messages_carry_the_figures_and_the_causes() {
+        let mut facts = steady();
+        facts.ready_workers = 2;
+        facts.wanted = 5;
+        facts.refused = Some("FailedCreate: violates PodSecurity".into());
+        let judged = judge(&facts);
+        let message = |type_: &str| {
+            judged
+                .iter()
+                .find(|j| j.type_ == type_)
+                .map(|j| j.message.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(message(READY), "2 of 5 workers ready");
+        assert_eq!(message(SCALING), "load 20 / 7 per worker = 3");
+        assert!(message(DEGRADED).contains("violates PodSecurity"));
+        assert!(message(STALLED).contains("violates PodSecurity"));
+        let types: Vec<&str> = judged.iter().map(|j| j.type_).collect();
+        assert_eq!(
+            types,
+            [
+                READY,
+                SCALING,
+                METRICS_AVAILABLE,
+                DEGRADED,
+                PAUSED,
+                RECONCILING,
+                STALLED
+            ]
+        );
+    }
 
     fn verdict(judgements: &[Judgement], rolling_out: bool) -> (bool, bool, &'static str) {
         let rollout = if rolling_out {
