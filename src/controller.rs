@@ -1,16 +1,12 @@
 //! Wiring: leader election, the caches, the controller, the sidecar readers and the operator's
-//! own HTTP endpoints (`/metrics`, `/livez`, `/readyz`). Behaviour lives in `reconcile`.
+//! own HTTP endpoints (served by `endpoints`). Behaviour lives in `reconcile`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
@@ -85,7 +81,11 @@ pub async fn run(
     let listener = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| OperatorError::Listen(config.http_listen, e))?;
-    tokio::spawn(serve_http(listener, metrics.clone(), ready.clone()));
+    tokio::spawn(crate::endpoints::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+    ));
 
     let shutdown = shutdown.shared();
     let (leading_tx, mut leading) = watch::channel(config.leader.is_none());
@@ -316,44 +316,6 @@ where
             Err(_) => {}
         }
     }
-}
-
-async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let response = match request.uri().path() {
-                        "/metrics" => text(StatusCode::OK, metrics.encode()),
-                        "/livez" => text(StatusCode::OK, "ok\n".into()),
-                        "/readyz" if ready.load(Ordering::SeqCst) => {
-                            text(StatusCode::OK, "ok\n".into())
-                        }
-                        "/readyz" => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "caches not synced\n".into(),
-                        ),
-                        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-                    };
-                    async move { Ok::<_, Infallible>(response) }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
 }
 
 /// A `Stream` over an unbounded receiver (what tokio-stream's wrapper does, without the crate).

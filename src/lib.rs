@@ -5,6 +5,7 @@ pub mod controller;
 pub mod crd;
 pub mod devtools;
 pub mod duration;
+pub mod endpoints;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;

@@ -795,10 +795,7 @@ impl ChartedOperator {
             "create a ServiceAccount token",
         );
         let kubeconfig = token_kubeconfig(token.trim());
-        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let http_port = support::free_port();
 
         let container = &deployment
             .spec

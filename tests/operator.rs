@@ -18,7 +18,9 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::operator::OperatorProcess;
-use support::{TestNamespace, client, eventually, fleet, fleet_of, install_crd, kubectl};
+use support::{
+    TestNamespace, client, eventually, fleet, fleet_of, free_port, install_crd, kubectl,
+};
 use tokio::time::Instant;
 
 /// A pool with windows short enough for tests: 1 s panic window, 4 s stable window, 3 s
@@ -548,14 +550,6 @@ async fn a_deployment_that_is_not_ours_is_reported_not_adopted() {
         1,
         "the sidecar was injected into a foreign Deployment"
     );
-}
-
-/// A port that was free a moment ago on 127.0.0.1 (for a redis-server).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// A pool on the Redis list `jobs`, able to go to zero, and sidecars for its pods that read the

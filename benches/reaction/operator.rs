@@ -16,9 +16,7 @@ pub struct Operator {
 }
 
 pub fn free_port() -> BenchResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(asyncpool::devtools::free_loopback_port()?)
 }
 
 impl Operator {

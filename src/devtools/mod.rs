@@ -5,3 +5,10 @@
 pub mod fleet;
 pub mod http;
 pub mod redis;
+
+/// A TCP port that was free a moment ago on 127.0.0.1, for a process about to listen on it.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -46,8 +46,7 @@ pub fn python() -> PathBuf {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    asyncpool::devtools::free_loopback_port().expect("a free loopback port")
 }
 
 pub fn loopback(port: u16) -> SocketAddr {

@@ -33,6 +33,11 @@ pub fn succeeded(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    asyncpool::devtools::free_loopback_port().expect("a free loopback port")
+}
+
 /// Where `scripts/cluster` and the test tools cache what they build.
 fn cache_dir() -> PathBuf {
     std::env::var_os("ASYNCPOOL_CACHE")

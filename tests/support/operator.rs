@@ -5,20 +5,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{eventually, kubeconfig_path, repo_root};
+use super::{eventually, free_port, kubeconfig_path, repo_root};
 
 pub struct OperatorProcess {
     child: Child,
     pub identity: String,
     pub http_port: u16,
     pub log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl OperatorProcess {
