@@ -22,8 +22,9 @@ use tokio_stream_shim::UnboundedReceiverStream;
 use crate::crd::AsyncWorkerPool;
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
+use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
-use crate::queue::reader::{PoolKey, ReaderConfig, SidecarReaders};
+use crate::queue::reader::{ReaderConfig, SidecarReaders};
 use crate::reconcile::{self, Caches, Context, Settings};
 use crate::resources::POOL_LABEL;
 

@@ -9,6 +9,14 @@ use crate::duration::parse_duration;
 use crate::queue::redis::RedisTarget;
 use crate::scaling::{Policy, Supervision};
 
+/// Identifies a pool: namespace and name. Everything kept per pool (reconcile's memory, the
+/// sidecar readers, metrics series) is keyed by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// `queue.targetPerWorker` when unset, as a share of `concurrency`: with requests spread at
 /// random over the workers, a pool sized to be exactly full queues on its busier workers, and
 /// 70 % keeps the wait short at the least cost (`docs/benchmarks.md`, scaling quality).

@@ -22,10 +22,11 @@ use tracing::Instrument;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
+use crate::pool::PoolKey;
 use crate::pool::{EffectiveSpec, initial_replicas};
 use crate::queue::contract::QueueSnapshot;
 use crate::queue::external::ExternalQueues;
-use crate::queue::reader::{PoolKey, SidecarReaders};
+use crate::queue::reader::SidecarReaders;
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
 use crate::scaling::{
     Candidate, Decision, DecisionKind, ExternalReading, Observation, PodReading, Scaler,

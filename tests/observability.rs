@@ -381,7 +381,7 @@ fn every_operator_family() -> String {
     use asyncpool::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
     use asyncpool::queue::reader::ReadObserver;
     let metrics = Metrics::default();
-    let pool = asyncpool::queue::reader::PoolKey {
+    let pool = asyncpool::pool::PoolKey {
         namespace: "team".into(),
         name: "chat".into(),
     };

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::pool::PoolKey;
 use crate::queue::contract::QueueSnapshot;
-use crate::queue::reader::PoolKey;
 use crate::queue::redis::{RedisError, RedisPoller, RedisTarget};
 
 /// How often a password kept in a Secret is read again.

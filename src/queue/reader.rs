@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout};
 
 use super::contract::QueueSnapshot;
+use crate::pool::PoolKey;
 
 /// Largest body or line accepted from a sidecar; anything longer is garbage.
 const MAX_BODY: usize = 64 * 1024;
@@ -53,13 +54,6 @@ impl Default for ReaderConfig {
             max_concurrent_polls: 64,
         }
     }
-}
-
-/// Identifies a pool: namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PoolKey {
-    pub namespace: String,
-    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
