@@ -329,10 +329,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     let effective = match EffectiveSpec::from_spec(&pool.spec, pool.spec.paused) {
         Ok(effective) => effective,
         Err(problem) => {
-            let ready = Judgement::new(status::READY, false, "InvalidSpec", problem.to_string());
-            let judgements = with_kstatus(vec![ready], &status::Rollout::Done);
-            write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
-            return Ok(Action::await_change());
+            let refusal = Refusal::new("InvalidSpec", problem.to_string());
+            return refuse(pool, ctx, &key, &observed, refusal, Action::await_change()).await;
         }
     };
     if !observed.foreign.is_empty() {
@@ -340,10 +338,17 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
             "{} already exist and are not owned by this pool; rename the pool or remove them",
             observed.foreign.join(" and ")
         );
-        let ready = Judgement::new(status::READY, false, "NotOwned", message);
-        let judgements = with_kstatus(vec![ready], &status::Rollout::Done);
-        write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        // Nothing of ours changes when the other objects go: look again now and then.
+        let again = Action::requeue(Duration::from_secs(30));
+        return refuse(
+            pool,
+            ctx,
+            &key,
+            &observed,
+            Refusal::new("NotOwned", message),
+            again,
+        )
+        .await;
     }
 
     let own_reading = own_queue_reading(pool, &key, ctx, &observed, &effective);
@@ -355,11 +360,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     let (deployment, service) = match (deployment, service) {
         (Ok(d), Ok(s)) => (d, s),
         (Err(problem), _) | (_, Err(problem)) => {
-            let ready =
-                Judgement::new(status::READY, false, "InvalidTemplate", problem.to_string());
-            let judgements = with_kstatus(vec![ready], &status::Rollout::Done);
-            write_status(pool, ctx, &key, &observed, None, &judgements, true).await?;
-            return Ok(Action::await_change());
+            let refusal = Refusal::new("InvalidTemplate", problem.to_string());
+            return refuse(pool, ctx, &key, &observed, refusal, Action::await_change()).await;
         }
     };
 
@@ -937,11 +939,39 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
     })
 }
 
-/// Appends the kstatus conditions derived from `judgements`.
-fn with_kstatus(mut judgements: Vec<Judgement>, rollout: &status::Rollout) -> Vec<Judgement> {
-    let kstatus = status::kstatus_judgements(&judgements, rollout);
+/// Why the operator will not act on a pool until something changes: its Ready reason and the
+/// message that says what to fix.
+struct Refusal {
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
+/// The one way out of the pipeline for a pool the operator will not act on: Ready=False with the
+/// refusal, Stalled with it (for kstatus), written at once; then `next`.
+async fn refuse(
+    pool: &AsyncWorkerPool,
+    ctx: &Context,
+    key: &PoolKey,
+    observed: &Observed,
+    refusal: Refusal,
+    next: Action,
+) -> Result<Action, ReconcileError> {
+    let mut judgements = vec![Judgement::new(
+        status::READY,
+        false,
+        refusal.reason,
+        refusal.message,
+    )];
+    let kstatus = status::kstatus_judgements(&judgements, &status::Rollout::Done);
     judgements.extend(kstatus);
-    judgements
+    write_status(pool, ctx, key, observed, None, &judgements, true).await?;
+    Ok(next)
 }
 
 async fn write_status(
