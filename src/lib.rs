@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;
+pub mod planner;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;

@@ -22,16 +22,14 @@ use tracing::Instrument;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
+use crate::planner::{self, Plan, PlanInput, PoolMemory, WorkerPod};
+use crate::pool::EffectiveSpec;
 use crate::pool::PoolKey;
-use crate::pool::{EffectiveSpec, initial_replicas};
 use crate::queue::contract::QueueSnapshot;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::SidecarReaders;
 use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
-use crate::scaling::{
-    Candidate, Decision, DecisionKind, ExternalReading, Observation, PodReading, Scaler,
-    Supervision, choose_victims,
-};
+use crate::scaling::DecisionKind;
 use crate::status::{self, Judgement, merge_conditions};
 
 /// Annotation holding a hash of what the operator last applied, so that an unchanged pool
@@ -65,18 +63,6 @@ impl Default for Settings {
             status_interval: Duration::from_secs(2),
         }
     }
-}
-
-/// What the operator remembers about a pool between reconciles (lost on restart by design:
-/// a fresh scaler seeded with the current size does not scale down until it has a window of
-/// history, so a restart causes no flapping).
-struct PoolMemory {
-    scaler: Scaler,
-    last_status_write: Option<Instant>,
-    /// The worker being recycled, and why.
-    recycling: Option<(String, String)>,
-    /// Whether the Deployment runs one worker above the decision for that recycling.
-    surged: bool,
 }
 
 /// Shared state of all reconciles.
@@ -199,15 +185,6 @@ impl ReconcileError {
     }
 }
 
-/// One worker pod as reconcile sees it.
-#[derive(Debug, Clone)]
-struct WorkerPod {
-    name: String,
-    ip: Option<IpAddr>,
-    ready: bool,
-    crash_looping: bool,
-}
-
 /// Step 1's result: the cluster's current state for this pool.
 struct Observed {
     deployment: Option<Deployment>,
@@ -215,20 +192,6 @@ struct Observed {
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
     pods: Vec<WorkerPod>,
-}
-
-/// Step 3's result.
-struct Plan {
-    replicas: i32,
-    decision: Option<Decision>,
-    handled_request: Option<i32>,
-    degraded: Option<String>,
-    /// Workers to remove first when the size drops (marked with the lowest deletion cost).
-    victims: Vec<String>,
-    /// What the scale event says instead of the scaler's reason (recycling).
-    note: Option<String>,
-    /// How the operator's own read of the queue went, when it read it (see `own_queue_reading`).
-    own_read: Option<Result<(), String>>,
 }
 
 pub async fn reconcile(
@@ -543,6 +506,7 @@ fn own_queue_reading(
     }
 }
 
+/// Plans with the pool's memory and its sidecars' latest readings (planner.rs is the logic).
 fn decide(
     pool: &AsyncWorkerPool,
     key: &PoolKey,
@@ -551,235 +515,43 @@ fn decide(
     effective: &EffectiveSpec,
     own_reading: Option<Result<QueueSnapshot, String>>,
 ) -> Plan {
-    let policy = &effective.policy;
-    let clamp = |n: i32| n.clamp(pool.spec.min_replicas, pool.spec.max_replicas);
-    let current = observed
-        .deployment
-        .as_ref()
-        .and_then(|d| d.spec.as_ref()?.replicas)
-        .unwrap_or_else(|| initial_replicas(&pool.spec));
-    let now = ctx.origin.elapsed();
-    let handled = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.handled_replicas_request);
-    let request = pool.spec.replicas;
-    let own_read = own_reading
-        .as_ref()
-        .map(|reading| reading.as_ref().map(|_| ()).map_err(Clone::clone));
-    let degraded = observed
-        .pods
-        .iter()
-        .filter(|p| p.crash_looping)
-        .map(|p| p.name.as_str())
-        .collect::<Vec<_>>();
-    let degraded =
-        (!degraded.is_empty()).then(|| format!("crash-looping workers: {}", degraded.join(", ")));
-
-    let snapshots = ctx.readers.snapshots(
-        key,
-        &observed
-            .pods
-            .iter()
-            .map(|p| p.name.clone())
-            .collect::<Vec<_>>(),
-    );
-    let pods = observed
-        .pods
-        .iter()
-        .zip(snapshots)
-        .map(|(pod, (_, reading))| PodReading {
-            name: pod.name.clone(),
-            snapshot: reading.ok(),
-            ready: pod.ready,
-        })
-        .collect::<Vec<PodReading>>();
-    let candidates: Vec<Candidate> = pods
-        .iter()
-        .map(|p| Candidate {
-            name: p.name.clone(),
-            ready: p.ready,
-            load: p.snapshot.as_ref().map(|s| s.load()),
-        })
+    let names: Vec<String> = observed.pods.iter().map(|p| p.name.clone()).collect();
+    let readings = ctx
+        .readers
+        .snapshots(key, &names)
+        .into_iter()
+        .map(|(_, reading)| reading.ok())
         .collect();
-    let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
-    let entry = memory.entry(key.clone()).or_insert_with(|| PoolMemory {
-        scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
-        last_status_write: None,
-        recycling: None,
-        surged: false,
-    });
-    // A recycled worker that is gone (or going) ends its recycling.
-    if let Some((pod, _)) = &entry.recycling
-        && !observed.pods.iter().any(|p| &p.name == pod)
-    {
-        entry.recycling = None;
-        entry.surged = false;
-    }
-
-    // `kubectl scale` while autoscaling: move there at once and carry on from that size.
-    if let Some(requested) = request
-        && request != handled
-        && !pool.spec.paused
-    {
-        let replicas = clamp(requested);
-        entry.scaler = Scaler::new(now, u32::try_from(replicas).unwrap_or(0));
-        entry.recycling = None;
-        entry.surged = false;
-        return Plan {
-            replicas,
-            decision: None,
-            handled_request: request,
-            degraded,
-            victims: shrink_victims(current, replicas, &candidates, None),
-            note: None,
-            own_read,
-        };
-    }
-
-    // The surge worker of a recycling is not the scaler's: it sees the size it chose.
-    let scaler_current = current - i32::from(entry.surged && current > 0);
-    let observation = Observation {
-        now,
-        current_replicas: u32::try_from(scaler_current).unwrap_or(0),
-        pods: pods.clone(),
-        external: match own_reading {
-            None => ExternalReading::NotConfigured,
-            Some(Ok(snapshot)) => ExternalReading::Reading(snapshot),
-            Some(Err(_)) => ExternalReading::Missing,
-        },
+    let input = PlanInput {
+        pool,
+        effective,
+        deployment_replicas: observed
+            .deployment
+            .as_ref()
+            .and_then(|d| d.spec.as_ref()?.replicas),
+        pods: &observed.pods,
+        readings,
+        own_reading,
+        now: ctx.origin.elapsed(),
     };
-    let decision = entry.scaler.decide(policy, &observation);
-    ctx.metrics
-        .decisions
-        .get_or_create(&KindLabel {
-            kind: decision.kind.as_str(),
-        })
-        .inc();
-
-    let mut replicas = i32::try_from(decision.replicas).unwrap_or(i32::MAX);
-    let mut retiring = None;
-    let mut note = None;
-    if pool.spec.paused {
-        replicas = request.map_or(current, clamp);
-        if replicas != current {
-            note = Some(format!(
-                "paused: pinned at {replicas} through the scale subresource"
-            ));
+    let plan = {
+        let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entry = memory.remove(key);
+        let plan = planner::plan(input, &mut entry);
+        if let Some(entry) = entry {
+            memory.insert(key.clone(), entry);
         }
-    } else if degraded.is_some() {
-        // A crash-looping template only makes more crashing workers: hold the size.
-        replicas = replicas.min(current);
-    } else {
-        let step = recycle_step(
-            entry,
-            &effective.supervision,
-            &pods,
-            &observed.pods,
-            replicas,
-            current,
-        );
-        replicas = step.replicas;
-        retiring = step.retiring;
-        note = step.note;
-    }
-    drop(memory);
-    Plan {
-        replicas,
-        decision: Some(decision),
-        handled_request: request,
-        degraded,
-        victims: shrink_victims(current, replicas, &candidates, retiring.as_deref()),
-        note,
-        own_read,
-    }
-}
-
-struct RecycleStep {
-    replicas: i32,
-    retiring: Option<String>,
-    note: Option<String>,
-}
-
-/// One step of recycling a hung or worn-out worker, one at a time and surge first: run one
-/// worker above the decision until every other worker is ready, then drop back with the old
-/// worker as the one to go (its sidecar drains it on the way out).
-fn recycle_step(
-    memory: &mut PoolMemory,
-    supervision: &Supervision,
-    readings: &[PodReading],
-    pods: &[WorkerPod],
-    decided: i32,
-    current: i32,
-) -> RecycleStep {
-    let hold = RecycleStep {
-        replicas: decided,
-        retiring: None,
-        note: None,
+        plan
     };
-    match memory.recycling.clone() {
-        Some((pod, why)) => {
-            let ready_others = pods.iter().filter(|p| p.ready && p.name != pod).count();
-            if ready_others >= usize::try_from(decided).unwrap_or(0) {
-                memory.surged = false;
-                RecycleStep {
-                    replicas: decided,
-                    retiring: Some(pod.clone()),
-                    note: Some(format!("retiring {pod}: {why}")),
-                }
-            } else {
-                memory.surged = true;
-                RecycleStep {
-                    replicas: decided + 1,
-                    ..hold
-                }
-            }
-        }
-        None => {
-            // Only a settled pool recycles: every worker present and ready.
-            let settled = decided == current
-                && pods.len() == usize::try_from(current).unwrap_or(0)
-                && pods.iter().all(|p| p.ready);
-            let due = readings.iter().find_map(|r| {
-                let why = supervision.due(&r.name, r.snapshot.as_ref()?)?;
-                Some((r.name.clone(), why))
-            });
-            match due {
-                Some((pod, why)) if settled && decided > 0 => {
-                    memory.recycling = Some((pod, why.clone()));
-                    memory.surged = true;
-                    RecycleStep {
-                        replicas: decided + 1,
-                        retiring: None,
-                        note: Some(format!("one extra worker first: {why}")),
-                    }
-                }
-                _ => hold,
-            }
-        }
+    if let Some(decision) = &plan.decision {
+        ctx.metrics
+            .decisions
+            .get_or_create(&KindLabel {
+                kind: decision.kind.as_str(),
+            })
+            .inc();
     }
-}
-
-/// Who goes when the size drops from `current` to `replicas`: a worker being retired first,
-/// then the least busy.
-fn shrink_victims(
-    current: i32,
-    replicas: i32,
-    candidates: &[Candidate],
-    retiring: Option<&str>,
-) -> Vec<String> {
-    let count = usize::try_from(current - replicas).unwrap_or(0);
-    if count == 0 {
-        return Vec::new();
-    }
-    let mut victims: Vec<String> = retiring.map(str::to_owned).into_iter().collect();
-    let others: Vec<Candidate> = candidates
-        .iter()
-        .filter(|c| Some(c.name.as_str()) != retiring)
-        .cloned()
-        .collect();
-    victims.extend(choose_victims(&others, count.saturating_sub(victims.len())));
-    victims
+    plan
 }
 
 // --- apply -------------------------------------------------------------------------------------
@@ -1132,7 +904,6 @@ async fn publish_warning(pool: &AsyncWorkerPool, ctx: &Context, warning: status:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
 
     #[test]
     fn retries_back_off_exponentially_up_to_five_minutes() {
@@ -1164,128 +935,5 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    fn memory() -> PoolMemory {
-        PoolMemory {
-            scaler: Scaler::new(Duration::ZERO, 2),
-            last_status_write: None,
-            recycling: None,
-            surged: false,
-        }
-    }
-
-    fn pod(name: &str, ready: bool) -> WorkerPod {
-        WorkerPod {
-            name: name.into(),
-            ip: None,
-            ready,
-            crash_looping: false,
-        }
-    }
-
-    fn reading(name: &str, completed: u64) -> PodReading {
-        PodReading {
-            name: name.into(),
-            snapshot: Some(QueueSnapshot {
-                version: CONTRACT_VERSION,
-                queued: 0,
-                in_flight: 1,
-                capacity: 10,
-                arrived_total: completed + 1,
-                completed_total: completed,
-                busy_seconds_total: 0.0,
-                oldest_in_flight_seconds: 0.0,
-                draining: false,
-                scope: Scope::Pod,
-            }),
-            ready: true,
-        }
-    }
-
-    fn max_requests(limit: u64) -> Supervision {
-        Supervision {
-            max_requests: Some(limit),
-            ..Supervision::default()
-        }
-    }
-
-    #[test]
-    fn recycling_surges_first_then_retires_the_worn_worker() {
-        let rules = max_requests(100);
-        let mut memory = memory();
-        let readings = [reading("a", 150), reading("b", 3)];
-        let pods = [pod("a", true), pod("b", true)];
-
-        let surge = recycle_step(&mut memory, &rules, &readings, &pods, 2, 2);
-        assert_eq!(surge.replicas, 3);
-        assert!(memory.surged);
-        assert_eq!(memory.recycling.as_ref().map(|r| r.0.as_str()), Some("a"));
-
-        // The extra worker is not ready yet: keep the surge.
-        let waiting = [pod("a", true), pod("b", true), pod("c", false)];
-        let hold = recycle_step(&mut memory, &rules, &readings, &waiting, 2, 3);
-        assert_eq!((hold.replicas, hold.retiring), (3, None));
-
-        // It is ready: drop back with the worn worker as the one to go.
-        let settled = [pod("a", true), pod("b", true), pod("c", true)];
-        let retire = recycle_step(&mut memory, &rules, &readings, &settled, 2, 3);
-        assert_eq!(retire.replicas, 2);
-        assert_eq!(retire.retiring.as_deref(), Some("a"));
-        assert!(!memory.surged);
-        let candidates: Vec<Candidate> = ["a", "b", "c"]
-            .iter()
-            .map(|n| Candidate {
-                name: (*n).into(),
-                ready: true,
-                load: Some(0),
-            })
-            .collect();
-        assert_eq!(shrink_victims(3, 2, &candidates, Some("a")), ["a"]);
-    }
-
-    #[test]
-    fn an_unsettled_pool_does_not_start_recycling() {
-        let rules = max_requests(100);
-        let readings = [reading("a", 150), reading("b", 3)];
-        // Scaling in progress, or a worker not ready: no recycling now.
-        for (pods, decided, current) in [
-            (vec![pod("a", true), pod("b", true)], 3, 2),
-            (vec![pod("a", true), pod("b", false)], 2, 2),
-            (vec![pod("a", true)], 2, 2),
-        ] {
-            let mut memory = memory();
-            let step = recycle_step(&mut memory, &rules, &readings, &pods, decided, current);
-            assert_eq!(step.replicas, decided);
-            assert!(memory.recycling.is_none());
-        }
-        // Nothing is due: nothing happens.
-        let mut memory = memory();
-        let fresh = [reading("a", 1), reading("b", 3)];
-        let step = recycle_step(
-            &mut memory,
-            &rules,
-            &fresh,
-            &[pod("a", true), pod("b", true)],
-            2,
-            2,
-        );
-        assert_eq!((step.replicas, step.note), (2, None));
-    }
-
-    #[test]
-    fn victims_cover_exactly_the_drop() {
-        let candidates: Vec<Candidate> = [("a", 9), ("b", 0), ("c", 4)]
-            .iter()
-            .map(|(n, l)| Candidate {
-                name: (*n).into(),
-                ready: true,
-                load: Some(*l),
-            })
-            .collect();
-        assert!(shrink_victims(3, 3, &candidates, None).is_empty());
-        assert!(shrink_victims(2, 3, &candidates, None).is_empty());
-        assert_eq!(shrink_victims(3, 1, &candidates, None), ["b", "c"]);
-        assert_eq!(shrink_victims(3, 1, &candidates, Some("a")), ["a", "b"]);
     }
 }

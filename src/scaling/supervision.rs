@@ -51,20 +51,14 @@ impl Supervision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::contract::{CONTRACT_VERSION, Scope};
 
     fn snapshot(completed: u64, oldest: f64) -> QueueSnapshot {
         QueueSnapshot {
-            version: CONTRACT_VERSION,
-            queued: 0,
-            in_flight: 1,
-            capacity: 10,
             arrived_total: completed + 1,
             completed_total: completed,
             busy_seconds_total: 1.0,
             oldest_in_flight_seconds: oldest,
-            draining: false,
-            scope: Scope::Pod,
+            ..QueueSnapshot::of_pod(0, 1)
         }
     }
 

@@ -5,25 +5,14 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
+use crate::queue::contract::{QueueSnapshot, Scope};
 
 fn secs(seconds: f64) -> Duration {
     Duration::from_secs_f64(seconds)
 }
 
 fn snapshot(queued: u64, in_flight: u64) -> QueueSnapshot {
-    QueueSnapshot {
-        version: CONTRACT_VERSION,
-        queued,
-        in_flight,
-        capacity: 10,
-        arrived_total: 0,
-        completed_total: 0,
-        busy_seconds_total: 0.0,
-        oldest_in_flight_seconds: 0.0,
-        draining: false,
-        scope: Scope::Pod,
-    }
+    QueueSnapshot::of_pod(queued, in_flight)
 }
 
 fn pod(name: &str, load: u64) -> PodReading {

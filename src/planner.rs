@@ -1,0 +1,530 @@
+//! Planning, step 3 of a reconcile: from what was observed and read to the size the pool should
+//! have and the workers to remove first. Pure (no I/O, the clock passed in), so every path is
+//! unit-tested here; reconcile gathers the inputs and carries the plan out.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::crd::AsyncWorkerPool;
+use crate::pool::{EffectiveSpec, initial_replicas};
+use crate::queue::contract::QueueSnapshot;
+use crate::scaling::{
+    Candidate, Decision, ExternalReading, Observation, PodReading, Scaler, Supervision,
+    choose_victims,
+};
+
+/// What the operator remembers about a pool between reconciles (lost on restart by design:
+/// a fresh scaler seeded with the current size does not scale down until it has a window of
+/// history, so a restart causes no flapping).
+pub(crate) struct PoolMemory {
+    pub(crate) scaler: Scaler,
+    /// When the status was last written (reconcile's write throttle).
+    pub(crate) last_status_write: Option<Instant>,
+    /// The worker being recycled, and why.
+    pub(crate) recycling: Option<(String, String)>,
+    /// Whether the Deployment runs one worker above the decision for that recycling.
+    pub(crate) surged: bool,
+}
+
+/// One worker pod as reconcile sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerPod {
+    pub(crate) name: String,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) ready: bool,
+    pub(crate) crash_looping: bool,
+}
+
+/// Step 3's result.
+pub(crate) struct Plan {
+    pub(crate) replicas: i32,
+    pub(crate) decision: Option<Decision>,
+    pub(crate) handled_request: Option<i32>,
+    pub(crate) degraded: Option<String>,
+    /// Workers to remove first when the size drops (marked with the lowest deletion cost).
+    pub(crate) victims: Vec<String>,
+    /// What the scale event says instead of the scaler's reason (recycling).
+    pub(crate) note: Option<String>,
+    /// How the operator's own read of the queue went, when it read it (see `own_queue_reading`).
+    pub(crate) own_read: Option<Result<(), String>>,
+}
+
+/// What a reconcile knows when it plans: the pool, what the cluster holds for it, what its
+/// sidecars (or the operator itself) read, and the time on the operator's clock.
+pub(crate) struct PlanInput<'a> {
+    pub(crate) pool: &'a AsyncWorkerPool,
+    pub(crate) effective: &'a EffectiveSpec,
+    /// The Deployment's `spec.replicas`, when the Deployment exists.
+    pub(crate) deployment_replicas: Option<i32>,
+    pub(crate) pods: &'a [WorkerPod],
+    /// Each pod's latest sidecar reading, in the order of `pods`; `None` is missing data.
+    pub(crate) readings: Vec<Option<QueueSnapshot>>,
+    /// The operator's own read of a Redis queue, when it made one (no worker ready).
+    pub(crate) own_reading: Option<Result<QueueSnapshot, String>>,
+    pub(crate) now: Duration,
+}
+
+/// The size the pool should have now, and who goes if it shrinks: `kubectl scale` requests
+/// first, then the scaler's decision, held while paused or crash-looping, and one step of worker
+/// recycling. Pure: `memory` is the pool's memory, created on first use.
+pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
+    let PlanInput {
+        pool,
+        effective,
+        deployment_replicas,
+        pods: workers,
+        readings,
+        own_reading,
+        now,
+    } = input;
+    let policy = &effective.policy;
+    let clamp = |n: i32| n.clamp(pool.spec.min_replicas, pool.spec.max_replicas);
+    let current = deployment_replicas.unwrap_or_else(|| initial_replicas(&pool.spec));
+    let handled = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.handled_replicas_request);
+    let request = pool.spec.replicas;
+    let own_read = own_reading
+        .as_ref()
+        .map(|reading| reading.as_ref().map(|_| ()).map_err(Clone::clone));
+    let crashing: Vec<&str> = workers
+        .iter()
+        .filter(|p| p.crash_looping)
+        .map(|p| p.name.as_str())
+        .collect();
+    let degraded =
+        (!crashing.is_empty()).then(|| format!("crash-looping workers: {}", crashing.join(", ")));
+
+    let pods: Vec<PodReading> = workers
+        .iter()
+        .zip(readings)
+        .map(|(pod, snapshot)| PodReading {
+            name: pod.name.clone(),
+            snapshot,
+            ready: pod.ready,
+        })
+        .collect();
+    let candidates: Vec<Candidate> = pods
+        .iter()
+        .map(|p| Candidate {
+            name: p.name.clone(),
+            ready: p.ready,
+            load: p.snapshot.as_ref().map(|s| s.load()),
+        })
+        .collect();
+    let entry = memory.get_or_insert_with(|| PoolMemory {
+        scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
+        last_status_write: None,
+        recycling: None,
+        surged: false,
+    });
+    // A recycled worker that is gone (or going) ends its recycling.
+    if let Some((pod, _)) = &entry.recycling
+        && !workers.iter().any(|p| &p.name == pod)
+    {
+        entry.recycling = None;
+        entry.surged = false;
+    }
+
+    // `kubectl scale` while autoscaling: move there at once and carry on from that size.
+    if let Some(requested) = request
+        && request != handled
+        && !pool.spec.paused
+    {
+        let replicas = clamp(requested);
+        entry.scaler = Scaler::new(now, u32::try_from(replicas).unwrap_or(0));
+        entry.recycling = None;
+        entry.surged = false;
+        return Plan {
+            replicas,
+            decision: None,
+            handled_request: request,
+            degraded,
+            victims: shrink_victims(current, replicas, &candidates, None),
+            note: None,
+            own_read,
+        };
+    }
+
+    // The surge worker of a recycling is not the scaler's: it sees the size it chose.
+    let scaler_current = current - i32::from(entry.surged && current > 0);
+    let observation = Observation {
+        now,
+        current_replicas: u32::try_from(scaler_current).unwrap_or(0),
+        pods: pods.clone(),
+        external: match own_reading {
+            None => ExternalReading::NotConfigured,
+            Some(Ok(snapshot)) => ExternalReading::Reading(snapshot),
+            Some(Err(_)) => ExternalReading::Missing,
+        },
+    };
+    let decision = entry.scaler.decide(policy, &observation);
+
+    let mut replicas = i32::try_from(decision.replicas).unwrap_or(i32::MAX);
+    let mut retiring = None;
+    let mut note = None;
+    if pool.spec.paused {
+        replicas = request.map_or(current, clamp);
+        if replicas != current {
+            note = Some(format!(
+                "paused: pinned at {replicas} through the scale subresource"
+            ));
+        }
+    } else if degraded.is_some() {
+        // A crash-looping template only makes more crashing workers: hold the size.
+        replicas = replicas.min(current);
+    } else {
+        let step = recycle_step(
+            entry,
+            &effective.supervision,
+            &pods,
+            workers,
+            replicas,
+            current,
+        );
+        replicas = step.replicas;
+        retiring = step.retiring;
+        note = step.note;
+    }
+    Plan {
+        replicas,
+        decision: Some(decision),
+        handled_request: request,
+        degraded,
+        victims: shrink_victims(current, replicas, &candidates, retiring.as_deref()),
+        note,
+        own_read,
+    }
+}
+
+struct RecycleStep {
+    replicas: i32,
+    retiring: Option<String>,
+    note: Option<String>,
+}
+
+/// One step of recycling a hung or worn-out worker, one at a time and surge first: run one
+/// worker above the decision until every other worker is ready, then drop back with the old
+/// worker as the one to go (its sidecar drains it on the way out).
+fn recycle_step(
+    memory: &mut PoolMemory,
+    supervision: &Supervision,
+    readings: &[PodReading],
+    pods: &[WorkerPod],
+    decided: i32,
+    current: i32,
+) -> RecycleStep {
+    let hold = RecycleStep {
+        replicas: decided,
+        retiring: None,
+        note: None,
+    };
+    match memory.recycling.clone() {
+        Some((pod, why)) => {
+            let ready_others = pods.iter().filter(|p| p.ready && p.name != pod).count();
+            if ready_others >= usize::try_from(decided).unwrap_or(0) {
+                memory.surged = false;
+                RecycleStep {
+                    replicas: decided,
+                    retiring: Some(pod.clone()),
+                    note: Some(format!("retiring {pod}: {why}")),
+                }
+            } else {
+                memory.surged = true;
+                RecycleStep {
+                    replicas: decided + 1,
+                    ..hold
+                }
+            }
+        }
+        None => {
+            // Only a settled pool recycles: every worker present and ready.
+            let settled = decided == current
+                && pods.len() == usize::try_from(current).unwrap_or(0)
+                && pods.iter().all(|p| p.ready);
+            let due = readings.iter().find_map(|r| {
+                let why = supervision.due(&r.name, r.snapshot.as_ref()?)?;
+                Some((r.name.clone(), why))
+            });
+            match due {
+                Some((pod, why)) if settled && decided > 0 => {
+                    memory.recycling = Some((pod, why.clone()));
+                    memory.surged = true;
+                    RecycleStep {
+                        replicas: decided + 1,
+                        retiring: None,
+                        note: Some(format!("one extra worker first: {why}")),
+                    }
+                }
+                _ => hold,
+            }
+        }
+    }
+}
+
+/// Who goes when the size drops from `current` to `replicas`: a worker being retired first,
+/// then the least busy.
+fn shrink_victims(
+    current: i32,
+    replicas: i32,
+    candidates: &[Candidate],
+    retiring: Option<&str>,
+) -> Vec<String> {
+    let count = usize::try_from(current - replicas).unwrap_or(0);
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut victims: Vec<String> = retiring.map(str::to_owned).into_iter().collect();
+    let others: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| Some(c.name.as_str()) != retiring)
+        .cloned()
+        .collect();
+    victims.extend(choose_victims(&others, count.saturating_sub(victims.len())));
+    victims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> PoolMemory {
+        PoolMemory {
+            scaler: Scaler::new(Duration::ZERO, 2),
+            last_status_write: None,
+            recycling: None,
+            surged: false,
+        }
+    }
+
+    fn pod(name: &str, ready: bool) -> WorkerPod {
+        WorkerPod {
+            name: name.into(),
+            ip: None,
+            ready,
+            crash_looping: false,
+        }
+    }
+
+    fn reading(name: &str, completed: u64) -> PodReading {
+        PodReading {
+            name: name.into(),
+            snapshot: Some(QueueSnapshot {
+                arrived_total: completed + 1,
+                completed_total: completed,
+                ..QueueSnapshot::of_pod(0, 1)
+            }),
+            ready: true,
+        }
+    }
+
+    fn max_requests(limit: u64) -> Supervision {
+        Supervision {
+            max_requests: Some(limit),
+            ..Supervision::default()
+        }
+    }
+
+    fn pool_with(extra: &str) -> (AsyncWorkerPool, EffectiveSpec) {
+        let yaml = format!(
+            r#"
+apiVersion: asyncpool.dev/v1alpha1
+kind: AsyncWorkerPool
+metadata: {{name: chat, namespace: team}}
+spec:
+  minReplicas: 1
+  maxReplicas: 8
+  concurrency: 10
+  template: {{spec: {{containers: [{{name: app, image: chat:1}}]}}}}
+{extra}"#
+        );
+        let pool: AsyncWorkerPool = crate::manifest::load_pool(&yaml, None).expect("a valid pool");
+        let effective = EffectiveSpec::from_spec(&pool.spec, pool.spec.paused).expect("usable");
+        (pool, effective)
+    }
+
+    /// Plans for three ready workers of `pool`, each reading `load` in flight.
+    fn plan_three(
+        pool: &AsyncWorkerPool,
+        effective: &EffectiveSpec,
+        load: u64,
+        memory: &mut Option<PoolMemory>,
+    ) -> Plan {
+        let workers = [pod("a", true), pod("b", true), pod("c", true)];
+        plan(
+            PlanInput {
+                pool,
+                effective,
+                deployment_replicas: Some(3),
+                pods: &workers,
+                readings: vec![Some(QueueSnapshot::of_pod(0, load)); 3],
+                own_reading: None,
+                now: Duration::from_secs(100),
+            },
+            memory,
+        )
+    }
+
+    #[test]
+    fn the_first_plan_starts_the_pools_memory_at_its_size() {
+        let (pool, effective) = pool_with("");
+        let mut memory = None;
+        let planned = plan_three(&pool, &effective, 5, &mut memory);
+        assert!(memory.is_some(), "no memory kept for the pool");
+        // A fresh scaler holds: it has no history to shrink on.
+        assert_eq!(planned.replicas, 3);
+        assert!(planned.decision.is_some());
+        assert!(planned.victims.is_empty());
+    }
+
+    #[test]
+    fn kubectl_scale_moves_the_pool_at_once_and_is_handled_once() {
+        let (pool, effective) = pool_with("  replicas: 1");
+        let mut memory = None;
+        let planned = plan_three(&pool, &effective, 5, &mut memory);
+        assert_eq!(planned.replicas, 1);
+        assert_eq!(planned.handled_request, Some(1));
+        assert!(
+            planned.decision.is_none(),
+            "the scaler decided over a request"
+        );
+        assert_eq!(planned.victims.len(), 2, "{:?}", planned.victims);
+        // Once handled (the status says so), the scaler decides again.
+        let mut handled = pool.clone();
+        handled.status = Some(crate::crd::AsyncWorkerPoolStatus {
+            handled_replicas_request: Some(1),
+            ..Default::default()
+        });
+        let again = plan_three(&handled, &effective, 5, &mut memory);
+        assert!(again.decision.is_some());
+    }
+
+    #[test]
+    fn a_paused_pool_holds_or_pins_to_the_request() {
+        let (paused, effective) = pool_with("  paused: true");
+        let mut memory = None;
+        // Whatever the load, the size holds.
+        let held = plan_three(&paused, &effective, 30, &mut memory);
+        assert_eq!(held.replicas, 3);
+        assert_eq!(held.note, None);
+        let (pinned, effective) = pool_with("  paused: true\n  replicas: 5");
+        let moved = plan_three(&pinned, &effective, 0, &mut memory);
+        assert_eq!(moved.replicas, 5);
+        assert!(
+            moved
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("pinned at 5"))
+        );
+    }
+
+    #[test]
+    fn crash_looping_workers_hold_scale_up() {
+        let (pool, effective) = pool_with("");
+        let mut memory = None;
+        let mut workers = [pod("a", true), pod("b", true), pod("c", false)];
+        workers[2].crash_looping = true;
+        let planned = plan(
+            PlanInput {
+                pool: &pool,
+                effective: &effective,
+                deployment_replicas: Some(3),
+                pods: &workers,
+                // Far more load than three workers carry: the scaler wants more.
+                readings: vec![
+                    Some(QueueSnapshot::of_pod(200, 10)),
+                    Some(QueueSnapshot::of_pod(200, 10)),
+                    None,
+                ],
+                own_reading: None,
+                now: Duration::from_secs(100),
+            },
+            &mut memory,
+        );
+        assert!(planned.decision.as_ref().is_some_and(|d| d.replicas > 3));
+        assert_eq!(planned.replicas, 3, "a crash-looping template grew");
+        assert!(planned.degraded.as_deref().is_some_and(|d| d.contains('c')));
+    }
+
+    #[test]
+    fn recycling_surges_first_then_retires_the_worn_worker() {
+        let rules = max_requests(100);
+        let mut memory = memory();
+        let readings = [reading("a", 150), reading("b", 3)];
+        let pods = [pod("a", true), pod("b", true)];
+
+        let surge = recycle_step(&mut memory, &rules, &readings, &pods, 2, 2);
+        assert_eq!(surge.replicas, 3);
+        assert!(memory.surged);
+        assert_eq!(memory.recycling.as_ref().map(|r| r.0.as_str()), Some("a"));
+
+        // The extra worker is not ready yet: keep the surge.
+        let waiting = [pod("a", true), pod("b", true), pod("c", false)];
+        let hold = recycle_step(&mut memory, &rules, &readings, &waiting, 2, 3);
+        assert_eq!((hold.replicas, hold.retiring), (3, None));
+
+        // It is ready: drop back with the worn worker as the one to go.
+        let settled = [pod("a", true), pod("b", true), pod("c", true)];
+        let retire = recycle_step(&mut memory, &rules, &readings, &settled, 2, 3);
+        assert_eq!(retire.replicas, 2);
+        assert_eq!(retire.retiring.as_deref(), Some("a"));
+        assert!(!memory.surged);
+        let candidates: Vec<Candidate> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Candidate {
+                name: (*n).into(),
+                ready: true,
+                load: Some(0),
+            })
+            .collect();
+        assert_eq!(shrink_victims(3, 2, &candidates, Some("a")), ["a"]);
+    }
+
+    #[test]
+    fn an_unsettled_pool_does_not_start_recycling() {
+        let rules = max_requests(100);
+        let readings = [reading("a", 150), reading("b", 3)];
+        // Scaling in progress, or a worker not ready: no recycling now.
+        for (pods, decided, current) in [
+            (vec![pod("a", true), pod("b", true)], 3, 2),
+            (vec![pod("a", true), pod("b", false)], 2, 2),
+            (vec![pod("a", true)], 2, 2),
+        ] {
+            let mut memory = memory();
+            let step = recycle_step(&mut memory, &rules, &readings, &pods, decided, current);
+            assert_eq!(step.replicas, decided);
+            assert!(memory.recycling.is_none());
+        }
+        // Nothing is due: nothing happens.
+        let mut memory = memory();
+        let fresh = [reading("a", 1), reading("b", 3)];
+        let step = recycle_step(
+            &mut memory,
+            &rules,
+            &fresh,
+            &[pod("a", true), pod("b", true)],
+            2,
+            2,
+        );
+        assert_eq!((step.replicas, step.note), (2, None));
+    }
+
+    #[test]
+    fn victims_cover_exactly_the_drop() {
+        let candidates: Vec<Candidate> = [("a", 9), ("b", 0), ("c", 4)]
+            .iter()
+            .map(|(n, l)| Candidate {
+                name: (*n).into(),
+                ready: true,
+                load: Some(*l),
+            })
+            .collect();
+        assert!(shrink_victims(3, 3, &candidates, None).is_empty());
+        assert!(shrink_victims(2, 3, &candidates, None).is_empty());
+        assert_eq!(shrink_victims(3, 1, &candidates, None), ["b", "c"]);
+        assert_eq!(shrink_victims(3, 1, &candidates, Some("a")), ["a", "b"]);
+    }
+}
