@@ -276,12 +276,7 @@ async fn run_controller(
                 let live: Vec<PoolKey> = pool_store
                     .state()
                     .iter()
-                    .filter_map(|p| {
-                        Some(PoolKey {
-                            namespace: p.namespace()?,
-                            name: p.name_any(),
-                        })
-                    })
+                    .filter_map(|p| PoolKey::of(p))
                     .collect();
                 context.forget_pools_except(&live);
             }

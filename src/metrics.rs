@@ -162,10 +162,15 @@ impl Metrics {
     }
 
     pub fn record_pool(&self, pool: &PoolKey, figures: &PoolFigures) {
-        self.recorded_pools
+        let mut recorded = self
+            .recorded_pools
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(pool.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        // Called every reconcile: clone the key only the first time.
+        if !recorded.contains(pool) {
+            recorded.insert(pool.clone());
+        }
+        drop(recorded);
         let labels = PoolLabels {
             namespace: pool.namespace.clone(),
             pool: pool.name.clone(),

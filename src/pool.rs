@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use crate::crd::{AsyncWorkerPoolSpec, GoDuration, RedisKind, RedisQueue, SourceKind};
+use kube::ResourceExt;
+
+use crate::crd::{
+    AsyncWorkerPool, AsyncWorkerPoolSpec, GoDuration, RedisKind, RedisQueue, SourceKind,
+};
 use crate::duration::parse_duration;
 use crate::queue::redis::RedisTarget;
 use crate::scaling::{Policy, Supervision};
@@ -15,6 +19,16 @@ use crate::scaling::{Policy, Supervision};
 pub struct PoolKey {
     pub namespace: String,
     pub name: String,
+}
+
+impl PoolKey {
+    /// The key of `pool`; `None` for an object without a namespace (never a stored pool).
+    pub fn of(pool: &AsyncWorkerPool) -> Option<Self> {
+        Some(Self {
+            namespace: pool.namespace()?,
+            name: pool.name_any(),
+        })
+    }
 }
 
 /// `queue.targetPerWorker` when unset, as a share of `concurrency`: with requests spread at

@@ -214,14 +214,13 @@ pub async fn reconcile(
     };
     ctx.metrics.reconciles.get_or_create(&label).inc();
     if result.is_ok() {
-        let key = PoolKey {
-            namespace: pool.namespace().unwrap_or_default(),
-            name: pool.name_any(),
-        };
-        ctx.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        // Almost always empty: no key is built on the hot path unless a pool failed before.
+        if !failures.is_empty()
+            && let Some(key) = PoolKey::of(&pool)
+        {
+            failures.remove(&key);
+        }
     }
     if let Err(error) = &result {
         ctx.metrics
@@ -253,12 +252,13 @@ pub fn error_policy(
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {
-    let key = PoolKey {
-        namespace: pool.namespace().unwrap_or_default(),
-        name: pool.name_any(),
-    };
     let failures = {
         let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        // Without a namespace there is no pool to count against; it still backs off.
+        let key = PoolKey::of(&pool).unwrap_or_else(|| PoolKey {
+            namespace: String::new(),
+            name: pool.name_any(),
+        });
         let count = failures.entry(key).or_insert(0);
         *count = count.saturating_add(1);
         *count
@@ -281,18 +281,15 @@ pub fn error_policy(
 }
 
 async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action, ReconcileError> {
-    let namespace = pool.namespace().ok_or(ReconcileError::NoNamespace)?;
-    let key = PoolKey {
-        namespace: namespace.clone(),
-        name: pool.name_any(),
-    };
+    let key = PoolKey::of(pool).ok_or(ReconcileError::NoNamespace)?;
+    let namespace = key.namespace.clone();
 
     let observed = observe(pool, &key, ctx).await?;
 
     let effective = match EffectiveSpec::from_spec(&pool.spec, pool.spec.paused) {
         Ok(effective) => effective,
         Err(problem) => {
-            let refusal = Refusal::new("InvalidSpec", problem.to_string());
+            let refusal = status::refused("InvalidSpec", problem.to_string());
             return refuse(pool, ctx, &key, &observed, refusal, Action::await_change()).await;
         }
     };
@@ -308,7 +305,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
             ctx,
             &key,
             &observed,
-            Refusal::new("NotOwned", message),
+            status::refused("NotOwned", message),
             again,
         )
         .await;
@@ -323,7 +320,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     let (deployment, service) = match (deployment, service) {
         (Ok(d), Ok(s)) => (d, s),
         (Err(problem), _) | (_, Err(problem)) => {
-            let refusal = Refusal::new("InvalidTemplate", problem.to_string());
+            let refusal = status::refused("InvalidTemplate", problem.to_string());
             return refuse(pool, ctx, &key, &observed, refusal, Action::await_change()).await;
         }
     };
@@ -711,38 +708,17 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
     })
 }
 
-/// Why the operator will not act on a pool until something changes: its Ready reason and the
-/// message that says what to fix.
-struct Refusal {
-    reason: &'static str,
-    message: String,
-}
-
-impl Refusal {
-    fn new(reason: &'static str, message: String) -> Self {
-        Self { reason, message }
-    }
-}
-
-/// The one way out of the pipeline for a pool the operator will not act on: Ready=False with the
-/// refusal, Stalled with it (for kstatus), written at once; then `next`.
+/// The one way out of the pipeline for a pool the operator will not act on: its refusal
+/// (`status::refused`) written at once; then `next`.
 async fn refuse(
     pool: &AsyncWorkerPool,
     ctx: &Context,
     key: &PoolKey,
     observed: &Observed,
-    refusal: Refusal,
+    refusal: Vec<Judgement>,
     next: Action,
 ) -> Result<Action, ReconcileError> {
-    let mut judgements = vec![Judgement::new(
-        status::READY,
-        false,
-        refusal.reason,
-        refusal.message,
-    )];
-    let kstatus = status::kstatus_judgements(&judgements, &status::Rollout::Done);
-    judgements.extend(kstatus);
-    write_status(pool, ctx, key, observed, None, &judgements, true).await?;
+    write_status(pool, ctx, key, observed, None, &refusal, true).await?;
     Ok(next)
 }
 

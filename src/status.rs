@@ -150,6 +150,15 @@ pub fn judge(facts: &Facts) -> Vec<Judgement> {
     judgements
 }
 
+/// The conditions of a pool the operator will not act on until something changes: Ready=False
+/// with `reason` and the `message` that says what to fix, and the kstatus pair (Stalled).
+pub fn refused(reason: &'static str, message: String) -> Vec<Judgement> {
+    let mut judgements = vec![Judgement::new(READY, false, reason, message)];
+    let kstatus = kstatus_judgements(&judgements, &Rollout::Done);
+    judgements.extend(kstatus);
+    judgements
+}
+
 /// MetricsAvailable when the workers' sidecars are the source.
 fn worker_metrics(metrics: Option<MetricsState>) -> Judgement {
     match metrics {
@@ -521,6 +530,18 @@ mod tests {
             change(&mut facts);
             assert_eq!(reason(&facts, type_), (status, expected), "{name}: {type_}");
         }
+    }
+
+    #[test]
+    fn a_refused_pool_is_not_ready_and_stalled_for_the_same_reason() {
+        let judged = refused("NotOwned", "rename the pool".into());
+        let find = |type_: &str| judged.iter().find(|j| j.type_ == type_).cloned();
+        let ready = find(READY).expect("Ready");
+        assert_eq!((ready.status, ready.reason), (false, "NotOwned"));
+        let stalled = find(STALLED).expect("Stalled");
+        assert_eq!((stalled.status, stalled.reason), (true, "NotOwned"));
+        assert_eq!(stalled.message, "rename the pool");
+        assert!(!find(RECONCILING).expect("Reconciling").status);
     }
 
     #[test]
