@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Traces: the generator presets (`src/simulate/generate.rs`, `PRESETS`) and the Azure LLM
-//! code trace (`bench/traces/`, CC-BY 4.0, token model: 200 ms + 0.1 ms per prompt token +
-//! 30 ms per generated token). Pool: `bench/scaling-pool.yaml` (concurrency 10, min 1, max 50,
+//! code trace (`benches/traces/`, CC-BY 4.0, token model: 200 ms + 0.1 ms per prompt token +
+//! 30 ms per generated token). Pool: `benches/scaling-pool.yaml` (concurrency 10, min 1, max 50,
 //! every scaling setting at its default). Each figure is the median over the seeds (each seed
 //! draws its own generated trace, start-up phases and Service choices; the Azure trace is the
 //! same every time).
@@ -39,8 +39,8 @@ use asyncpool::simulate::trace::{TokenModel, Trace};
 use asyncpool::simulate::world::StartupDelay;
 use asyncpool::simulate::{Options, PolicyKind, compare};
 
-const AZURE: &str = "bench/traces/azure-llm-2023-code.csv";
-const POOL: &str = "bench/scaling-pool.yaml";
+const AZURE: &str = "benches/traces/azure-llm-2023-code.csv";
+const POOL: &str = "benches/scaling-pool.yaml";
 const COMPARED: [&str; 5] = ["asyncpool", "hpa-keda", "knative", "fixed", "clairvoyant"];
 
 struct Args {

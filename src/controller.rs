@@ -26,7 +26,7 @@ use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{ReaderConfig, SidecarReaders};
 use crate::reconcile::{self, Caches, Context, Settings};
-use crate::resources::POOL_LABEL;
+use asyncpool_contract::pod::POOL_LABEL;
 
 /// Leader election settings.
 #[derive(Debug, Clone)]

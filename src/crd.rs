@@ -10,6 +10,9 @@
 
 use std::borrow::Cow;
 
+use asyncpool_contract::pod::{ADMIN_PORT, SERVE_PORT};
+// The source kinds are the contract's, so the value in a pool's spec is one the sidecar accepts.
+pub use asyncpool_contract::{RedisKind, SourceKind};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -139,8 +142,8 @@ pub struct AsyncWorkerPoolSpec {
     /// TCP port the app listens on inside the pod; the sidecar forwards to 127.0.0.1:port.
     #[serde(default = "default_app_port")]
     #[schemars(range(min = 1, max = 65535))]
-    #[x_kube(validation = Rule::new("self != 8080 && self != 9090")
-        .message("port must not be 8080 or 9090: the sidecar serves on those ports"))]
+    #[x_kube(validation = Rule::new(format!("self != {SERVE_PORT} && self != {ADMIN_PORT}"))
+        .message(kube::core::Message::Message(format!("port must not be {SERVE_PORT} or {ADMIN_PORT}: the sidecar serves on those ports"))))]
     pub port: i32,
 
     /// Where the queue is measured and what one worker should carry.
@@ -217,27 +220,6 @@ impl Default for QueueSpec {
     }
 }
 
-/// Where a pool's queue is measured.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    #[default]
-    Proxy,
-    Redis,
-    Report,
-}
-
-impl SourceKind {
-    /// The value the sidecar's `--source` flag takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Proxy => "proxy",
-            SourceKind::Redis => "redis",
-            SourceKind::Report => "report",
-        }
-    }
-}
-
 /// A queue kept in Redis, shared by the whole pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -272,15 +254,6 @@ pub struct RedisQueue {
     /// Helm chart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<k8s_openapi::api::core::v1::SecretKeySelector>,
-}
-
-/// The kind of Redis key that holds the queue.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RedisKind {
-    #[default]
-    List,
-    Stream,
 }
 
 /// How fast and how far the pool moves.

@@ -93,7 +93,7 @@ mod tests {
         let address = listener.local_addr().expect("address");
         let ready = Arc::new(AtomicBool::new(false));
         let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), ready.clone()));
-        let get = |path: &'static str| crate::devtools::http::get(address, path);
+        let get = |path: &'static str| asyncpool_testkit::http::get(address, path);
         assert_eq!(get("/readyz").await.map(|a| a.0), Some(503));
         ready.store(true, Ordering::SeqCst);
         assert_eq!(get("/readyz").await.map(|a| a.0), Some(200));

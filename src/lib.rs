@@ -3,8 +3,6 @@
 
 pub mod controller;
 pub mod crd;
-pub mod devtools;
-pub mod duration;
 pub mod endpoints;
 pub mod leader;
 pub mod manifest;
@@ -15,7 +13,6 @@ pub mod queue;
 pub mod reconcile;
 pub mod resources;
 pub mod scaling;
-pub mod sidecar;
 pub mod signal;
 pub mod simulate;
 pub mod status;

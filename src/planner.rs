@@ -9,11 +9,11 @@ use tokio::time::Instant;
 
 use crate::crd::AsyncWorkerPool;
 use crate::pool::{EffectiveSpec, initial_replicas};
-use crate::queue::contract::QueueSnapshot;
 use crate::scaling::{
     Candidate, Decision, ExternalReading, Observation, PodReading, Scaler, Supervision,
     choose_victims,
 };
+use asyncpool_contract::queue::QueueSnapshot;
 
 /// What the operator remembers about a pool between reconciles (lost on restart by design:
 /// a fresh scaler seeded with the current size does not scale down until it has a window of

@@ -9,9 +9,9 @@ use kube::ResourceExt;
 use crate::crd::{
     AsyncWorkerPool, AsyncWorkerPoolSpec, GoDuration, RedisKind, RedisQueue, SourceKind,
 };
-use crate::duration::parse_duration;
-use crate::queue::redis::RedisTarget;
 use crate::scaling::{Policy, Supervision};
+use asyncpool_contract::duration::parse_duration;
+use asyncpool_contract::redis::RedisTarget;
 
 /// Identifies a pool: namespace and name. Everything kept per pool (reconcile's memory, the
 /// sidecar readers, metrics series) is keyed by it.

@@ -25,10 +25,12 @@ use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel
 use crate::planner::{self, Plan, PlanInput, PoolMemory, WorkerPod};
 use crate::pool::EffectiveSpec;
 use crate::pool::PoolKey;
-use crate::queue::contract::QueueSnapshot;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::SidecarReaders;
-use crate::resources::{self, FIELD_MANAGER, POOL_LABEL};
+use asyncpool_contract::pod::POOL_LABEL;
+use asyncpool_contract::queue::QueueSnapshot;
+
+use crate::resources::{self, FIELD_MANAGER};
 use crate::scaling::DecisionKind;
 use crate::status::{self, Judgement, merge_conditions};
 

@@ -17,19 +17,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{AsyncWorkerPool, RedisKind};
+use asyncpool_contract::pod::{
+    ADMIN_PORT, ADMIN_PORT_NAME, POOL_LABEL, SERVE_PORT, SIDECAR_CONTAINER, env as sidecar_env,
+};
+
+use crate::crd::AsyncWorkerPool;
 use crate::pool::EffectiveSpec;
 
-/// Label that ties worker pods, the Deployment and the Service to their pool.
-pub const POOL_LABEL: &str = "asyncpool.dev/pool";
-/// The injected container's name.
-pub const SIDECAR_CONTAINER: &str = "asyncpool-sidecar";
-/// Port where the sidecar serves the app's traffic.
-pub const SERVE_PORT: u16 = 8080;
-/// Port of the sidecar contract (`/queue`, `/metrics`, probes, drain).
-pub const ADMIN_PORT: u16 = 9090;
-/// The sidecar's admin container port by name (probes, the chart's PodMonitor).
-pub const ADMIN_PORT_NAME: &str = "admin";
 /// The sidecar image the operator injects unless told otherwise: the release of the same
 /// version as the operator (the chart's appVersion; `tests/version.rs` keeps them one).
 pub const DEFAULT_SIDECAR_IMAGE: &str =
@@ -185,33 +179,27 @@ fn sidecar_container(
 ) -> Container {
     let s = &effective.sidecar;
     let mut vars = vec![
-        env("ASYNCPOOL_LISTEN", format!("0.0.0.0:{SERVE_PORT}")),
-        env("ASYNCPOOL_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
-        env("ASYNCPOOL_UPSTREAM", format!("127.0.0.1:{}", s.app_port)),
-        env("ASYNCPOOL_SOURCE", s.source.as_str()),
-        env("ASYNCPOOL_CONCURRENCY", s.concurrency.to_string()),
-        env("ASYNCPOOL_MAX_QUEUE", s.max_queue.to_string()),
-        env("ASYNCPOOL_QUEUE_TIMEOUT", s.queue_timeout.0.clone()),
-        env("ASYNCPOOL_DRAIN_GRACE", format!("{DRAIN_GRACE_SECONDS}s")),
-        env("ASYNCPOOL_DRAIN_TIMEOUT", s.drain_timeout_text.0.clone()),
-        env("ASYNCPOOL_LOG_FORMAT", "json"),
+        env(sidecar_env::LISTEN, format!("0.0.0.0:{SERVE_PORT}")),
+        env(sidecar_env::ADMIN_LISTEN, format!("0.0.0.0:{ADMIN_PORT}")),
+        env(sidecar_env::UPSTREAM, format!("127.0.0.1:{}", s.app_port)),
+        env(sidecar_env::SOURCE, s.source.as_str()),
+        env(sidecar_env::CONCURRENCY, s.concurrency.to_string()),
+        env(sidecar_env::MAX_QUEUE, s.max_queue.to_string()),
+        env(sidecar_env::QUEUE_TIMEOUT, s.queue_timeout.0.clone()),
+        env(sidecar_env::DRAIN_GRACE, format!("{DRAIN_GRACE_SECONDS}s")),
+        env(sidecar_env::DRAIN_TIMEOUT, s.drain_timeout_text.0.clone()),
+        env(sidecar_env::LOG_FORMAT, "json"),
     ];
     if let Some(redis) = &s.redis {
-        vars.push(env("ASYNCPOOL_REDIS_URL", redis.url.clone()));
-        vars.push(env("ASYNCPOOL_REDIS_KEY", redis.key.clone()));
-        vars.push(env(
-            "ASYNCPOOL_REDIS_KIND",
-            match redis.kind {
-                RedisKind::List => "list",
-                RedisKind::Stream => "stream",
-            },
-        ));
+        vars.push(env(sidecar_env::REDIS_URL, redis.url.clone()));
+        vars.push(env(sidecar_env::REDIS_KEY, redis.key.clone()));
+        vars.push(env(sidecar_env::REDIS_KIND, redis.kind.as_str()));
         if let Some(group) = &redis.group {
-            vars.push(env("ASYNCPOOL_REDIS_GROUP", group.clone()));
+            vars.push(env(sidecar_env::REDIS_GROUP, group.clone()));
         }
         if let Some(secret) = &redis.password_secret_ref {
             vars.push(EnvVar {
-                name: "ASYNCPOOL_REDIS_PASSWORD".into(),
+                name: sidecar_env::REDIS_PASSWORD.into(),
                 value: None,
                 value_from: Some(EnvVarSource {
                     secret_key_ref: Some(SecretKeySelector {
@@ -372,15 +360,15 @@ spec:
         let sidecar = &pod.containers[1];
         assert_eq!(sidecar.image.as_deref(), Some("asyncpool/sidecar:0.1"));
         assert_eq!(
-            env_of(sidecar, "ASYNCPOOL_CONCURRENCY").as_deref(),
+            env_of(sidecar, sidecar_env::CONCURRENCY).as_deref(),
             Some("4")
         );
         assert_eq!(
-            env_of(sidecar, "ASYNCPOOL_MAX_QUEUE").as_deref(),
+            env_of(sidecar, sidecar_env::MAX_QUEUE).as_deref(),
             Some("40")
         );
         assert_eq!(
-            env_of(sidecar, "ASYNCPOOL_UPSTREAM").as_deref(),
+            env_of(sidecar, sidecar_env::UPSTREAM).as_deref(),
             Some("127.0.0.1:8000")
         );
         let app_hook = pod.containers[0]
@@ -463,7 +451,7 @@ spec:
             .env
             .iter()
             .flatten()
-            .find(|e| e.name == "ASYNCPOOL_REDIS_PASSWORD")
+            .find(|e| e.name == sidecar_env::REDIS_PASSWORD)
             .unwrap();
         assert_eq!(password.value, None, "the password is not in the pod spec");
         let secret = password
@@ -492,15 +480,15 @@ spec:
             .find(|c| c.name == SIDECAR_CONTAINER)
             .unwrap();
         assert_eq!(
-            env_of(sidecar, "ASYNCPOOL_SOURCE").as_deref(),
+            env_of(sidecar, sidecar_env::SOURCE).as_deref(),
             Some("redis")
         );
         assert_eq!(
-            env_of(sidecar, "ASYNCPOOL_REDIS_KIND").as_deref(),
+            env_of(sidecar, sidecar_env::REDIS_KIND).as_deref(),
             Some("stream")
         );
         assert_eq!(
-            env_of(sidecar, "ASYNCPOOL_REDIS_GROUP").as_deref(),
+            env_of(sidecar, sidecar_env::REDIS_GROUP).as_deref(),
             Some("g")
         );
     }

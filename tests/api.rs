@@ -1,7 +1,7 @@
 //! The AsyncWorkerPool API on a real API server: the CRD installs, documents itself, accepts a
 //! valid pool and refuses invalid ones at apply time with a message that says what to fix.
 
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use asyncpool::crd::AsyncWorkerPool;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -89,7 +89,7 @@ async fn valid_example_is_accepted_and_listed_with_printer_columns() {
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "api-valid").await;
 
-    let example = support::repo_root().join("examples/chat-api.yaml");
+    let example = support::repo_root().join("samples/chat-api.yaml");
     let apply = kubectl(&[
         "apply",
         "-n",

@@ -2,7 +2,7 @@
 //! Running pods with 127.x addresses, and deleting a namespace garbage-collects what it held;
 //! pods that ask to start slowly or to stop gracefully (the fidelity benchmark's) do.
 
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use std::time::Duration;
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
 use asyncpool::pool::EffectiveSpec;
-use asyncpool::resources::{self, ADMIN_PORT, SIDECAR_CONTAINER};
-use asyncpool::sidecar::config::{Args, Config, SourceKind};
+use asyncpool::resources;
+use asyncpool_contract::pod::{ADMIN_PORT, SIDECAR_CONTAINER};
+use asyncpool_sidecar::config::{Args, Config, SourceKind};
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::core::v1::Container;
 

@@ -30,7 +30,7 @@ fn crd_fits_a_client_side_apply_annotation() {
 
 #[test]
 fn example_pools_parse_as_the_api_type() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("examples dir") {
         let path = entry.expect("entry").path();

@@ -1,9 +1,7 @@
-//! The examples in examples/, for real: the LLM gateway and its fake model under uvicorn behind
+//! The examples in samples/, for real: the LLM gateway and its fake model under uvicorn behind
 //! the real sidecar, the Redis worker against a real redis-server, and every example manifest
 //! checked as the API server would check it (no cluster). Needs `eval "$(scripts/test-deps)"`:
 //! the venv of tests/apps/requirements.txt, which pins what the examples' requirements pin.
-
-mod sidecar_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -14,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use asyncpool::crd::AsyncWorkerPool;
-use asyncpool::devtools::redis::RedisServer;
+use asyncpool_testkit::redis::RedisServer;
+use asyncpool_testkit::sidecar::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -22,14 +21,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
-use sidecar_common::*;
 use tokio::net::TcpStream;
 
 const UP: Duration = Duration::from_secs(30);
 
 fn example(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
+        .join("samples")
         .join(path)
 }
 
@@ -588,10 +586,10 @@ async fn on_sigterm_the_redis_worker_finishes_the_job_in_hand_and_takes_no_new_o
 // ---------------------------------------------------------------------------------------------
 // The manifests, Dockerfiles and requirements, without a cluster.
 
-/// Every example manifest: examples/*.yaml and examples/*/pool.yaml.
+/// Every example manifest: samples/*.yaml and samples/*/pool.yaml.
 fn example_manifests() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(example("")).expect("read examples/") {
+    for entry in std::fs::read_dir(example("")).expect("read samples/") {
         let path = entry.expect("dir entry").path();
         let name = path.file_name().unwrap().to_string_lossy();
         if name.starts_with('.') || name == "__pycache__" {
@@ -767,12 +765,12 @@ fn the_llm_gateway_manifest_wires_the_gateway_to_the_model() {
     // A stream may run for drainTimeout after a drain starts; only a request older than any
     // stream means a hung worker.
     let supervision = &pool.spec.supervision;
-    let drain = asyncpool::duration::parse_duration(&supervision.drain_timeout.0).unwrap();
+    let drain = asyncpool_contract::duration::parse_duration(&supervision.drain_timeout.0).unwrap();
     let hung = supervision
         .worker_timeout
         .as_ref()
         .expect("a workerTimeout");
-    assert!(asyncpool::duration::parse_duration(&hung.0).unwrap() > drain);
+    assert!(asyncpool_contract::duration::parse_duration(&hung.0).unwrap() > drain);
 }
 
 #[test]

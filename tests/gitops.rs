@@ -4,18 +4,18 @@
 //! scripts/tool, which builds it), fed pools
 //! that the operator has brought into each state on the local cluster.
 
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
+use asyncpool_testkit::operator::OperatorProcess;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::operator::OperatorProcess;
 use support::{TestNamespace, client, eventually, install_crd, kubectl, repo_root};
 
 const HEALTH_LUA: &str = "deploy/gitops/argocd/health.lua";

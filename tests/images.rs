@@ -5,7 +5,7 @@
 //! `scripts/test` builds the images first (ASYNCPOOL_IMAGES_BUILT=1); run alone, this test builds
 //! them itself.
 
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! `kubectl auth can-i` for what it must and must not allow, and by running the real operator
 //! binary with nothing but the chart's ServiceAccount token and the chart's settings.
 
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -1005,8 +1005,8 @@ async fn helm_install_for_one_namespace_runs_the_operator_on_its_rbac_alone() {
         "/livez and the leader gauge",
         Duration::from_secs(10),
         || async move {
-            let (live, _) = support::operator::http_get(port, "/livez").await?;
-            let (_, metrics) = support::operator::http_get(port, "/metrics").await?;
+            let (live, _) = asyncpool_testkit::operator::http_get(port, "/livez").await?;
+            let (_, metrics) = asyncpool_testkit::operator::http_get(port, "/metrics").await?;
             (live == 200 && metrics.lines().any(|l| l == "asyncpool_leader 1")).then_some(())
         },
     )
@@ -1054,7 +1054,7 @@ async fn helm_install_for_one_namespace_runs_the_operator_on_its_rbac_alone() {
         .map(|s| s.containers)
         .into_iter()
         .flatten()
-        .find(|c| c.name == asyncpool::resources::SIDECAR_CONTAINER)
+        .find(|c| c.name == asyncpool_contract::pod::SIDECAR_CONTAINER)
         .expect("the injected sidecar");
     assert_eq!(
         sidecar.image.as_deref(),
@@ -1154,13 +1154,14 @@ async fn a_leading_operator_turns_ready_for_the_chart_probe() {
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "install-ready").await;
-    let operator = support::operator::OperatorProcess::start(&ns.name, "ready", &[]).await;
+    let operator =
+        asyncpool_testkit::operator::OperatorProcess::start(&ns.name, "ready", &[]).await;
     let port = operator.http_port;
     eventually(
         "/readyz to answer 200",
         Duration::from_secs(20),
         || async move {
-            support::operator::http_get(port, "/readyz")
+            asyncpool_testkit::operator::http_get(port, "/readyz")
                 .await
                 .filter(|(status, _)| *status == 200)
         },
@@ -1484,7 +1485,7 @@ async fn the_network_policy_lets_the_operator_reach_what_it_needs_and_the_api_se
         to_port(53)["to"].is_null(),
         "DNS must be reachable wherever it runs"
     );
-    let workers = &to_port(u64::from(asyncpool::resources::ADMIN_PORT))["to"][0];
+    let workers = &to_port(u64::from(asyncpool_contract::pod::ADMIN_PORT))["to"][0];
     assert_eq!(
         workers["podSelector"]["matchExpressions"][0]["key"],
         "asyncpool.dev/pool"

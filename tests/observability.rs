@@ -4,16 +4,15 @@
 //! name only metrics the operator and a real sidecar export; the PodMonitor scrapes the port the
 //! operator injects.
 
-mod sidecar_common;
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use asyncpool::resources::ADMIN_PORT_NAME;
+use asyncpool_contract::pod::ADMIN_PORT_NAME;
+use asyncpool_testkit::sidecar::{Sidecar, free_port, get};
 use serde_json::Value;
-use sidecar_common::{Sidecar, free_port, get};
 use support::{helm_path, repo_root, succeeded};
 
 const NAMESPACE: &str = "ops";

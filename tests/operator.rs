@@ -2,22 +2,22 @@
 //! scheduler, kwok pods on 127.x addresses, real sidecar processes on those addresses, and the
 //! operator binary as a process. Pools use short windows so that each test takes seconds.
 
-mod support;
+use asyncpool_testkit::cluster as support;
 
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
-use asyncpool::devtools::fleet::Fleet;
-use asyncpool::devtools::fleet::FleetMode;
-use asyncpool::devtools::fleet::WorkerKind;
-use asyncpool::devtools::redis::RedisServer;
+use asyncpool_testkit::fleet::Fleet;
+use asyncpool_testkit::fleet::FleetMode;
+use asyncpool_testkit::fleet::WorkerKind;
+use asyncpool_testkit::operator::OperatorProcess;
+use asyncpool_testkit::redis::RedisServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::operator::OperatorProcess;
 use support::{
     TestNamespace, client, eventually, fleet, fleet_of, free_port, install_crd, kubectl,
 };

@@ -265,7 +265,7 @@ fn the_command_compares_every_policy_and_writes_a_plot() {
     let output = command(&[
         "simulate",
         "-f",
-        "examples/chat-api.yaml",
+        "samples/chat-api.yaml",
         "--generate",
         "steady:rate=20,duration=2m",
         "-o",
@@ -290,9 +290,9 @@ fn the_command_compares_every_policy_and_writes_a_plot() {
     let table = command(&[
         "simulate",
         "-f",
-        "examples/chat-api.yaml",
+        "samples/chat-api.yaml",
         "--trace",
-        "bench/traces/azure-llm-2023-code.csv",
+        "benches/traces/azure-llm-2023-code.csv",
         "--policies",
         "asyncpool,knative",
     ]);
@@ -335,7 +335,7 @@ fn bad_input_names_its_line_exits_non_zero_and_writes_nothing() {
         let output = command(&[
             "simulate",
             "-f",
-            "examples/chat-api.yaml",
+            "samples/chat-api.yaml",
             "--trace",
             trace.to_str().unwrap(),
             "--plot",
@@ -354,9 +354,9 @@ fn bad_input_names_its_line_exits_non_zero_and_writes_nothing() {
     let output = command(&[
         "simulate",
         "-f",
-        "examples/chat-api.yaml",
+        "samples/chat-api.yaml",
         "--trace",
-        "bench/traces/azure-llm-2023-code.csv",
+        "benches/traces/azure-llm-2023-code.csv",
         "--service",
         "1s",
     ]);
@@ -370,7 +370,7 @@ fn an_invalid_pool_gets_the_api_servers_message() {
     let manifest = dir.path().join("pool.yaml");
     std::fs::write(
         &manifest,
-        std::fs::read_to_string("examples/chat-api.yaml")
+        std::fs::read_to_string("samples/chat-api.yaml")
             .unwrap()
             .replace("minReplicas: 1", "minReplicas: 30"),
     )

@@ -16,13 +16,14 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
-use crate::cluster::{Namespaces, eventually, output_dir, pool_object};
+use asyncpool_testkit::bench::{BenchResult, Namespaces, Operator, output_dir, poll_until};
+
 use crate::deployments::{Change, Deployments};
-use crate::operator::Operator;
+use crate::pool::pool_object;
 use crate::stats::ms;
 use crate::workers::{Workers, report_load, watch_stream_open};
 use crate::writes::{KindWrites, writes_in};
-use crate::{BenchResult, Mode, REST_LOAD, SETTLE_TIMEOUT, TRIAL_LOAD, TRIAL_TIMEOUT};
+use crate::{BENCH, Mode, REST_LOAD, SETTLE_TIMEOUT, TRIAL_LOAD, TRIAL_TIMEOUT};
 
 #[derive(Debug, Clone)]
 pub struct Trial {
@@ -107,7 +108,7 @@ impl Bench {
         let namespace = namespaces
             .create(client, &format!("bench-reaction-{count}"))
             .await?;
-        let logs = output_dir().join("logs").join(&namespace);
+        let logs = output_dir(BENCH).join("logs").join(&namespace);
         std::fs::create_dir_all(&logs)?;
         let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &namespace);
         let names: Vec<String> = (0..count).map(|i| format!("p{i:03}")).collect();
@@ -119,7 +120,7 @@ impl Bench {
         let workers = Workers::start(
             client,
             &namespace,
-            PathBuf::from(env!("CARGO_BIN_EXE_asyncpool-sidecar")),
+            asyncpool_testkit::binary("asyncpool-sidecar"),
             logs.clone(),
         );
         let deployments = Deployments::start(client, &namespace);
@@ -139,7 +140,7 @@ impl Bench {
     /// Every pool at rest with load `load`: 1 replica, one pod whose sidecar reports, and the
     /// operator's status saying so.
     pub async fn wait_all_settled(&self, load: u64) -> BenchResult<()> {
-        eventually(
+        poll_until(
             &format!("all {} pools settled at load {load}", self.names.len()),
             SETTLE_TIMEOUT,
             Duration::from_millis(250),
@@ -164,7 +165,7 @@ impl Bench {
     /// One pool at rest with load 0 (see `wait_all_settled`) and, in watch mode, the operator's
     /// watch stream open on its sidecar; returns the sidecar's address.
     pub async fn wait_settled(&self, pool: &str, mode: Mode) -> BenchResult<IpAddr> {
-        eventually(
+        poll_until(
             &format!("pool {pool} settled"),
             SETTLE_TIMEOUT,
             Duration::from_millis(50),
@@ -195,7 +196,7 @@ impl Bench {
         }
         // The operator must have seen load 0 before the scale request reseeds its scaler, or
         // the fresh scaler would scale up again on the stale 25.
-        eventually(
+        poll_until(
             &format!("{pool} status load 0"),
             SETTLE_TIMEOUT,
             Duration::from_millis(50),
@@ -209,7 +210,7 @@ impl Bench {
                 &Patch::Merge(json!({"spec": {"replicas": 1}})),
             )
             .await?;
-        eventually(
+        poll_until(
             &format!("{pool} scaled back to 1"),
             SETTLE_TIMEOUT,
             Duration::from_millis(50),
@@ -277,7 +278,7 @@ impl Bench {
         // decided every pool before a trial means anything.
         let pools = self.names.len() as f64;
         let label = format!("mode=\"{}\"", mode.name());
-        eventually(
+        poll_until(
             "the operator reading every sidecar",
             SETTLE_TIMEOUT,
             Duration::from_millis(200),
@@ -334,7 +335,7 @@ impl Bench {
         if change.is_none() {
             return Err(format!("{pool} did not scale up for the after-burst window").into());
         }
-        eventually(
+        poll_until(
             &format!("{pool} at 3 workers, all reporting"),
             SETTLE_TIMEOUT,
             Duration::from_millis(50),

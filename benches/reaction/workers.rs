@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use asyncpool::resources::{ADMIN_PORT, POOL_LABEL, SERVE_PORT};
+use asyncpool_contract::pod::{ADMIN_PORT, POOL_LABEL, SERVE_PORT};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -28,7 +28,7 @@ pub async fn report_load(ip: IpAddr, load: u64) -> bool {
         load - in_flight
     );
     matches!(
-        asyncpool::devtools::http::post_json(
+        asyncpool_testkit::http::post_json(
             std::net::SocketAddr::new(ip, ADMIN_PORT),
             "/report",
             body

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, timeout_at};
 
-use crate::BenchResult;
+use asyncpool_testkit::bench::BenchResult;
 
 /// Writes to one kind of object seen by a watch during a window.
 #[derive(Debug, Default)]

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use asyncpool::controller::{LeaderConfig, OperatorConfig};
-use asyncpool::duration::parse_duration;
 use asyncpool::leader::LeaseTiming;
 use asyncpool::queue::reader::ReaderConfig;
 use asyncpool::reconcile::Settings;
+use asyncpool_contract::duration::parse_duration;
 use clap::Parser;
 
 #[derive(Parser, Debug)]

@@ -16,8 +16,8 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::pool::PoolKey;
-use crate::queue::contract::QueueSnapshot;
-use crate::queue::redis::{RedisError, RedisPoller, RedisTarget};
+use asyncpool_contract::queue::QueueSnapshot;
+use asyncpool_contract::redis::{RedisError, RedisPoller, RedisTarget};
 
 /// How often a password kept in a Secret is read again.
 const SECRET_REFRESH: Duration = Duration::from_secs(60);

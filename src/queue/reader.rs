@@ -17,8 +17,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout};
 
-use super::contract::QueueSnapshot;
 use crate::pool::PoolKey;
+use asyncpool_contract::queue::QueueSnapshot;
 
 /// Largest body or line accepted from a sidecar; anything longer is garbage.
 const MAX_BODY: usize = 64 * 1024;
@@ -45,7 +45,7 @@ pub struct ReaderConfig {
 impl Default for ReaderConfig {
     fn default() -> Self {
         Self {
-            port: crate::resources::ADMIN_PORT,
+            port: asyncpool_contract::pod::ADMIN_PORT,
             watch: true,
             poll_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(1),

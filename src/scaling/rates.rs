@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use crate::queue::contract::{QueueSnapshot, Scope};
+use asyncpool_contract::queue::{QueueSnapshot, Scope};
 
 /// Rates measured over less than this are mostly noise (a handful of arrivals), so not used.
 const MIN_RATE_SPAN: Duration = Duration::from_secs(1);
@@ -144,7 +144,7 @@ impl RateTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::contract::CONTRACT_VERSION;
+    use asyncpool_contract::queue::CONTRACT_VERSION;
 
     fn snapshot(arrived: u64, completed: u64, busy_seconds: f64) -> QueueSnapshot {
         QueueSnapshot {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-use crate::queue::contract::{QueueSnapshot, Scope};
+use asyncpool_contract::queue::{QueueSnapshot, Scope};
 
 use super::policy::Policy;
 use super::rates::{RateEstimate, RateTracker};

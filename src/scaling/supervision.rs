@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::queue::contract::QueueSnapshot;
+use asyncpool_contract::queue::QueueSnapshot;
 
 /// When a worker is due for recycling.
 #[derive(Debug, Clone, Default, PartialEq)]

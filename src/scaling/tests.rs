@@ -5,7 +5,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::queue::contract::{QueueSnapshot, Scope};
+use asyncpool_contract::queue::{QueueSnapshot, Scope};
 
 fn secs(seconds: f64) -> Duration {
     Duration::from_secs_f64(seconds)

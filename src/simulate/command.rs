@@ -12,8 +12,8 @@ use super::report::Comparison;
 use super::trace::{TokenModel, Trace};
 use super::world::{Balancer, StartupDelay};
 use super::{Options, PolicyKind, compare};
-use crate::duration::parse_duration;
 use crate::manifest::load_pool;
+use asyncpool_contract::duration::parse_duration;
 
 /// Replay a load trace through a pool under asyncpool and under the HPA/KEDA and Knative at
 /// their defaults, and compare the queue wait and the pod-seconds of each.

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::trace::{LONGEST_SERVICE, LONGEST_TRACE, Request, Trace, TraceError};
-use crate::duration::parse_duration;
+use asyncpool_contract::duration::parse_duration;
 
 /// A bad generator or service-time spec; the message says what is expected.
 #[derive(Debug, thiserror::Error, PartialEq)]

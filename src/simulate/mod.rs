@@ -26,9 +26,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::crd::{AsyncWorkerPool, SourceKind};
-use crate::duration::parse_duration;
 use crate::pool::{EffectiveSpec, SpecError, initial_replicas};
 use crate::resources::DRAIN_GRACE_SECONDS;
+use asyncpool_contract::duration::parse_duration;
 use bound::clairvoyant;
 use report::{Comparison, Explained, PolicyReport, TraceSummary};
 use trace::Trace;

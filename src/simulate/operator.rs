@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use super::world::{Autoscaler, World};
 use crate::crd::RedisKind;
-use crate::queue::redis::POLL_INTERVAL;
 use crate::reconcile::Settings;
 use crate::scaling::{
     Candidate, ExternalReading, Observation, PodReading, Policy, Scaler, choose_victims,
 };
-use crate::sidecar::admin::WATCH_MIN_INTERVAL;
+use asyncpool_contract::queue::WATCH_MIN_INTERVAL;
+use asyncpool_contract::redis::POLL_INTERVAL;
 
 pub struct Operator {
     policy: Policy,

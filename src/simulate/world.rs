@@ -3,7 +3,7 @@
 //! while to start and drain on their way out, and a Deployment whose replicas an autoscaler
 //! sets. Discrete events on simulated time; deterministic for a given seed.
 //!
-//! What a pod does follows the sidecar (`src/sidecar/limiter.rs`, `src/sidecar/drain.rs`):
+//! What a pod does follows the sidecar (`crates/sidecar/src/limiter.rs`, `crates/sidecar/src/drain.rs`):
 //! `concurrency` requests in the app at once, the rest in FIFO order up to `max_queue`, 503 past
 //! the bound, 503 after `queue_timeout` in the queue. A deleted pod leaves the Service at once,
 //! finishes what it admitted and queued, and is gone once idle after the drain grace, or at
@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::trace::Request;
 use crate::crd::RedisKind;
-use crate::queue::contract::{CONTRACT_VERSION, QueueSnapshot, Scope};
+use asyncpool_contract::queue::{CONTRACT_VERSION, QueueSnapshot, Scope};
 
 /// How requests reach the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,7 +467,7 @@ impl<'t> World<'t> {
             RedisKind::List => 0,
             RedisKind::Stream => self.pods.iter().map(Pod::in_flight).sum(),
         };
-        crate::queue::redis::snapshot(
+        asyncpool_contract::redis::snapshot(
             (self.shared.len() as u64, in_flight),
             u64::from(self.workers.concurrency),
         )

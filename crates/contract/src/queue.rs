@@ -1,0 +1,185 @@
+//! The queue contract, version 1: the JSON object that `GET /queue` answers and that
+//! `GET /queue?watch=true` streams one per line. Documented in `docs/sidecar-contract.md`.
+//!
+//! Both sides use these types: the sidecar serializes them, the operator parses them with
+//! [`QueueSnapshot::parse`], which refuses anything out of range so that garbage becomes
+//! missing data rather than a zero.
+
+use serde::{Deserialize, Serialize};
+
+/// The contract version this build speaks.
+pub const CONTRACT_VERSION: u32 = 1;
+
+/// Least time between two lines of a watch stream (`GET /queue?watch=true`): changes in between
+/// are coalesced into the next line, which bounds the stream to 50 lines/s however busy the pod.
+pub const WATCH_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Upper bound on any gauge or counter a sane sidecar reports; larger values are garbage.
+const MAX_COUNT: u64 = 1 << 53;
+
+/// Whether the figures describe this pod alone or the whole pool (an external queue such as
+/// a Redis list is the same for every pod, so the operator must not add it up per pod).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    #[default]
+    Pod,
+    Pool,
+}
+
+/// One reading of a worker's queue.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSnapshot {
+    /// Contract version; readers refuse versions they do not know.
+    pub version: u32,
+    /// Requests admitted to the sidecar's queue but not yet passed to the app.
+    pub queued: u64,
+    /// Requests the app is serving now.
+    pub in_flight: u64,
+    /// Requests the sidecar lets into the app at once (the pool's `concurrency`).
+    pub capacity: u64,
+    /// Requests that ever arrived (monotonic).
+    pub arrived_total: u64,
+    /// Requests that ever completed, successfully or not (monotonic).
+    pub completed_total: u64,
+    /// Sum over completed and running requests of the seconds each spent in the app (monotonic).
+    pub busy_seconds_total: f64,
+    /// Age of the oldest request the app is serving now, 0 when idle.
+    pub oldest_in_flight_seconds: f64,
+    /// True once a drain started: the pod is finishing its work and admits nothing new.
+    pub draining: bool,
+    /// Pod-local figures (proxy and report sources) or pool-wide ones (redis source).
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// Why a sidecar answer was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ContractError {
+    #[error("not a queue snapshot: {0}")]
+    Malformed(String),
+    #[error("unsupported contract version {0} (this build speaks {CONTRACT_VERSION})")]
+    Version(u32),
+    #[error("value out of range: {0}")]
+    OutOfRange(&'static str),
+}
+
+impl QueueSnapshot {
+    /// A pod-scoped reading with `queued` waiting and `in_flight` running of 10, and nothing
+    /// else counted yet: the unit tests' starting point (struct update for the rest).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn of_pod(queued: u64, in_flight: u64) -> Self {
+        Self {
+            version: CONTRACT_VERSION,
+            queued,
+            in_flight,
+            capacity: 10,
+            arrived_total: 0,
+            completed_total: 0,
+            busy_seconds_total: 0.0,
+            oldest_in_flight_seconds: 0.0,
+            draining: false,
+            scope: Scope::Pod,
+        }
+    }
+
+    /// A pod's load: what waits plus what runs.
+    pub fn load(&self) -> u64 {
+        self.queued + self.in_flight
+    }
+
+    /// Parses and checks one snapshot. Anything that fails here is missing data, never zero.
+    pub fn parse(body: &[u8]) -> Result<Self, ContractError> {
+        let snapshot: QueueSnapshot =
+            serde_json::from_slice(body).map_err(|e| ContractError::Malformed(e.to_string()))?;
+        snapshot.validate()?;
+        Ok(snapshot)
+    }
+
+    /// Range checks that the JSON types alone cannot express.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        if self.version != CONTRACT_VERSION {
+            return Err(ContractError::Version(self.version));
+        }
+        for (value, name) in [
+            (self.queued, "queued"),
+            (self.in_flight, "inFlight"),
+            (self.capacity, "capacity"),
+            (self.arrived_total, "arrivedTotal"),
+            (self.completed_total, "completedTotal"),
+        ] {
+            if value > MAX_COUNT {
+                return Err(ContractError::OutOfRange(name));
+            }
+        }
+        for (value, name) in [
+            (self.busy_seconds_total, "busySecondsTotal"),
+            (self.oldest_in_flight_seconds, "oldestInFlightSeconds"),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(ContractError::OutOfRange(name));
+            }
+        }
+        if self.completed_total > self.arrived_total {
+            return Err(ContractError::OutOfRange(
+                "completedTotal exceeds arrivedTotal",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{"version": 1, "queued": 12, "inFlight": 10, "capacity": 10,
+        "arrivedTotal": 48210, "completedTotal": 48188, "busySecondsTotal": 91822.5,
+        "oldestInFlightSeconds": 3.2, "draining": false}"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let s = QueueSnapshot::parse(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(s.load(), 22);
+        assert_eq!(s.scope, Scope::Pod);
+        let round = serde_json::to_vec(&s).unwrap();
+        assert_eq!(QueueSnapshot::parse(&round).unwrap(), s);
+    }
+
+    #[test]
+    fn refuses_garbage_and_out_of_range_values() {
+        let cases = [
+            ("", "empty"),
+            ("<html>502</html>", "html"),
+            (r#"{"version":1}"#, "missing fields"),
+            (
+                &EXAMPLE.replace("\"queued\": 12", "\"queued\": -3"),
+                "negative gauge",
+            ),
+            (
+                &EXAMPLE.replace("\"queued\": 12", "\"queued\": 1.5"),
+                "fractional gauge",
+            ),
+            (
+                &EXAMPLE.replace("\"version\": 1", "\"version\": 2"),
+                "future version",
+            ),
+            (&EXAMPLE.replace("91822.5", "-1.0"), "negative seconds"),
+            (
+                &EXAMPLE.replace("48188", "48211"),
+                "completed beyond arrived",
+            ),
+            (
+                &EXAMPLE.replace("\"queued\": 12", "\"queued\": 18014398509481984"),
+                "absurd gauge",
+            ),
+        ];
+        for (body, what) in cases {
+            assert!(
+                QueueSnapshot::parse(body.as_bytes()).is_err(),
+                "{what} was accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,779 @@
+//! The sidecar in proxy mode against a real uvicorn app (tests/apps/slow_app.py).
+//! Needs `eval "$(scripts/test-deps)"` (uvicorn in a venv).
+
+use std::time::{Duration, Instant};
+
+use asyncpool_testkit::sidecar::*;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const UP: Duration = Duration::from_secs(20);
+
+fn upstream_args(app: &App) -> String {
+    app.addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_never_sees_more_than_concurrency() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "4"]).await;
+    let requests: Vec<_> = (0..40)
+        .map(|i| tokio::spawn(get(sidecar.addr, &format!("/sleep?s=0.2&id={i}"))))
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+    }
+    let stats = app.stats().await;
+    assert_eq!(stats["served"], 40);
+    assert_eq!(
+        stats["max"], 4,
+        "the app saw more (or fewer) than 4 requests at once: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_start_in_arrival_order() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "1"]).await;
+    let mut requests = Vec::new();
+    for i in 0..8 {
+        requests.push(tokio::spawn(get(
+            sidecar.addr,
+            &format!("/sleep?s=0.1&id={i}"),
+        )));
+        // The next request is sent only once the sidecar counted this one: a known arrival order.
+        wait_until("the request to arrive", UP, || async {
+            sidecar.queue().await["arrivedTotal"] == i + 1
+        })
+        .await;
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+    }
+    let order: Vec<String> = app.stats().await["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    assert_eq!(
+        order, expected,
+        "the app did not start the requests in arrival order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_answers_503_with_retry_after() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&[
+        "--upstream",
+        &upstream,
+        "--concurrency",
+        "1",
+        "--max-queue",
+        "2",
+    ])
+    .await;
+    let held: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=1.5")))
+        .collect();
+    wait_until("1 in flight and 2 queued", UP, || async {
+        let q = sidecar.queue().await;
+        q["inFlight"] == 1 && q["queued"] == 2
+    })
+    .await;
+    let start = Instant::now();
+    let refused = get(sidecar.addr, "/sleep?s=0").await.unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.headers.get("retry-after").unwrap(), "1");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the 503 was not fast: {:?}",
+        start.elapsed()
+    );
+    for request in held {
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+    }
+    let metrics =
+        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("asyncpool_sidecar_refused_total{reason=\"queue_full\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_past_the_timeout_gets_503() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&[
+        "--upstream",
+        &upstream,
+        "--concurrency",
+        "1",
+        "--queue-timeout",
+        "300ms",
+    ])
+    .await;
+    let long = tokio::spawn(get(sidecar.addr, "/sleep?s=2"));
+    wait_until("the long request to run", UP, || async {
+        sidecar.queue().await["inFlight"] == 1
+    })
+    .await;
+    let start = Instant::now();
+    let timed_out = get(sidecar.addr, "/sleep?s=0&id=late").await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!(timed_out.status, 503);
+    assert!(timed_out.headers.contains_key("retry-after"));
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        "the queue timeout fired after {waited:?}"
+    );
+    assert_eq!(long.await.unwrap().unwrap().status, 200);
+    let order = app.stats().await["order"].to_string();
+    assert!(
+        !order.contains("late"),
+        "the timed-out request reached the app: {order}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_whose_client_left_is_cancelled() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "1"]).await;
+    let long = tokio::spawn(get(sidecar.addr, "/sleep?s=1.5"));
+    wait_until("the long request to run", UP, || async {
+        sidecar.queue().await["inFlight"] == 1
+    })
+    .await;
+    let mut gone = TcpStream::connect(sidecar.addr).await.unwrap();
+    gone.write_all(b"GET /sleep?s=0&id=gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("the request to be queued", UP, || async {
+        sidecar.queue().await["queued"] == 1
+    })
+    .await;
+    drop(gone);
+    wait_until("the queue to empty", Duration::from_secs(1), || async {
+        sidecar.queue().await["queued"] == 0
+    })
+    .await;
+    assert_eq!(long.await.unwrap().unwrap().status, 200);
+    let queue = sidecar.queue().await;
+    assert_eq!(queue["completedTotal"], 2, "{queue}");
+    let order = app.stats().await["order"].to_string();
+    assert!(
+        !order.contains("gone"),
+        "the cancelled request reached the app: {order}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_reaches_the_client_chunk_by_chunk() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/stream?n=5&interval=0.3")
+        .header("host", "app")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let start = Instant::now();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            chunks.push((start.elapsed(), data));
+        }
+    }
+    let first = &chunks[0];
+    let end = chunks.last().unwrap().0;
+    assert!(first.1.starts_with(b"data: 0"), "{:?}", first.1);
+    // The app sleeps 0.3 s after each of 5 events: the body lasts ≥ 1.5 s; the first event
+    // must not wait for it.
+    assert!(
+        end - first.0 >= Duration::from_millis(1000),
+        "first chunk at {:?}, end at {end:?}: the response was buffered",
+        first.0
+    );
+    let all: Vec<u8> = chunks.iter().flat_map(|(_, data)| data.to_vec()).collect();
+    assert_eq!(
+        String::from_utf8(all).unwrap(),
+        (0..5).map(|i| format!("data: {i}\n\n")).collect::<String>()
+    );
+}
+
+/// A minimal WebSocket client: handshake, one masked text frame, one frame back.
+async fn websocket_echo(addr: std::net::SocketAddr, message: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let payload = message.as_bytes();
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).await.unwrap();
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[0], 0x81, "not a final text frame");
+    let mut echoed = vec![0u8; (header[1] & 0x7f) as usize];
+    stream.read_exact(&mut echoed).await.unwrap();
+    (stream, String::from_utf8(echoed).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_passes_through() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let (socket, echoed) = websocket_echo(sidecar.addr, "hello through the sidecar").await;
+    assert_eq!(echoed, "hello through the sidecar");
+    // An open WebSocket holds its slot, like any request the app is still serving.
+    assert_eq!(sidecar.queue().await["inFlight"], 1);
+    drop(socket);
+    wait_until("the slot to be released", UP, || async {
+        sidecar.queue().await["inFlight"] == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_forwarded_headers_and_drops_hop_by_hop_ones() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let reply = request_with(
+        sidecar.addr,
+        "GET",
+        "/sleep?s=0",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("connection", "keep-alive, x-drop"),
+            ("x-drop", "1"),
+        ],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let seen = reply.json();
+    assert_eq!(seen["xff"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["xfp"], "http");
+    assert_eq!(
+        seen["xdrop"],
+        serde_json::Value::Null,
+        "a header named in Connection was forwarded"
+    );
+    assert_eq!(seen["host"], sidecar.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_is_streamed_not_buffered() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 512; // 128 MiB
+    let chunks = futures::stream::iter(0..CHUNKS).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![7u8; CHUNK])))
+    });
+    let stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/upload")
+        .header("host", "app")
+        .header("content-length", (CHUNK * CHUNKS).to_string())
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["bytes"], CHUNK * CHUNKS);
+    let (peak_kib, _) = sidecar.proc.memory_kib();
+    assert!(
+        peak_kib < 40 * 1024,
+        "the sidecar's peak RSS reached {peak_kib} KiB for a 128 MiB upload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_figures_match_the_load_sent() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "5"]).await;
+    let requests: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=1")))
+        .collect();
+    wait_until("30 arrivals", UP, || async {
+        sidecar.queue().await["arrivedTotal"] == 30
+    })
+    .await;
+    let under_load = sidecar.queue().await;
+    let count = |field: &str| under_load[field].as_u64().unwrap();
+    assert_eq!(count("capacity"), 5);
+    assert_eq!(count("inFlight"), 5, "{under_load}");
+    assert_eq!(
+        count("queued") + count("inFlight") + count("completedTotal"),
+        30,
+        "{under_load}"
+    );
+    assert!(under_load["oldestInFlightSeconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(under_load["draining"], false);
+    assert_eq!(under_load["scope"], "pod");
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+    }
+    let done = sidecar.queue().await;
+    assert_eq!(
+        (done["queued"].as_u64(), done["inFlight"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        (
+            done["arrivedTotal"].as_u64(),
+            done["completedTotal"].as_u64()
+        ),
+        (Some(30), Some(30))
+    );
+    let busy = done["busySecondsTotal"].as_f64().unwrap();
+    assert!(
+        (30.0..40.0).contains(&busy),
+        "30 requests of 1 s each, busySecondsTotal {busy}"
+    );
+    assert_eq!(done["oldestInFlightSeconds"], 0.0);
+    assert_eq!(app.stats().await["max"], 5);
+    let metrics =
+        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
+    for line in [
+        "asyncpool_sidecar_arrived_total{scope=\"pod\"} 30",
+        "asyncpool_sidecar_completed_total{scope=\"pod\"} 30",
+        "asyncpool_sidecar_queued{scope=\"pod\"} 0",
+        "asyncpool_sidecar_capacity{scope=\"pod\"} 5",
+        "asyncpool_sidecar_draining 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
+}
+
+/// Reads the watch stream line by line.
+struct Watch {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+    _sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+}
+
+impl Watch {
+    async fn open(admin: std::net::SocketAddr) -> Watch {
+        let stream = TcpStream::connect(admin).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/queue?watch=true")
+            .header("host", "admin")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        Watch {
+            body: response.into_body(),
+            buffer: Vec::new(),
+            _sender: sender,
+        }
+    }
+
+    async fn next(&mut self) -> serde_json::Value {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                assert!(asyncpool_contract::queue::QueueSnapshot::parse(&line).is_ok());
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let frame = self
+                .body
+                .frame()
+                .await
+                .expect("watch stream ended")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buffer.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_stream_delivers_a_change_within_50_ms() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let mut watch = Watch::open(sidecar.admin).await;
+    assert_eq!(watch.next().await["arrivedTotal"], 0);
+    let mut latencies = Vec::new();
+    for i in 1..=11u64 {
+        let start = Instant::now();
+        let request = tokio::spawn(get(sidecar.addr, "/sleep?s=0.05"));
+        loop {
+            let line = watch.next().await;
+            if line["arrivedTotal"] == i {
+                latencies.push(start.elapsed());
+                break;
+            }
+        }
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+        // Quiet again before the next change: each change is then a fresh one, not coalesced.
+        loop {
+            if watch.next().await["completedTotal"] == i {
+                break;
+            }
+        }
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    eprintln!("watch delivery latencies: {latencies:?}");
+    assert!(
+        median < Duration::from_millis(50),
+        "median delivery of a change on the watch stream {median:?} (all: {latencies:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_stream_sends_a_heartbeat() {
+    let sidecar = Sidecar::start(&["--upstream", "127.0.0.1:9"]).await;
+    let mut watch = Watch::open(sidecar.admin).await;
+    watch.next().await;
+    let start = Instant::now();
+    let line = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("no heartbeat in 5 s");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "a line came without a change or heartbeat"
+    );
+    assert_eq!(line["arrivedTotal"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_no_admitted_request() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let mut sidecar = Sidecar::start(&[
+        "--upstream",
+        &upstream,
+        "--concurrency",
+        "4",
+        "--drain-grace",
+        "300ms",
+        "--drain-timeout",
+        "20s",
+    ])
+    .await;
+    let load: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=0.5")))
+        .collect();
+    wait_until("20 arrivals", UP, || async {
+        sidecar.queue().await["arrivedTotal"] == 20
+    })
+    .await;
+    sidecar.proc.signal("TERM");
+    wait_until("readiness to drop", UP, || async {
+        get(sidecar.admin, "/readyz").await.map(|r| r.status) == Ok(503)
+    })
+    .await;
+    assert_eq!(sidecar.queue().await["draining"], true);
+    // Served during the grace, refused after it: 503 with Connection: close (or the port shut).
+    let addr = sidecar.addr;
+    let served_in_grace = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&served_in_grace);
+    wait_until("new requests to be refused", UP, move || {
+        let counter = std::sync::Arc::clone(&counter);
+        async move {
+            match get(addr, "/sleep?s=0").await {
+                Ok(reply) if reply.status == 200 => {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    false
+                }
+                Ok(reply) => {
+                    reply.status == 503
+                        && reply
+                            .headers
+                            .get("connection")
+                            .is_some_and(|v| v == "close")
+                }
+                Err(_) => true,
+            }
+        }
+    })
+    .await;
+    for request in load {
+        let reply = request
+            .await
+            .unwrap()
+            .expect("an admitted request was lost");
+        assert_eq!(reply.status, 200);
+    }
+    let status = sidecar.proc.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the sidecar did not exit 0 after draining"
+    );
+    let in_grace = served_in_grace.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(app.stats().await["served"], 20 + in_grace);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_are_served_during_the_drain_grace() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let mut sidecar = Sidecar::start(&["--upstream", &upstream, "--drain-grace", "3s"]).await;
+    sidecar.proc.signal("TERM");
+    wait_until("readiness to drop", UP, || async {
+        get(sidecar.admin, "/readyz").await.map(|r| r.status) == Ok(503)
+    })
+    .await;
+    let reply = get(sidecar.addr, "/sleep?s=0").await.unwrap();
+    assert_eq!(reply.status, 200, "a request during the grace was refused");
+    let status = sidecar.proc.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_drain_drains_and_stays_up() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let mut sidecar = Sidecar::start(&["--upstream", &upstream, "--drain-grace", "100ms"]).await;
+    let wrong_method = get(sidecar.admin, "/drain").await.unwrap();
+    assert_eq!(wrong_method.status, 405);
+    let reply = request(sidecar.admin, "POST", "/drain", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["started"], true);
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 503);
+    let addr = sidecar.addr;
+    wait_until("new requests to be refused", UP, || async move {
+        get(addr, "/sleep?s=0").await.is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    // Past the grace every new connection's request is answered, not dropped unanswered: a 503
+    // that closes the connection, so that the client retries on another pod.
+    for _ in 0..5 {
+        let refused = get(addr, "/sleep?s=0")
+            .await
+            .expect("refused, but answered");
+        assert_eq!(refused.status, 503);
+        assert_eq!(
+            refused
+                .headers
+                .get("connection")
+                .map(|value| value.as_bytes()),
+            Some(&b"close"[..])
+        );
+    }
+    let again = request(sidecar.admin, "POST", "/drain", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(again.json()["started"], false);
+    // Still up and reporting: the operator deletes the pod once it reads draining and idle.
+    sidecar.proc.assert_running();
+    let queue = sidecar.queue().await;
+    assert_eq!(
+        (queue["draining"].as_bool(), queue["inFlight"].as_u64()),
+        (Some(true), Some(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clean_errors_and_others_are_still_served() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let sidecar = Sidecar::start(&["--upstream", &upstream, "--header-timeout", "1s"]).await;
+
+    // Slow clients first, so that they are still trickling during the checks below.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    let trickle = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut closed = 0;
+        'outer: for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for stream in slow.iter_mut() {
+                if stream.write_all(b"X-A: b\r\n").await.is_err() {
+                    closed += 1;
+                }
+            }
+            if closed == slow.len() {
+                break 'outer;
+            }
+        }
+        (closed, start.elapsed())
+    });
+
+    let garbage = raw_exchange(
+        sidecar.addr,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n",
+        UP,
+    )
+    .await;
+    assert!(
+        garbage.is_empty() || garbage.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&garbage)
+    );
+    let malformed = raw_exchange(sidecar.addr, b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", UP).await;
+    assert!(
+        malformed.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&malformed)
+    );
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let oversized = raw_exchange(sidecar.addr, big_header.as_bytes(), UP).await;
+    assert!(
+        oversized.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&oversized)
+    );
+
+    // Others are served while the slow ones trickle.
+    let served = get(sidecar.addr, "/sleep?s=0").await.unwrap();
+    assert_eq!(served.status, 200);
+
+    let (closed, after) = trickle.await.unwrap();
+    assert_eq!(closed, 100, "slowloris connections were not closed");
+    assert!(
+        after < Duration::from_secs(4),
+        "slowloris connections lived {after:?}"
+    );
+    assert_eq!(get(sidecar.addr, "/sleep?s=0").await.unwrap().status, 200);
+    let (peak_kib, _) = sidecar.proc.memory_kib();
+    assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB");
+    // None of it counted as load.
+    assert_eq!(sidecar.queue().await["arrivedTotal"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_app_gives_502_and_the_sidecar_stays_healthy() {
+    let dead = free_port().to_string();
+    let upstream = format!("127.0.0.1:{dead}");
+    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "2"]).await;
+    let replies: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(get(sidecar.addr, "/")))
+        .collect();
+    for reply in replies {
+        assert_eq!(reply.await.unwrap().unwrap().status, 502);
+    }
+    let queue = sidecar.queue().await;
+    assert_eq!(
+        (queue["inFlight"].as_u64(), queue["completedTotal"].as_u64()),
+        (Some(0), Some(10))
+    );
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 200);
+    let metrics =
+        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("asyncpool_sidecar_upstream_errors_total 10"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_answers_unknown_paths_and_methods_cleanly() {
+    let sidecar = Sidecar::start(&["--upstream", "127.0.0.1:9"]).await;
+    assert_eq!(get(sidecar.admin, "/nope").await.unwrap().status, 404);
+    let post_queue = request(sidecar.admin, "POST", "/queue", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(post_queue.status, 405);
+    assert_eq!(post_queue.headers["allow"], "GET");
+    // Not in report mode: a report is refused, not silently dropped.
+    let report = request(
+        sidecar.admin,
+        "POST",
+        "/report",
+        Bytes::from_static(b"{\"queued\":1,\"inFlight\":0}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_drain_answers_after_the_last_admitted_request() {
+    let app = App::start().await;
+    let upstream = upstream_args(&app);
+    let mut sidecar = Sidecar::start(&["--upstream", &upstream, "--drain-grace", "200ms"]).await;
+    let started = Instant::now();
+    let long = tokio::spawn(get(sidecar.addr, "/sleep?s=1"));
+    wait_until("the request to run", UP, || async {
+        sidecar.queue().await["inFlight"] == 1
+    })
+    .await;
+    // The app container's preStop hook: it waits for a drain, which SIGTERM then starts.
+    let hook = tokio::spawn(get(sidecar.admin, "/wait-for-drain"));
+    sidecar.proc.signal("TERM");
+    let answer = hook.await.unwrap();
+    let answered_after = started.elapsed();
+    let answer = answer.expect("the hook got no answer before the sidecar exited");
+    assert_eq!(answer.status, 200);
+    assert!(
+        answered_after >= Duration::from_secs(1),
+        "the hook returned after {answered_after:?}, before the admitted 1 s request completed"
+    );
+    assert_eq!(long.await.unwrap().unwrap().status, 200);
+    assert_eq!(
+        sidecar.proc.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+}

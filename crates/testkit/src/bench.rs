@@ -1,0 +1,259 @@
+//! What the benchmarks on the local cluster share (`benches/reaction`, `benches/fidelity`): the
+//! operator under test as a process with its CPU time and metrics, the bench's namespaces
+//! (deleted however a run ends), polling with a deadline, and where results go. Unlike the test
+//! helpers these return errors, so a run that fails mid-way still cleans up and says why.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Label on the benches' namespaces, to find what a killed run left behind.
+pub const BENCH_LABEL: &str = "asyncpool.dev/bench";
+
+/// How the operator reads its sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    Watch,
+    Poll,
+}
+
+impl ReadMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Watch => "watch",
+            ReadMode::Poll => "poll",
+        }
+    }
+
+    /// The operator's flag; polling keeps the default `--poll-interval` (500 ms).
+    pub fn flag(self) -> &'static str {
+        match self {
+            ReadMode::Watch => "--watch-sidecars=true",
+            ReadMode::Poll => "--watch-sidecars=false",
+        }
+    }
+}
+
+/// Where `bench` writes its logs and raw data: `target/<bench>` (or under `CARGO_TARGET_DIR`).
+pub fn output_dir(bench: &str) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target"))
+        .join(bench)
+}
+
+/// Polls `check` every `every` until it gives `Some`, or fails after `limit` naming `what`.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: F,
+) -> BenchResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {limit:?} waiting for {what}").into());
+        }
+        sleep(every).await;
+    }
+}
+
+/// Namespaces this run created, deleted at the end however the run ends.
+#[derive(Clone)]
+pub struct Namespaces {
+    bench: &'static str,
+    created: Arc<Mutex<Vec<String>>>,
+}
+
+impl Namespaces {
+    /// Namespaces labelled as `bench`'s.
+    pub fn new(bench: &'static str) -> Self {
+        Self {
+            bench,
+            created: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<String>> {
+        self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub async fn create(&self, client: &Client, prefix: &str) -> BenchResult<String> {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {BENCH_LABEL: self.bench}}
+        }))?;
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await?;
+        self.lock().push(name.clone());
+        Ok(name)
+    }
+
+    /// Deletes one namespace; the controller-manager then collects everything in it.
+    pub async fn delete(&self, client: &Client, name: &str) {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        if let Err(error) = namespaces.delete(name, &DeleteParams::default()).await {
+            eprintln!("could not delete namespace {name}: {error}");
+        }
+        self.lock().retain(|n| n != name);
+    }
+
+    pub async fn delete_all(&self, client: &Client) {
+        let names = self.lock().clone();
+        for name in names {
+            self.delete(client, &name).await;
+        }
+    }
+}
+
+/// Says which bench namespaces an earlier, killed run left behind (they may belong to a run
+/// that is still going, so they are not deleted here).
+pub async fn warn_about_leftovers(client: &Client, bench: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let selector = format!("{BENCH_LABEL}={bench}");
+    if let Ok(list) = namespaces
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+    {
+        let names: Vec<String> = list.items.iter().map(|n| n.name_any()).collect();
+        if !names.is_empty() {
+            eprintln!(
+                "note: namespaces from another or an interrupted bench run exist: {} \
+                 (kubectl delete ns -l {selector})",
+                names.join(" ")
+            );
+        }
+    }
+}
+
+/// The operator under test as a process, scoped to one namespace, with its `/metrics`.
+pub struct Operator {
+    /// Killed when dropped.
+    child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    pub async fn start(
+        kubeconfig: &Path,
+        namespace: &str,
+        mode: ReadMode,
+        log: PathBuf,
+    ) -> BenchResult<Self> {
+        let port = crate::free_loopback_port()?;
+        let file = std::fs::File::create(&log)?;
+        let mut command = tokio::process::Command::new(crate::binary("asyncpool-operator"));
+        // The operator reads its settings from ASYNCPOOL_* too; the caller's must not leak in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ASYNCPOOL_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--namespace", namespace, "--leader-elect=false"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--sidecar-image", "asyncpool/sidecar:bench"])
+            .arg(mode.flag())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut operator = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((200, _)) = operator.get("/readyz").await {
+                return Ok(operator);
+            }
+            if let Ok(Some(status)) = operator.child.try_wait() {
+                return Err(format!(
+                    "the operator exited ({status}); log {}",
+                    operator.log.display()
+                )
+                .into());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the operator is not ready after 60 s; log {}",
+                    operator.log.display()
+                )
+                .into());
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        crate::http::get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            path,
+        )
+        .await
+    }
+
+    pub async fn metrics(&self) -> BenchResult<Metrics> {
+        match self.get("/metrics").await {
+            Some((200, text)) => Ok(Metrics(text)),
+            _ => Err("the operator does not answer /metrics".into()),
+        }
+    }
+
+    /// User plus system CPU time the process has used so far.
+    pub fn cpu(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()?)).ok()?;
+        // Fields after the command name, which may itself hold spaces: state is field 3, utime
+        // and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Duration::from_millis(ticks * 10))
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The operator's `/metrics` text.
+pub struct Metrics(String);
+
+impl Metrics {
+    /// Sum of the samples of `name` whose labels contain `labels` (empty: all of them).
+    pub fn sum(&self, name: &str, labels: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = match series.split_once('{') {
+                    Some((metric, rest)) => (metric, rest),
+                    None => (series, ""),
+                };
+                (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
+            })
+            // An empty float sum is -0.0, which would print as "-0".
+            .fold(0.0, |sum, value| sum + value)
+    }
+}

@@ -1,0 +1,55 @@
+//! asyncpool's test kit (not published): what the end-to-end tests, the sidecar's process
+//! tests, the demo and the benchmarks share.
+//!
+//! - [`cluster`]: the real local cluster of `scripts/cluster` (kubeconfig, kubectl, Helm, one
+//!   namespace per test, the CRD), and [`operator`], the operator binary run against it;
+//! - [`fleet`]: kwok pods have addresses but no containers, so the fleet runs the worker side
+//!   (sidecars, optionally a real uvicorn app) as local processes on the pods' 127.x addresses;
+//! - [`sidecar`]: the sidecar binary, a uvicorn app and child processes on loopback ports;
+//! - [`redis`]: a real redis-server on a free port; [`http`]: a loopback HTTP client.
+
+pub mod bench;
+pub mod cluster;
+pub mod fleet;
+pub mod http;
+pub mod operator;
+pub mod redis;
+pub mod sidecar;
+
+use std::path::PathBuf;
+
+/// A TCP port that was free a moment ago on 127.0.0.1, for a process about to listen on it.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A port that was free a moment ago on 127.0.0.1; fails the test if there is none.
+pub fn free_port() -> u16 {
+    free_loopback_port().expect("a free loopback port")
+}
+
+/// The repository's root (the workspace's).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// A binary of the workspace (`asyncpool-operator`, `asyncpool-sidecar`, ...) built in the same
+/// profile as the test or benchmark that asks: cargo puts them beside the `deps/` folder that
+/// holds the running executable. `cargo test --workspace` builds every member's binaries first;
+/// a test run for one package alone needs `cargo build --workspace` before it.
+pub fn binary(name: &str) -> PathBuf {
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()));
+    let path = profile_dir
+        .map(|dir| dir.join(name))
+        .filter(|path| path.is_file());
+    path.unwrap_or_else(|| {
+        panic!(
+            "{name} is not built beside this test: run `cargo build --workspace` (with the \
+             same profile) or `cargo test --workspace`"
+        )
+    })
+}
