@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{ReaderConfig, SidecarReaders};
-use crate::reconcile::{self, Caches, Context, Settings};
+use crate::reconcile::{self, Caches, Context, PoolStore, Settings};
 use asyncpool_contract::pod::POOL_LABEL;
 
 /// Leader election settings.
@@ -224,15 +224,16 @@ async fn run_controller(
         deployments: deployment_store.clone(),
         services: service_store.clone(),
     };
-    let context = Arc::new(Context::new(
-        client.clone(),
+    let context = Arc::new(Context {
+        client: client.clone(),
         caches,
         readers,
         external,
-        config.settings.clone(),
+        settings: config.settings.clone(),
         metrics,
         recorder,
-    ));
+        pools: PoolStore::default(),
+    });
 
     let triggers = UnboundedReceiverStream(changes_rx)
         .map(|pool| ObjectRef::<AsyncWorkerPool>::new(&pool.name).within(&pool.namespace));

@@ -138,3 +138,48 @@ fn a_redis_stream_pools_environment_with_a_secret_password_configures_the_sideca
     assert_eq!(redis.group.as_deref(), Some("workers"));
     assert_eq!(redis.password.as_deref(), Some("from-the-secret"));
 }
+
+/// The sidecar runs in every worker pod: it must not carry the operator's Kubernetes client,
+/// whose only link to it would be the contract crate.
+#[test]
+fn the_sidecar_links_no_kubernetes_client() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "--package",
+            "asyncpool-sidecar",
+        ])
+        .args(["--edges", "normal", "--prefix", "none", "--format", "{p}"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        crates.contains(&"asyncpool-contract") && crates.contains(&"hyper"),
+        "not the sidecar's tree: {tree}"
+    );
+    for forbidden in [
+        "kube",
+        "kube-client",
+        "k8s-openapi",
+        "schemars",
+        "asyncpool",
+    ] {
+        assert!(
+            !crates.contains(&forbidden),
+            "the sidecar depends on {forbidden}:\n{tree}"
+        );
+    }
+}

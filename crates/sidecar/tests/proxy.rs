@@ -12,15 +12,10 @@ use tokio::net::TcpStream;
 
 const UP: Duration = Duration::from_secs(20);
 
-fn upstream_args(app: &App) -> String {
-    app.addr.to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_never_sees_more_than_concurrency() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "4"]).await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "4"]).await;
     let requests: Vec<_> = (0..40)
         .map(|i| tokio::spawn(get(sidecar.addr, &format!("/sleep?s=0.2&id={i}"))))
         .collect();
@@ -38,8 +33,7 @@ async fn the_app_never_sees_more_than_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_requests_start_in_arrival_order() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "1"]).await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "1"]).await;
     let mut requests = Vec::new();
     for i in 0..8 {
         requests.push(tokio::spawn(get(
@@ -71,16 +65,7 @@ async fn queued_requests_start_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bound_answers_503_with_retry_after() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&[
-        "--upstream",
-        &upstream,
-        "--concurrency",
-        "1",
-        "--max-queue",
-        "2",
-    ])
-    .await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "1", "--max-queue", "2"]).await;
     let held: Vec<_> = (0..3)
         .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=1.5")))
         .collect();
@@ -112,16 +97,8 @@ async fn the_bound_answers_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_past_the_timeout_gets_503() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&[
-        "--upstream",
-        &upstream,
-        "--concurrency",
-        "1",
-        "--queue-timeout",
-        "300ms",
-    ])
-    .await;
+    let sidecar =
+        Sidecar::in_front_of(&app, &["--concurrency", "1", "--queue-timeout", "300ms"]).await;
     let long = tokio::spawn(get(sidecar.addr, "/sleep?s=2"));
     wait_until("the long request to run", UP, || async {
         sidecar.queue().await["inFlight"] == 1
@@ -147,8 +124,7 @@ async fn a_request_queued_past_the_timeout_gets_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_whose_client_left_is_cancelled() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "1"]).await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "1"]).await;
     let long = tokio::spawn(get(sidecar.addr, "/sleep?s=1.5"));
     wait_until("the long request to run", UP, || async {
         sidecar.queue().await["inFlight"] == 1
@@ -180,8 +156,7 @@ async fn a_queued_request_whose_client_left_is_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_response_reaches_the_client_chunk_by_chunk() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
     let stream = TcpStream::connect(sidecar.addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -261,8 +236,7 @@ async fn websocket_echo(addr: std::net::SocketAddr, message: &str) -> (TcpStream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_passes_through() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
     let (socket, echoed) = websocket_echo(sidecar.addr, "hello through the sidecar").await;
     assert_eq!(echoed, "hello through the sidecar");
     // An open WebSocket holds its slot, like any request the app is still serving.
@@ -277,8 +251,7 @@ async fn websocket_echo_passes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sets_forwarded_headers_and_drops_hop_by_hop_ones() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
     let reply = request_with(
         sidecar.addr,
         "GET",
@@ -306,8 +279,7 @@ async fn sets_forwarded_headers_and_drops_hop_by_hop_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_is_streamed_not_buffered() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: usize = 512; // 128 MiB
     let chunks = futures::stream::iter(0..CHUNKS).map(|_| {
@@ -339,8 +311,7 @@ async fn a_large_upload_is_streamed_not_buffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_figures_match_the_load_sent() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "5"]).await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "5"]).await;
     let requests: Vec<_> = (0..30)
         .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=1")))
         .collect();
@@ -449,8 +420,7 @@ impl Watch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_stream_delivers_a_change_within_50_ms() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
     let mut watch = Watch::open(sidecar.admin).await;
     assert_eq!(watch.next().await["arrivedTotal"], 0);
     let mut latencies = Vec::new();
@@ -500,17 +470,17 @@ async fn the_watch_stream_sends_a_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_loses_no_admitted_request() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let mut sidecar = Sidecar::start(&[
-        "--upstream",
-        &upstream,
-        "--concurrency",
-        "4",
-        "--drain-grace",
-        "300ms",
-        "--drain-timeout",
-        "20s",
-    ])
+    let mut sidecar = Sidecar::in_front_of(
+        &app,
+        &[
+            "--concurrency",
+            "4",
+            "--drain-grace",
+            "300ms",
+            "--drain-timeout",
+            "20s",
+        ],
+    )
     .await;
     let load: Vec<_> = (0..20)
         .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=0.5")))
@@ -569,8 +539,7 @@ async fn sigterm_during_load_loses_no_admitted_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_requests_are_served_during_the_drain_grace() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let mut sidecar = Sidecar::start(&["--upstream", &upstream, "--drain-grace", "3s"]).await;
+    let mut sidecar = Sidecar::in_front_of(&app, &["--drain-grace", "3s"]).await;
     sidecar.proc.signal("TERM");
     wait_until("readiness to drop", UP, || async {
         get(sidecar.admin, "/readyz").await.map(|r| r.status) == Ok(503)
@@ -585,8 +554,7 @@ async fn new_requests_are_served_during_the_drain_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_drain_drains_and_stays_up() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let mut sidecar = Sidecar::start(&["--upstream", &upstream, "--drain-grace", "100ms"]).await;
+    let mut sidecar = Sidecar::in_front_of(&app, &["--drain-grace", "100ms"]).await;
     let wrong_method = get(sidecar.admin, "/drain").await.unwrap();
     assert_eq!(wrong_method.status, 405);
     let reply = request(sidecar.admin, "POST", "/drain", Bytes::new())
@@ -631,8 +599,7 @@ async fn post_drain_drains_and_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clean_errors_and_others_are_still_served() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let sidecar = Sidecar::start(&["--upstream", &upstream, "--header-timeout", "1s"]).await;
+    let sidecar = Sidecar::in_front_of(&app, &["--header-timeout", "1s"]).await;
 
     // Slow clients first, so that they are still trickling during the checks below.
     let mut slow = Vec::new();
@@ -752,8 +719,7 @@ async fn admin_answers_unknown_paths_and_methods_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_drain_answers_after_the_last_admitted_request() {
     let app = App::start().await;
-    let upstream = upstream_args(&app);
-    let mut sidecar = Sidecar::start(&["--upstream", &upstream, "--drain-grace", "200ms"]).await;
+    let mut sidecar = Sidecar::in_front_of(&app, &["--drain-grace", "200ms"]).await;
     let started = Instant::now();
     let long = tokio::spawn(get(sidecar.addr, "/sleep?s=1"));
     wait_until("the request to run", UP, || async {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cluster;
 pub mod fleet;
 pub mod http;
+pub mod mock_api;
 pub mod operator;
 pub mod redis;
 pub mod sidecar;

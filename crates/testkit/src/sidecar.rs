@@ -294,6 +294,16 @@ impl Sidecar {
         Self::start_on("127.0.0.1".parse().expect("ip"), args, &[]).await
     }
 
+    /// Starts the sidecar in front of `app` (`--upstream`), with `args` after that.
+    pub async fn in_front_of(app: &App, args: &[&str]) -> Sidecar {
+        let upstream = app.addr.to_string();
+        let args: Vec<&str> = ["--upstream", upstream.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        Self::start(&args).await
+    }
+
     pub async fn start_on(ip: std::net::IpAddr, args: &[&str], envs: &[(&str, &str)]) -> Sidecar {
         let addr = SocketAddr::new(ip, free_port());
         let admin = SocketAddr::new(ip, free_port());

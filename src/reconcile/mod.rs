@@ -3,9 +3,8 @@
 //! up in the pool's conditions (for problems a user must fix) or in a `ReconcileError` (for
 //! problems that a retry can fix).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,7 +21,7 @@ use tracing::Instrument;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
-use crate::planner::{self, Plan, PlanInput, PoolMemory, WorkerPod};
+use crate::planner::{self, Plan, PlanInput, WorkerPod};
 use crate::pool::EffectiveSpec;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
@@ -33,6 +32,9 @@ use asyncpool_contract::queue::QueueSnapshot;
 use crate::resources::{self, FIELD_MANAGER};
 use crate::scaling::DecisionKind;
 use crate::status::{self, Judgement, merge_conditions};
+
+mod pool_store;
+pub use pool_store::PoolStore;
 
 /// Annotation holding a hash of what the operator last applied, so that an unchanged pool
 /// costs no API write.
@@ -75,6 +77,8 @@ pub struct Caches {
     pub services: Store<Service>,
 }
 
+/// What every reconcile shares: the infrastructure, built once at start, and the per-pool
+/// memory in its own store.
 pub struct Context {
     pub client: Client,
     pub caches: Caches,
@@ -84,50 +88,44 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    origin: Instant,
-    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
-    /// Failed reconciles in a row, per pool: the retry backs off with them.
-    failures: Mutex<HashMap<PoolKey, u32>>,
+    /// What the operator remembers per pool between reconciles.
+    pub pools: PoolStore,
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        caches: Caches,
-        readers: SidecarReaders,
-        external: ExternalQueues,
-        settings: Settings,
-        metrics: Arc<Metrics>,
-        recorder: Recorder,
-    ) -> Self {
+    /// A context whose caches are empty and never filled, and whose readers and external
+    /// queues read nothing: for running the pipeline against a mocked or a test API server,
+    /// where every object comes from the API (the caches only save calls).
+    pub fn for_tests(client: Client, settings: Settings) -> Self {
+        let (changes, _) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::default());
+        let reporter = kube::runtime::events::Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: None,
+        };
         Self {
+            caches: Caches {
+                pods: kube::runtime::reflector::store().0,
+                deployments: kube::runtime::reflector::store().0,
+                services: kube::runtime::reflector::store().0,
+            },
+            readers: SidecarReaders::new(
+                crate::queue::reader::ReaderConfig::default(),
+                changes.clone(),
+                metrics.clone(),
+            ),
+            external: ExternalQueues::new(changes, client.clone()),
+            recorder: Recorder::new(client.clone(), reporter),
             client,
-            caches,
-            readers,
-            external,
             settings,
             metrics,
-            recorder,
-            origin: Instant::now(),
-            memory: Mutex::default(),
-            failures: Mutex::default(),
+            pools: PoolStore::default(),
         }
     }
 
     /// Drops everything kept for pools that no longer exist.
     pub fn forget_pools_except(&self, live: &[PoolKey]) {
-        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
-        let gone: Vec<PoolKey> = memory
-            .keys()
-            .filter(|k| !live.contains(k))
-            .cloned()
-            .collect();
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|k, _| live.contains(k));
-        for pool in gone {
-            memory.remove(&pool);
+        for pool in self.pools.forget_except(live) {
             self.readers.forget_pool(&pool);
             self.external.stop(&pool);
             tracing::info!(namespace = %pool.namespace, pool = %pool.name, "pool deleted; forgot it");
@@ -216,13 +214,7 @@ pub async fn reconcile(
     };
     ctx.metrics.reconciles.get_or_create(&label).inc();
     if result.is_ok() {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        // Almost always empty: no key is built on the hot path unless a pool failed before.
-        if !failures.is_empty()
-            && let Some(key) = PoolKey::of(&pool)
-        {
-            failures.remove(&key);
-        }
+        ctx.pools.record_success(|| PoolKey::of(&pool));
     }
     if let Err(error) = &result {
         ctx.metrics
@@ -254,17 +246,12 @@ pub fn error_policy(
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {
-    let failures = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        // Without a namespace there is no pool to count against; it still backs off.
-        let key = PoolKey::of(&pool).unwrap_or_else(|| PoolKey {
-            namespace: String::new(),
-            name: pool.name_any(),
-        });
-        let count = failures.entry(key).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
+    // Without a namespace there is no pool to count against; it still backs off.
+    let key = PoolKey::of(&pool).unwrap_or_else(|| PoolKey {
+        namespace: String::new(),
+        name: pool.name_any(),
+    });
+    let failures = ctx.pools.record_failure(key);
     let user_must_fix = error.needs_a_spec_change();
     tracing::warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), %error, category = error.category(), failures, user_must_fix, "reconcile failed");
     if failures == 1 {
@@ -351,7 +338,13 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
 
     let judgements = judge(pool, &observed, &plan);
     let scaled = scaled_from.is_some_and(|from| from != plan.replicas);
-    write_status(pool, ctx, &key, &observed, Some(&plan), &judgements, scaled).await?;
+    let report = StatusReport {
+        observed: &observed,
+        plan: Some(&plan),
+        judgements: &judgements,
+        urgent: scaled,
+    };
+    write_status(pool, ctx, &key, report).await?;
 
     if let (true, Some(from)) = (scaled, scaled_from) {
         publish_scale_event(pool, ctx, from, &plan).await;
@@ -531,17 +524,11 @@ fn decide(
         pods: &observed.pods,
         readings,
         own_reading,
-        now: ctx.origin.elapsed(),
+        now: ctx.pools.now(),
     };
-    let plan = {
-        let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut entry = memory.remove(key);
-        let plan = planner::plan(input, &mut entry);
-        if let Some(entry) = entry {
-            memory.insert(key.clone(), entry);
-        }
-        plan
-    };
+    let plan = ctx
+        .pools
+        .with_memory(key, |memory| planner::plan(input, memory));
     if let Some(decision) = &plan.decision {
         ctx.metrics
             .decisions
@@ -720,19 +707,38 @@ async fn refuse(
     refusal: Vec<Judgement>,
     next: Action,
 ) -> Result<Action, ReconcileError> {
-    write_status(pool, ctx, key, observed, None, &refusal, true).await?;
+    let report = StatusReport {
+        observed,
+        plan: None,
+        judgements: &refusal,
+        urgent: true,
+    };
+    write_status(pool, ctx, key, report).await?;
     Ok(next)
+}
+
+/// What one reconcile reports in the pool's status.
+struct StatusReport<'a> {
+    observed: &'a Observed,
+    /// What was planned, or `None` when the operator refused to act on the pool.
+    plan: Option<&'a Plan>,
+    judgements: &'a [Judgement],
+    /// Written at once, past the throttle: a scale or a refusal.
+    urgent: bool,
 }
 
 async fn write_status(
     pool: &AsyncWorkerPool,
     ctx: &Context,
     key: &PoolKey,
-    observed: &Observed,
-    plan: Option<&Plan>,
-    judgements: &[Judgement],
-    urgent: bool,
+    report: StatusReport<'_>,
 ) -> Result<(), ReconcileError> {
+    let StatusReport {
+        observed,
+        plan,
+        judgements,
+        urgent,
+    } = report;
     let previous = pool.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let deployment_status = observed.deployment.as_ref().and_then(|d| d.status.as_ref());
@@ -791,17 +797,19 @@ async fn write_status(
         }
         a == previous
     };
-    {
-        let mut memory = ctx.memory.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = memory.get_mut(key) {
-            let recent = entry
-                .last_status_write
-                .is_some_and(|t| t.elapsed() < ctx.settings.status_interval);
-            if only_figures && recent && !urgent {
-                return Ok(());
-            }
-            entry.last_status_write = Some(Instant::now());
+    let throttled = ctx.pools.with_memory(key, |memory| {
+        let Some(entry) = memory else { return false };
+        let recent = entry
+            .last_status_write
+            .is_some_and(|t| t.elapsed() < ctx.settings.status_interval);
+        if only_figures && recent && !urgent {
+            return true;
         }
+        entry.last_status_write = Some(Instant::now());
+        false
+    });
+    if throttled {
+        return Ok(());
     }
     let api: Api<AsyncWorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let patch = serde_json::json!({

@@ -1,0 +1,239 @@
+//! A mocked API server for the pipeline's tests that need no cluster: kube's `tower-test` mock
+//! service (as kube-rs's controller-rs tests do) answered by an in-memory object store that
+//! records every request. It speaks just enough of the API's semantics for the operator: get,
+//! create (409 if present), replace (409 on a stale resourceVersion), merge and apply patches,
+//! the status subresource, delete, and 404 as a `Status`. Paths are the API's own
+//! (`/apis/apps/v1/namespaces/team/deployments/chat`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One request the mock answered.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// The path without the query.
+    pub path: String,
+    /// The JSON (or YAML-as-JSON for apply patches) body, `Null` when empty.
+    pub body: Value,
+}
+
+impl Recorded {
+    /// Whether the request changes anything.
+    pub fn is_write(&self) -> bool {
+        self.method != Method::GET
+    }
+}
+
+type Hook = Box<dyn Fn(&Recorded, Option<&Value>) + Send>;
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    requests: Vec<Recorded>,
+    resource_version: u64,
+}
+
+/// The mocked API server; its task ends when the last client is dropped.
+#[derive(Clone, Default)]
+pub struct MockApi {
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MockApi {
+    /// A client whose every request this mock answers.
+    pub fn client(&self) -> Client {
+        self.client_with_hook(Box::new(|_, _| {}))
+    }
+
+    /// As [`Self::client`], calling `hook` after each request with the object it left (for a
+    /// test that plays the watch caches' part, say).
+    pub fn client_with_hook(&self, hook: Hook) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let body = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    // Apply patches are YAML, of which JSON is a subset; kube sends JSON.
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                };
+                let recorded = Recorded {
+                    method: parts.method.clone(),
+                    path: parts.uri.path().to_owned(),
+                    body,
+                };
+                let is_apply = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+                let (status, object) = answer(&mut lock(&state), &recorded, is_apply);
+                hook(&recorded, object.as_ref());
+                lock(&state).requests.push(recorded);
+                let reply = object.unwrap_or_else(|| failure(status));
+                let response = Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
+                    .unwrap_or_else(|_| Response::new(Body::empty()));
+                respond.send_response(response);
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    /// Puts `object` at `path`, as if someone had created it.
+    pub fn insert(&self, path: &str, mut object: Value) {
+        let mut state = lock(&self.state);
+        stamp(&mut state, &mut object);
+        state.objects.insert(path.to_owned(), object);
+    }
+
+    /// The object at `path`, if any.
+    pub fn object(&self, path: &str) -> Option<Value> {
+        lock(&self.state).objects.get(path).cloned()
+    }
+
+    /// Every request answered so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// The requests that changed something, in order.
+    pub fn writes(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(Recorded::is_write)
+            .collect()
+    }
+
+    /// Forgets the requests answered so far (the objects stay).
+    pub fn clear_requests(&self) {
+        lock(&self.state).requests.clear();
+    }
+}
+
+/// A new resourceVersion on `object`, as every write gets.
+fn stamp(state: &mut State, object: &mut Value) {
+    state.resource_version += 1;
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert(
+            "resourceVersion".into(),
+            state.resource_version.to_string().into(),
+        );
+    }
+}
+
+fn failure(status: StatusCode) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": status.canonical_reason().unwrap_or("failure"),
+        "reason": status.canonical_reason().unwrap_or("Unknown").replace(' ', ""),
+        "code": status.as_u16(),
+    })
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// The status and the object of the answer (`None`: a failure `Status`).
+fn answer(state: &mut State, request: &Recorded, is_apply: bool) -> (StatusCode, Option<Value>) {
+    let (path, subresource_status) = match request.path.strip_suffix("/status") {
+        Some(object) => (object.to_owned(), true),
+        None => (request.path.clone(), false),
+    };
+    let existing = state.objects.get(&path).cloned();
+    match request.method {
+        Method::GET => match existing {
+            Some(object) => (StatusCode::OK, Some(object)),
+            None => (StatusCode::NOT_FOUND, None),
+        },
+        Method::POST => {
+            let name = request.body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default();
+            let path = format!("{path}/{name}");
+            if state.objects.contains_key(&path) {
+                return (StatusCode::CONFLICT, None);
+            }
+            let mut object = request.body.clone();
+            stamp(state, &mut object);
+            state.objects.insert(path, object.clone());
+            (StatusCode::CREATED, Some(object))
+        }
+        Method::PUT => {
+            let Some(existing) = existing else {
+                return (StatusCode::NOT_FOUND, None);
+            };
+            let sent = request.body["metadata"]["resourceVersion"].as_str();
+            if sent.is_some_and(|v| Some(v) != existing["metadata"]["resourceVersion"].as_str()) {
+                return (StatusCode::CONFLICT, None);
+            }
+            let mut object = request.body.clone();
+            stamp(state, &mut object);
+            state.objects.insert(path, object.clone());
+            (StatusCode::OK, Some(object))
+        }
+        Method::PATCH => {
+            let mut object = match existing {
+                Some(object) => object,
+                // Server-side apply creates; a merge patch needs something to patch.
+                None if is_apply && !subresource_status => json!({}),
+                None => return (StatusCode::NOT_FOUND, None),
+            };
+            if subresource_status {
+                merge(&mut object["status"], &request.body["status"]);
+            } else {
+                merge(&mut object, &request.body);
+            }
+            stamp(state, &mut object);
+            state.objects.insert(path, object.clone());
+            (StatusCode::OK, Some(object))
+        }
+        Method::DELETE => match state.objects.remove(&path) {
+            Some(object) => (StatusCode::OK, Some(object)),
+            None => (StatusCode::NOT_FOUND, None),
+        },
+        _ => (StatusCode::METHOD_NOT_ALLOWED, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_sets_replaces_and_removes() {
+        let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge(&mut target, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
+        assert_eq!(target, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+    }
+}

@@ -1,0 +1,138 @@
+//! What the operator remembers about each pool between reconciles: the planner's memory (load
+//! windows, the scaler's state, last status write) and the failed reconciles in a row that the
+//! retry backs off with. Kept apart from the shared infrastructure in `reconcile::Context`, and
+//! forgotten when the pool is deleted.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::planner::PoolMemory;
+use crate::pool::PoolKey;
+
+pub struct PoolStore {
+    /// The operator's clock starts here: the planner works on durations since.
+    origin: Instant,
+    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+    failures: Mutex<HashMap<PoolKey, u32>>,
+}
+
+impl Default for PoolStore {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            memory: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only plain data sits behind these locks, so a panicking holder left nothing half-done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PoolStore {
+    /// Time since the operator started, the planner's clock.
+    pub fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Runs `f` with the pool's memory (`None` before its first plan); what `f` leaves is kept.
+    pub(crate) fn with_memory<R>(
+        &self,
+        key: &PoolKey,
+        f: impl FnOnce(&mut Option<PoolMemory>) -> R,
+    ) -> R {
+        let mut memory = lock(&self.memory);
+        let mut entry = memory.remove(key);
+        let result = f(&mut entry);
+        if let Some(entry) = entry {
+            memory.insert(key.clone(), entry);
+        }
+        result
+    }
+
+    /// Counts a failed reconcile of the pool; returns the failures in a row, this one included.
+    pub fn record_failure(&self, key: PoolKey) -> u32 {
+        let mut failures = lock(&self.failures);
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// A reconcile of the pool succeeded: its retry starts from the first delay again.
+    pub fn record_success(&self, key: impl FnOnce() -> Option<PoolKey>) {
+        let mut failures = lock(&self.failures);
+        // Almost always empty: no key is built on the hot path unless a pool failed before.
+        if !failures.is_empty()
+            && let Some(key) = key()
+        {
+            failures.remove(&key);
+        }
+    }
+
+    /// Drops what is kept for pools not in `live`; returns those that had a memory.
+    pub fn forget_except(&self, live: &[PoolKey]) -> Vec<PoolKey> {
+        lock(&self.failures).retain(|k, _| live.contains(k));
+        let mut memory = lock(&self.memory);
+        let gone: Vec<PoolKey> = memory
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            memory.remove(key);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaling::Scaler;
+
+    fn memory() -> PoolMemory {
+        PoolMemory {
+            scaler: Scaler::new(Duration::ZERO, 1),
+            last_status_write: None,
+            recycling: None,
+            surged: false,
+        }
+    }
+
+    fn key(name: &str) -> PoolKey {
+        PoolKey {
+            namespace: "team".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn memory_left_by_a_plan_is_kept_and_forgotten_with_the_pool() {
+        let store = PoolStore::default();
+        store.with_memory(&key("a"), |entry| {
+            assert!(entry.is_none(), "no memory before the first plan");
+            *entry = Some(memory());
+        });
+        assert!(store.with_memory(&key("a"), |memory| memory.is_some()));
+        assert!(store.with_memory(&key("b"), |memory| memory.is_none()));
+        assert_eq!(store.forget_except(&[key("b")]), vec![key("a")]);
+        assert!(store.with_memory(&key("a"), |memory| memory.is_none()));
+    }
+
+    #[test]
+    fn failures_count_in_a_row_until_a_success_or_the_pool_goes() {
+        let store = PoolStore::default();
+        assert_eq!(store.record_failure(key("a")), 1);
+        assert_eq!(store.record_failure(key("a")), 2);
+        assert_eq!(store.record_failure(key("b")), 1);
+        store.record_success(|| Some(key("a")));
+        assert_eq!(store.record_failure(key("a")), 1);
+        store.forget_except(&[key("a")]);
+        assert_eq!(store.record_failure(key("b")), 1, "b was forgotten");
+    }
+}

@@ -1,0 +1,381 @@
+//! The mocked-API tier: the reconcile pipeline and the leader lease against kube's `tower-test`
+//! mock service, answered by the test kit's in-memory API (`asyncpool_testkit::mock_api`). It
+//! covers what only the end-to-end tests covered before, without a cluster: the writes the
+//! operator makes, and their order.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use asyncpool::crd::AsyncWorkerPool;
+use asyncpool::leader::{LeaderElector, LeaseTiming};
+use asyncpool::reconcile::{Context, Settings, reconcile};
+use asyncpool_contract::pod::POOL_LABEL;
+use asyncpool_testkit::mock_api::{MockApi, Recorded};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+const POOL: &str = "/apis/asyncpool.dev/v1alpha1/namespaces/team/asyncworkerpools/chat";
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/team/deployments/chat";
+const SERVICE: &str = "/api/v1/namespaces/team/services/chat";
+const PODS: &str = "/api/v1/namespaces/team/pods";
+
+/// The pool `chat` in namespace `team`, with `spec` merged over a minimal valid one.
+fn pool(spec: Value) -> AsyncWorkerPool {
+    let mut object = json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "metadata": {"name": "chat", "namespace": "team", "uid": "pool-uid", "generation": 1},
+        "spec": {
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "concurrency": 10,
+            "template": {
+                "metadata": {"labels": {"app": "chat"}},
+                "spec": {"containers": [{"name": "app", "image": "example/chat:1"}]}
+            }
+        }
+    });
+    for (key, value) in spec.as_object().expect("spec fields") {
+        object["spec"][key] = value.clone();
+    }
+    serde_json::from_value(object).expect("a valid pool")
+}
+
+/// The pool as the mocked API holds it now (with the status the operator wrote).
+fn stored_pool(api: &MockApi) -> AsyncWorkerPool {
+    serde_json::from_value(api.object(POOL).expect("the pool exists")).expect("a pool")
+}
+
+fn describe(requests: &[Recorded]) -> String {
+    requests
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn reconcile_once(pool: AsyncWorkerPool, ctx: &Arc<Context>) {
+    reconcile(Arc::new(pool), ctx.clone())
+        .await
+        .expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn an_unchanged_pool_makes_no_write() {
+    let api = MockApi::default();
+    let ctx = Arc::new(Context::for_tests(api.client(), Settings::default()));
+    api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
+
+    reconcile_once(stored_pool(&api), &ctx).await;
+    let first = api.writes();
+    for path in [DEPLOYMENT, SERVICE] {
+        assert!(
+            first.iter().any(|w| w.path == path),
+            "the first reconcile creates {path}: {}",
+            describe(&first)
+        );
+    }
+    // The second one sees what the first made (the status may still settle once).
+    reconcile_once(stored_pool(&api), &ctx).await;
+
+    api.clear_requests();
+    for _ in 0..3 {
+        reconcile_once(stored_pool(&api), &ctx).await;
+    }
+    let writes = api.writes();
+    assert!(
+        writes.is_empty(),
+        "an unchanged pool wrote: {}",
+        describe(&writes)
+    );
+    assert!(
+        !api.requests().is_empty(),
+        "the reconciles read the pool's objects"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_deployment_is_never_applied_over() {
+    let api = MockApi::default();
+    let ctx = Arc::new(Context::for_tests(api.client(), Settings::default()));
+    api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
+    let foreign = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "chat", "namespace": "team", "labels": {"team": "other"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "other"}},
+            "template": {
+                "metadata": {"labels": {"app": "other"}},
+                "spec": {"containers": [{"name": "other", "image": "example/other:1"}]}
+            }
+        }
+    });
+    api.insert(DEPLOYMENT, foreign.clone());
+
+    for _ in 0..2 {
+        reconcile_once(stored_pool(&api), &ctx).await;
+    }
+    let writes = api.writes();
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.path != DEPLOYMENT && w.path != SERVICE),
+        "the operator wrote over objects it does not own: {}",
+        describe(&writes)
+    );
+    let after = api.object(DEPLOYMENT).expect("still there");
+    assert_eq!(
+        after["spec"], foreign["spec"],
+        "the foreign Deployment changed"
+    );
+    let status = &stored_pool(&api).status.expect("a status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NotOwned")
+    );
+    assert!(
+        ready.message.contains("Deployment chat"),
+        "{}",
+        ready.message
+    );
+}
+
+/// A ready, running worker pod of the pool, without an address (so no reader starts for it).
+fn worker(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team", "labels": {POOL_LABEL: "chat"}},
+        "spec": {"containers": [{"name": "app", "image": "example/chat:1"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    }))
+    .expect("a pod")
+}
+
+#[tokio::test]
+async fn victims_are_marked_before_replicas_drop() {
+    let api = MockApi::default();
+    // The pod cache as the controller's watch would keep it: a marked pod shows there.
+    let (pods, writer) = reflector::store::<Pod>();
+    let writer: Arc<Mutex<Writer<Pod>>> = Arc::new(Mutex::new(writer));
+    let watch = writer.clone();
+    let client = api.client_with_hook(Box::new(move |request, object| {
+        if request.path.starts_with(PODS)
+            && let Some(pod) = object.and_then(|o| serde_json::from_value::<Pod>(o.clone()).ok())
+        {
+            watch
+                .lock()
+                .unwrap()
+                .apply_watcher_event(&watcher::Event::Apply(pod));
+        }
+    }));
+    let mut context = Context::for_tests(client, Settings::default());
+    context.caches.pods = pods;
+    let ctx = Arc::new(context);
+
+    // `kubectl scale --replicas 3`, handled: the Deployment runs three workers.
+    api.insert(
+        POOL,
+        serde_json::to_value(pool(json!({"replicas": 3}))).unwrap(),
+    );
+    reconcile_once(stored_pool(&api), &ctx).await;
+    assert_eq!(
+        api.object(DEPLOYMENT).expect("created")["spec"]["replicas"],
+        3
+    );
+    for name in ["chat-a", "chat-b", "chat-c"] {
+        let pod = worker(name);
+        api.insert(
+            &format!("{PODS}/{name}"),
+            serde_json::to_value(&pod).unwrap(),
+        );
+        writer
+            .lock()
+            .unwrap()
+            .apply_watcher_event(&watcher::Event::Apply(pod));
+    }
+
+    // Then `kubectl scale --replicas 1`.
+    api.clear_requests();
+    let mut scaled = stored_pool(&api);
+    scaled.spec.replicas = Some(1);
+    reconcile_once(scaled, &ctx).await;
+
+    let writes = api.writes();
+    let marks: Vec<usize> = writes
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| {
+            w.path.starts_with(PODS)
+                && w.body["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+                    .is_string()
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let drop = writes
+        .iter()
+        .position(|w| w.path == DEPLOYMENT && w.body["spec"]["replicas"] == 1)
+        .unwrap_or_else(|| panic!("no drop to 1 replica: {}", describe(&writes)));
+    assert_eq!(marks.len(), 2, "two victims marked: {}", describe(&writes));
+    assert!(
+        marks.iter().all(|&m| m < drop),
+        "a victim was marked after the replicas dropped: {}",
+        describe(&writes)
+    );
+}
+
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/team/leases/asyncpool-operator";
+
+fn elector(api: &MockApi, identity: &str) -> LeaderElector {
+    let leases: Api<Lease> = Api::namespaced(api.client(), "team");
+    let timing = LeaseTiming {
+        duration: Duration::from_secs(15),
+        renew_every: Duration::from_secs(5),
+    };
+    LeaderElector::new(leases, "asyncpool-operator", identity, timing)
+}
+
+fn holder(api: &MockApi) -> Option<String> {
+    api.object(LEASE)?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Lets the elector's loop run `seconds` of (paused, auto-advancing) time.
+async fn run_for(seconds: u64) {
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_acquired_then_renewed() {
+    let api = MockApi::default();
+    let (leading, mut is_leader) = tokio::sync::watch::channel(false);
+    let me = elector(&api, "operator-a");
+    let task = tokio::spawn(async move { me.run(leading).await });
+
+    is_leader.wait_for(|l| *l).await.expect("becomes leader");
+    assert_eq!(holder(&api).as_deref(), Some("operator-a"));
+    let acquired = api.object(LEASE).unwrap()["spec"]["renewTime"].clone();
+
+    run_for(12).await;
+    let renewals: Vec<Recorded> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.path == LEASE && w.method == http::Method::PUT)
+        .collect();
+    assert!(
+        renewals.len() >= 2,
+        "renewed every 5 s: {}",
+        describe(&renewals)
+    );
+    assert!(*is_leader.borrow(), "still the leader");
+    assert_eq!(holder(&api).as_deref(), Some("operator-a"));
+    assert_ne!(
+        api.object(LEASE).unwrap()["spec"]["renewTime"],
+        acquired,
+        "the renew time moved"
+    );
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_lease_is_respected_until_it_expires_then_taken_over() {
+    let api = MockApi::default();
+    api.insert(
+        LEASE,
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "asyncpool-operator", "namespace": "team"},
+            "spec": {
+                "holderIdentity": "operator-b",
+                "leaseDurationSeconds": 15,
+                "renewTime": "2026-12-03T07:00:00.000000Z",
+                "leaseTransitions": 4
+            }
+        }),
+    );
+    let (leading, is_leader) = tokio::sync::watch::channel(false);
+    let me = elector(&api, "operator-a");
+    let task = tokio::spawn(async move { me.run(leading).await });
+
+    // The holder's lease runs 15 s from when this replica first saw it unchanged.
+    run_for(10).await;
+    assert!(!*is_leader.borrow(), "took a lease another replica holds");
+    assert!(
+        api.writes().is_empty(),
+        "wrote a held lease: {}",
+        describe(&api.writes())
+    );
+    assert_eq!(holder(&api).as_deref(), Some("operator-b"));
+
+    // operator-b never renews: the lease expires and operator-a takes it over.
+    run_for(10).await;
+    assert!(*is_leader.borrow(), "did not take over an expired lease");
+    let lease = api.object(LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "operator-a");
+    assert_eq!(lease["spec"]["leaseTransitions"], 5);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_loses_the_race_leaves_the_replica_a_follower() {
+    let api = MockApi::default();
+    let (leading, is_leader) = tokio::sync::watch::channel(false);
+    // Another replica creates the lease between this one's read and its create: the hook
+    // plays that replica, and the create answers 409.
+    let rival = api.clone();
+    let leases: Api<Lease> = Api::namespaced(
+        api.client_with_hook(Box::new(move |request, _| {
+            if request.method == http::Method::GET && rival.object(LEASE).is_none() {
+                rival.insert(
+                    LEASE,
+                    json!({
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": "asyncpool-operator", "namespace": "team"},
+                        "spec": {"holderIdentity": "operator-b", "leaseDurationSeconds": 15}
+                    }),
+                );
+            }
+        })),
+        "team",
+    );
+    let racer = LeaderElector::new(
+        leases,
+        "asyncpool-operator",
+        "operator-a",
+        LeaseTiming::default(),
+    );
+    let task = tokio::spawn(async move { racer.run(leading).await });
+
+    run_for(3).await;
+    assert!(!*is_leader.borrow(), "leader after losing the create race");
+    let creates: Vec<Recorded> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST)
+        .collect();
+    assert_eq!(
+        creates.len(),
+        1,
+        "one create, refused: {}",
+        describe(&creates)
+    );
+    assert_eq!(holder(&api).as_deref(), Some("operator-b"));
+    task.abort();
+}
