@@ -14,6 +14,7 @@ use kube::{Client, Config};
 
 pub const K8S_VERSION: &str = "v1.36.3";
 
+use crate::cache_dir;
 pub use crate::{free_port, repo_root};
 
 /// The stdout of a command that must succeed; otherwise fails the test with both streams.
@@ -26,15 +27,6 @@ pub fn succeeded(out: Output, what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Where `scripts/cluster` and the test tools cache what they build.
-fn cache_dir() -> PathBuf {
-    std::env::var_os("ASYNCPOOL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/asyncpool")
-        })
 }
 
 /// The kubectl built by `scripts/cluster`.

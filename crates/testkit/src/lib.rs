@@ -31,6 +31,16 @@ pub fn free_port() -> u16 {
     free_loopback_port().expect("a free loopback port")
 }
 
+/// Where the project's scripts cache what they build and install (`ASYNCPOOL_CACHE`, by default
+/// `~/.cache/asyncpool`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("ASYNCPOOL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/asyncpool")
+        })
+}
+
 /// The repository's root (the workspace's).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))

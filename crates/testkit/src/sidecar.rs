@@ -8,7 +8,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,15 +24,10 @@ pub fn python() -> PathBuf {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .map(|out| out.chars().take(16).collect::<String>())
         .unwrap_or_default();
-    let cache = std::env::var("ASYNCPOOL_CACHE").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/asyncpool",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let candidate = PathBuf::from(format!("{cache}/venv-{hash}/bin/python"));
+    let venv = crate::cache_dir().join(format!("venv-{hash}"));
+    let candidate = venv.join("bin/python");
     assert!(
-        candidate.exists() && PathBuf::from(format!("{cache}/venv-{hash}/.complete")).exists(),
+        candidate.exists() && venv.join(".complete").exists(),
         "no Python venv for the sidecar tests at {}: run `eval \"$(scripts/test-deps)\"` first \
          (or set ASYNCPOOL_PYTHON)",
         candidate.display()
@@ -150,19 +144,7 @@ where
     }
 }
 
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
+pub use crate::http::Reply;
 
 /// One request on a fresh connection (owns its arguments, so that it can be spawned).
 pub fn request(
@@ -186,48 +168,15 @@ pub async fn request_with(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Result<Reply, String> {
-    tokio::time::timeout(EXCHANGE_LIMIT, exchange(addr, method, path, headers, body))
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "{method} {addr}{path}: no answer within {EXCHANGE_LIMIT:?}"
-            ))
-        })
-}
-
-async fn exchange(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> Result<Reply, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
+    tokio::time::timeout(
+        EXCHANGE_LIMIT,
+        crate::http::send(addr, method, path, headers, body),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "{method} {addr}{path}: no answer within {EXCHANGE_LIMIT:?}"
+        ))
     })
 }
 
