@@ -323,18 +323,25 @@ fn every_path_the_release_names_exists() {
 }
 
 #[test]
-fn the_release_builds_binaries_the_crate_has() {
+fn the_release_builds_binaries_the_workspace_has() {
     let workflow = read(RELEASE);
-    let manifest = read("Cargo.toml");
     let mut words = workflow.split_whitespace();
+    // Each binary with the package of the build that names it.
     let mut built = BTreeSet::new();
+    let mut package = None;
     while let Some(word) = words.next() {
-        if word == "--bin" {
-            built.insert(words.next().expect("--bin takes a name"));
+        match word {
+            "cargo" => package = None,
+            "--package" => package = words.next(),
+            "--bin" => {
+                let bin = words.next().expect("--bin takes a name");
+                built.insert((package.expect("--package before --bin"), bin));
+            }
+            _ => {}
         }
     }
     assert_eq!(
-        built,
+        built.iter().map(|(_, bin)| *bin).collect::<BTreeSet<_>>(),
         BTreeSet::from([
             "asyncpool-operator",
             "asyncpool-sidecar",
@@ -342,10 +349,19 @@ fn the_release_builds_binaries_the_crate_has() {
         ]),
         "the binaries the release builds"
     );
-    for bin in built {
+    for (package, bin) in built {
+        let manifest = match package {
+            "asyncpool" => "Cargo.toml".to_owned(),
+            other => format!(
+                "crates/{}/Cargo.toml",
+                other.trim_start_matches("asyncpool-")
+            ),
+        };
+        let text = read(&manifest);
         assert!(
-            manifest.contains(&format!("[[bin]]\nname = \"{bin}\"")),
-            "Cargo.toml has no binary {bin}"
+            text.contains(&format!("name = \"{package}\""))
+                && text.contains(&format!("[[bin]]\nname = \"{bin}\"")),
+            "{manifest} is not package {package} with binary {bin}"
         );
     }
 }
