@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod drain;
+pub mod http1;
 pub mod limiter;
 pub mod proxy;
 pub mod source;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 
@@ -24,9 +24,9 @@ use config::{Config, SourceKind};
 use source::Source;
 
 /// Bound on a request's head (request line and headers): larger ones get 431.
-const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Bound on a connection's read buffer, hence on the memory one client can pin.
-const MAX_READ_BUFFER: usize = 64 * 1024;
+pub(crate) const MAX_READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -54,8 +54,8 @@ pub enum Outcome {
 }
 
 /// HTTP/1.1 server settings shared by both ports: bounded heads and a head timeout (slowloris).
-pub(crate) fn server_builder(header_timeout: Duration) -> http1::Builder {
-    let mut builder = http1::Builder::new();
+pub(crate) fn server_builder(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)

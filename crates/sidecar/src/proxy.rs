@@ -1,41 +1,42 @@
 //! The serving port: an HTTP/1.1 reverse proxy to the app on localhost, through the limiter.
 //!
-//! Bodies are streamed both ways frame by frame (an SSE or chunked LLM reply reaches the client
-//! chunk by chunk; an upload is read from the client only as fast as the app reads it), and an
-//! admitted request keeps its slot until its response body has been passed on entirely.
+//! One task per client connection reads each request head, waits for its admission, and drives
+//! an app connection of its own (from its thread's pool of keep-alive connections) for the whole
+//! exchange: the head is rewritten straight from the parsed bytes (`http1`), and bodies pass
+//! through unchanged both ways as they arrive, so an SSE or chunked LLM reply reaches the client
+//! chunk by chunk, an upload is read from the client only as fast as the app reads it, and the
+//! bytes are copied once on their way. An admitted request keeps its slot until the last byte of
+//! its response is written. A client that leaves while queued or while the app works is noticed
+//! (its connection reads end-of-file), its place given up and its app connection closed, which
+//! cancels the work in an ASGI app.
 
-use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1 as client;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::drain::{Drain, Phase};
-use crate::limiter::{Limiter, Permit, Refused};
-use crate::server_builder;
+use crate::http1::{self, Chunked, Framing, HeadError};
+use crate::limiter::{Limiter, Refused};
+use crate::{MAX_HEADER_BYTES, MAX_READ_BUFFER};
 
 /// Bound on connecting to the app; a dead app must turn into a quick 502, not a hung request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pooled app connections idle longer than this are dropped rather than reused: uvicorn closes
 /// idle keep-alive connections after 5 s, and reusing one as it closes fails the request.
 const POOL_IDLE: Duration = Duration::from_secs(2);
-/// What clients are told to wait before retrying a refused request.
-const RETRY_AFTER_SECONDS: &str = "1";
-
-/// A response the proxy sends: the app's body streamed through, or a short one of its own.
-pub type ResponseBody = Either<Streamed, Full<Bytes>>;
+/// A client connection idle between requests longer than this is closed.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Bound on an app's response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Read size: a typical request or response in one read, a body in few.
+const READ_SIZE: usize = 16 * 1024;
 
 /// Counters of the proxy's own outcomes, for `/metrics`.
 #[derive(Debug, Default)]
@@ -72,12 +73,102 @@ impl Drop for OpenConnection {
 }
 
 /// One proxy per serving thread: the limiter and the counters are shared, the pool of app
-/// connections is the thread's own (its connections are driven by the thread's runtime).
+/// connections is the thread's own.
 pub struct Proxy {
     limiter: Arc<Limiter>,
-    pool: Arc<Pool>,
+    pool: Pool,
     queue_timeout: Duration,
     stats: Arc<Stats>,
+}
+
+/// A response of the proxy's own.
+struct OwnReply {
+    status: &'static str,
+    body: &'static str,
+    retry_after: bool,
+}
+
+const QUEUE_FULL: OwnReply = OwnReply {
+    status: "503 Service Unavailable",
+    body: "queue full\n",
+    retry_after: true,
+};
+const DRAINING: OwnReply = OwnReply {
+    status: "503 Service Unavailable",
+    body: "draining\n",
+    retry_after: true,
+};
+const QUEUE_TIMEOUT: OwnReply = OwnReply {
+    status: "503 Service Unavailable",
+    body: "queue timeout\n",
+    retry_after: true,
+};
+const BAD_GATEWAY: OwnReply = OwnReply {
+    status: "502 Bad Gateway",
+    body: "upstream unavailable\n",
+    retry_after: false,
+};
+const BAD_REQUEST: OwnReply = OwnReply {
+    status: "400 Bad Request",
+    body: "",
+    retry_after: false,
+};
+const HEAD_TOO_LARGE: OwnReply = OwnReply {
+    status: "431 Request Header Fields Too Large",
+    body: "",
+    retry_after: false,
+};
+
+impl OwnReply {
+    fn bytes(&self, close: bool, with_body: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+            self.status,
+            self.body.len()
+        );
+        if self.retry_after {
+            // What clients are told to wait before retrying a refused request.
+            out.push_str("retry-after: 1\r\n");
+        }
+        if close {
+            out.push_str("connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        if with_body {
+            out.push_str(self.body);
+        }
+        out.into_bytes()
+    }
+}
+
+/// What a client connection does after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// What reading a request head gave.
+enum HeadRead {
+    Request(http1::Request),
+    /// End of file, timeout, idle at the drain, or a refusal already written: close.
+    Closed,
+}
+
+/// How an exchange with the app ended.
+enum Relayed {
+    /// The response was passed on whole; whether the app connection can serve another request.
+    Complete {
+        app_reusable: bool,
+        close_client: bool,
+    },
+    /// The app accepted an upgrade: the two connections are now one tunnel.
+    Upgraded,
+    /// The app closed or broke before its response head; `retryable` when nothing of the
+    /// request was lost with it (a pooled connection the app had closed).
+    NoResponse { retryable: bool },
+    /// Failed mid-response (either side): both connections are in an unknown state.
+    Broken,
 }
 
 impl Proxy {
@@ -90,25 +181,24 @@ impl Proxy {
     ) -> Self {
         Proxy {
             limiter,
-            pool: Arc::new(Pool {
+            pool: Pool {
                 upstream,
                 idle: Mutex::new(Vec::new()),
                 max_idle,
-            }),
+            },
             queue_timeout,
             stats,
         }
     }
 
-    /// Accepts connections until the task is dropped. After the drain's grace, connections are
-    /// shut down gracefully: requests under way (running or queued) finish, idle ones close.
+    /// Accepts connections until the task is dropped. After the drain's grace, idle
+    /// connections close and busy ones close once their exchange is done.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         drain: Arc<Drain>,
         header_timeout: Duration,
     ) {
-        let builder = server_builder(header_timeout);
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -120,447 +210,558 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let proxy = Arc::clone(&self);
             let mut phase = drain.subscribe();
-            let connection = builder
-                .serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |request| Arc::clone(&proxy).handle(request, peer)),
-                )
-                .with_upgrades();
             // A connection accepted after the grace is not closed unanswered: its request gets
             // the 503 "draining" with `Connection: close`, which clients retry elsewhere. It
             // carries no admitted work, so the exit does not wait for it.
             let accepted_after_grace = *phase.borrow_and_update() == Phase::Closed;
             let open = (!accepted_after_grace).then(|| OpenConnection::new(&self.stats));
+            let proxy = Arc::clone(&self);
             tokio::spawn(async move {
                 let _open = open;
-                tokio::pin!(connection);
-                if !accepted_after_grace {
-                    let closed = phase.wait_for(|phase| *phase == Phase::Closed);
-                    tokio::select! {
-                        result = connection.as_mut() => return log_connection_end(result),
-                        _ = closed => connection.as_mut().graceful_shutdown(),
-                    }
-                }
-                log_connection_end(connection.await);
+                proxy.connection(stream, peer, phase, header_timeout).await;
             });
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        request: Request<Incoming>,
+    /// Serves one client connection: request after request until either side closes.
+    async fn connection(
+        &self,
+        mut client: TcpStream,
         peer: SocketAddr,
-    ) -> Result<Response<ResponseBody>, Infallible> {
+        mut phase: watch::Receiver<Phase>,
+        header_timeout: Duration,
+    ) {
+        let mut buffers = Buffers {
+            request: BytesMut::with_capacity(READ_SIZE),
+            response: BytesMut::with_capacity(READ_SIZE),
+            head: Vec::with_capacity(1024),
+        };
+        let mut first = true;
+        loop {
+            let deadline = first.then(|| tokio::time::Instant::now() + header_timeout);
+            let head = match self
+                .read_head(
+                    &mut client,
+                    &mut buffers,
+                    peer,
+                    &mut phase,
+                    header_timeout,
+                    deadline,
+                )
+                .await
+            {
+                HeadRead::Request(head) => head,
+                HeadRead::Closed => return,
+            };
+            first = false;
+            buffers.request.advance(head.head_len);
+            let next = self
+                .exchange(&mut client, &mut buffers, &head, &phase)
+                .await;
+            if next == Next::Close || *phase.borrow() == Phase::Closed {
+                let _ = client.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    /// Reads the next request head into the request buffer and its rewrite into the head
+    /// buffer. A head must arrive within `header_timeout` of its first byte (of the accept, for
+    /// the first one, through `deadline`): a client trickling a head (slowloris) is cut off.
+    /// Between requests a connection may idle for [`KEEP_ALIVE_IDLE`], and is closed at once when
+    /// the drain's grace ends.
+    async fn read_head(
+        &self,
+        client: &mut TcpStream,
+        buffers: &mut Buffers,
+        peer: SocketAddr,
+        phase: &mut watch::Receiver<Phase>,
+        header_timeout: Duration,
+        mut deadline: Option<tokio::time::Instant>,
+    ) -> HeadRead {
+        let buf = &mut buffers.request;
+        loop {
+            if !buf.is_empty() {
+                let refusal =
+                    match http1::request(buf, peer.ip(), &self.pool.upstream, &mut buffers.head) {
+                        Ok(Some(head)) => return HeadRead::Request(head),
+                        Ok(None) if buf.len() >= MAX_HEADER_BYTES => Some(HEAD_TOO_LARGE),
+                        Ok(None) => None,
+                        Err(HeadError::TooManyHeaders) => Some(HEAD_TOO_LARGE),
+                        Err(HeadError::Malformed(why)) => {
+                            tracing::debug!(%peer, why, "refused a malformed request");
+                            Some(BAD_REQUEST)
+                        }
+                    };
+                if let Some(refusal) = refusal {
+                    let _ = client.write_all(&refusal.bytes(true, true)).await;
+                    return HeadRead::Closed;
+                }
+                // Part of a head: the rest must follow within the timeout.
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_timeout);
+            }
+            reserve(buf);
+            let read = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, client.read_buf(buf)).await,
+                None => tokio::select! {
+                    read = tokio::time::timeout(KEEP_ALIVE_IDLE, client.read_buf(buf)) => read,
+                    _ = phase.wait_for(|phase| *phase == Phase::Closed) => return HeadRead::Closed,
+                },
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + header_timeout);
+                }
+                _ => return HeadRead::Closed,
+            }
+        }
+    }
+
+    /// One request: admission, then the exchange with the app; says whether the client
+    /// connection can carry another request.
+    async fn exchange(
+        &self,
+        client: &mut TcpStream,
+        buffers: &mut Buffers,
+        head: &http1::Request,
+        phase: &watch::Receiver<Phase>,
+    ) -> Next {
+        // Our own answers leave a request body unread: the connection cannot carry another.
+        let keep_after_own = head.keep_alive && head.framing == Framing::Empty;
+        let own = |reply: &OwnReply, close: bool| reply.bytes(close, !head.is_head);
         let ticket = match self.limiter.arrive() {
             Ok(ticket) => ticket,
-            Err(Refused::QueueFull) => return Ok(unavailable("queue full\n", false)),
+            Err(Refused::QueueFull) => {
+                return reply(client, &own(&QUEUE_FULL, !keep_after_own), keep_after_own).await;
+            }
             // Draining: the client should take its retry to another pod, on a new connection.
-            Err(Refused::Closed) => return Ok(unavailable("draining\n", true)),
+            Err(Refused::Closed) => return reply(client, &own(&DRAINING, true), false).await,
         };
         let permit = match ticket.try_admitted() {
             // A free slot at arrival: no queue, no timer.
             Ok(permit) => permit,
-            // Dropping this future (the client went away) drops the ticket, which leaves the queue.
             Err(ticket) => {
-                match tokio::time::timeout(self.queue_timeout, ticket.admitted()).await {
-                    Ok(permit) => permit,
-                    Err(_) => {
+                let waited = {
+                    let (mut client_read, _) = client.split();
+                    tokio::select! {
+                        admitted = tokio::time::timeout(self.queue_timeout, ticket.admitted()) => admitted.ok(),
+                        // Leaving drops the ticket, which leaves the queue.
+                        () = watch_departure(&mut client_read, &mut buffers.request) => return Next::Close,
+                    }
+                };
+                match waited {
+                    Some(permit) => permit,
+                    None => {
                         self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                        return Ok(unavailable("queue timeout\n", false));
+                        let bytes = own(&QUEUE_TIMEOUT, !keep_after_own);
+                        return reply(client, &bytes, keep_after_own).await;
                     }
                 }
             }
         };
-        Ok(self.forward(request, peer, permit).await)
-    }
-
-    async fn forward(
-        &self,
-        mut request: Request<Incoming>,
-        peer: SocketAddr,
-        permit: Permit,
-    ) -> Response<ResponseBody> {
-        let upgrade = upgrade_protocol(request.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let request = rewrite_request(request, peer, upgrade, &self.pool.upstream);
-        let sent = match client_upgrade {
-            None => self.pool.send(request).await,
-            Some(client_upgrade) => match self.pool.send_upgradeable(request).await {
-                Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, permit));
-                    let (mut parts, _) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers, true);
-                    return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        let mut pooled = true;
+        let mut prepared = false;
+        loop {
+            let (mut app, was_pooled) = match self.pool.checkout(pooled).await {
+                Ok(app) => app,
+                Err(error) => {
+                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, upstream = %self.pool.upstream, "upstream request failed");
+                    drop(permit);
+                    let bytes = own(&BAD_GATEWAY, !keep_after_own);
+                    return reply(client, &bytes, keep_after_own).await;
                 }
-                // The app declined the upgrade: an ordinary response on a connection not reused.
-                Ok(response) => Ok((response, None)),
-                Err(error) => Err(error),
-            },
-        };
-        match sent {
-            Ok((response, reuse)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers, false);
-                let body = Streamed {
-                    inner: body,
-                    done: Some(Done {
-                        _permit: permit,
-                        reuse: reuse.map(|sender| (Arc::clone(&self.pool), sender)),
-                    }),
-                };
-                Response::from_parts(parts, Either::Left(body))
+            };
+            match relay(client, &mut app, buffers, head, phase, prepared).await {
+                Relayed::Complete {
+                    app_reusable,
+                    close_client,
+                } => {
+                    drop(permit);
+                    if app_reusable {
+                        self.pool.give_back(app);
+                    }
+                    return if close_client {
+                        Next::Close
+                    } else {
+                        Next::KeepAlive
+                    };
+                }
+                Relayed::Upgraded => {
+                    // What the client sent after its upgrade request belongs to the new protocol.
+                    if !buffers.request.is_empty() && app.write_all(&buffers.request).await.is_err()
+                    {
+                        return Next::Close;
+                    }
+                    buffers.request.clear();
+                    if let Err(error) = tokio::io::copy_bidirectional(client, &mut app).await {
+                        tracing::debug!(%error, "upgraded connection ended with an error");
+                    }
+                    // The tunnel held its slot for its whole life, like any request in the app.
+                    drop(permit);
+                    return Next::Close;
+                }
+                Relayed::Broken => return Next::Close,
+                Relayed::NoResponse { retryable: true } if was_pooled => {
+                    // The app had closed the pooled connection: the same bytes on a fresh one.
+                    pooled = false;
+                    prepared = true;
+                }
+                Relayed::NoResponse { .. } => {
+                    self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(upstream = %self.pool.upstream, "upstream closed without a response");
+                    drop(permit);
+                    return reply(client, &own(&BAD_GATEWAY, true), false).await;
+                }
             }
-            Err(error) => {
-                self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, upstream = %self.pool.upstream, "upstream request failed");
-                text(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
+        }
+    }
+}
+
+/// A client connection's buffers, reused request after request.
+struct Buffers {
+    /// Bytes read from the client not yet passed on (a head, part of a body, a next request).
+    request: BytesMut,
+    /// Bytes read from the app not yet passed on.
+    response: BytesMut,
+    /// A rewritten head (the request's, then the response's) and what goes out with it.
+    head: Vec<u8>,
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_SIZE);
+    }
+}
+
+async fn reply(client: &mut TcpStream, bytes: &[u8], keep_alive: bool) -> Next {
+    match client.write_all(bytes).await {
+        Ok(()) if keep_alive => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Resolves when the client closes its side (or its connection fails). Bytes it sends meanwhile
+/// (a pipelined request, or the body of this one) are kept in `buf` up to a bound; past it the
+/// watch stops and this never resolves.
+async fn watch_departure<R: AsyncRead + Unpin>(client: &mut R, buf: &mut BytesMut) {
+    while buf.len() < MAX_READ_BUFFER {
+        reserve(buf);
+        match client.read_buf(buf).await {
+            Ok(n) if n > 0 => continue,
+            _ => return,
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+/// How much of `available` bytes belong to a body still `left` to pass, by its framing.
+fn body_part(
+    framing: Framing,
+    left: &mut u64,
+    chunked: &mut Chunked,
+    available: &[u8],
+    data: Option<&mut Vec<u8>>,
+) -> Result<(usize, bool), &'static str> {
+    match framing {
+        Framing::Empty => Ok((0, true)),
+        Framing::Length(_) => {
+            let take = (*left).min(available.len() as u64);
+            *left -= take;
+            if let Some(data) = data {
+                data.extend_from_slice(&available[..take as usize]);
             }
+            Ok((take as usize, *left == 0))
+        }
+        Framing::Chunked => {
+            let progress = chunked.advance(available, data)?;
+            Ok((progress.consumed, progress.done))
+        }
+        Framing::UntilClose => {
+            if let Some(data) = data {
+                data.extend_from_slice(available);
+            }
+            Ok((available.len(), false))
         }
     }
 }
 
-fn log_connection_end(result: Result<(), hyper::Error>) {
-    if let Err(error) = result {
-        // Clients that vanish, time out on headers or send garbage: routine at debug level.
-        tracing::debug!(%error, "client connection ended with an error");
-    }
-}
-
-/// Carries the bytes of an upgraded connection (WebSocket) both ways; the request keeps its
-/// slot for the life of the tunnel, like any request still running in the app.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    permit: Permit,
-) {
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(%error, "upgraded connection ended with an error");
-            }
-        }
-        Err(error) => tracing::debug!(%error, "upgrade failed"),
-    }
-    drop(permit);
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn unavailable(body: &'static str, close: bool) -> Response<ResponseBody> {
-    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_static(RETRY_AFTER_SECONDS),
-    );
-    if close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// The protocol a request asks to upgrade to, if it does so properly (`Connection: upgrade`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(header::PROXY_AUTHENTICATE);
-    if keep_upgrade && let Some(upgrade) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, upgrade);
-    }
-}
-
-/// Turns the client's request into the app's: origin-form URI, HTTP/1.1, hop-by-hop headers
-/// dropped (the upgrade pair kept for an upgrade), X-Forwarded-For and -Proto set.
-fn rewrite_request(
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    upgrade: Option<HeaderValue>,
-    upstream: &str,
-) -> Request<Incoming> {
-    let (mut parts, body) = request.into_parts();
-    // An absolute-form target (`GET http://host/path`) becomes origin-form for the app.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        if let Some(authority) = parts.uri.authority()
-            && !parts.headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, host);
-        }
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-    }
-    parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-    if !parts.headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(upstream)
-    {
-        // HTTP/1.0 clients may omit Host; HTTP/1.1 apps (h11) refuse a request without one.
-        parts.headers.insert(header::HOST, host);
-    }
-    let client_ip = peer.ip().to_string();
-    let previous: Vec<&str> = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    let forwarded_for = if previous.is_empty() {
-        client_ip
-    } else {
-        format!("{}, {client_ip}", previous.join(", "))
+/// One exchange with the app on `app`: the request head (already rewritten in the head buffer)
+/// and body go one way, the response the other, at the same time (the app may answer before it
+/// has read the whole body, and an interim `100 Continue` must reach the client before it sends
+/// the body). `prepared`: the head buffer already holds the whole request, sent before on a
+/// connection that turned out closed.
+async fn relay(
+    client: &mut TcpStream,
+    app: &mut TcpStream,
+    buffers: &mut Buffers,
+    head: &http1::Request,
+    phase: &watch::Receiver<Phase>,
+    prepared: bool,
+) -> Relayed {
+    let Buffers {
+        request: buf,
+        response: rbuf,
+        head: out,
+    } = buffers;
+    let mut left = match head.framing {
+        Framing::Length(n) => n,
+        _ => 0,
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
+    let mut chunked = Chunked::default();
+    // The head and whatever of the body is here already, in one write.
+    let body_done = if prepared {
+        true
+    } else {
+        let Ok((taken, done)) = body_part(head.framing, &mut left, &mut chunked, buf, None) else {
+            return Relayed::Broken;
+        };
+        out.extend_from_slice(&buf[..taken]);
+        buf.advance(taken);
+        done
+    };
+    if app.write_all(out).await.is_err() {
+        return Relayed::NoResponse {
+            retryable: body_done,
+        };
     }
-    // A proxy in front of this one (an ingress ending TLS) knows the scheme better than we do.
-    if !parts.headers.contains_key("x-forwarded-proto") {
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // The request went whole in that write: a retry on another connection loses nothing.
+    let whole_in_first_write = body_done;
+
+    let body_sent = AtomicBool::new(body_done);
+    let (mut client_read, mut client_write) = client.split();
+    let (mut app_read, mut app_write) = app.split();
+    let client_side = async {
+        if !body_done {
+            loop {
+                reserve(buf);
+                match client_read.read_buf(buf).await {
+                    Ok(n) if n > 0 => {}
+                    // The client left mid-body.
+                    _ => return,
+                }
+                let Ok((taken, done)) = body_part(head.framing, &mut left, &mut chunked, buf, None)
+                else {
+                    return;
+                };
+                if app_write.write_all(&buf[..taken]).await.is_err() {
+                    // The app stopped reading; its response tells the rest.
+                    return std::future::pending().await;
+                }
+                buf.advance(taken);
+                if done {
+                    body_sent.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        watch_departure(&mut client_read, buf).await;
+    };
+    let response = relay_response(&mut app_read, &mut client_write, rbuf, out, head, phase);
+    tokio::select! {
+        // The client left (or broke its body): the app connection goes, cancelling the work.
+        () = client_side => Relayed::Broken,
+        relayed = response => match relayed {
+            Relayed::Complete { app_reusable, close_client } => {
+                let body_whole = body_sent.load(Ordering::Relaxed);
+                Relayed::Complete {
+                    app_reusable: app_reusable && body_whole,
+                    // A body the app did not wait for is still on its way: the client
+                    // connection cannot be read for a next request.
+                    close_client: close_client || !body_whole,
+                }
+            }
+            Relayed::NoResponse { retryable } => Relayed::NoResponse {
+                retryable: retryable && whole_in_first_write,
+            },
+            other => other,
+        },
     }
-    Request::from_parts(parts, body)
+}
+
+/// Passes the app's response to the client: interim responses, the head rewritten, the body as
+/// it arrives. `out` is reused for the response head.
+async fn relay_response<A, C>(
+    app: &mut A,
+    client: &mut C,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: &http1::Request,
+    phase: &watch::Receiver<Phase>,
+) -> Relayed
+where
+    A: AsyncRead + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    rbuf.clear();
+    let response = loop {
+        let parsed = match http1::response(rbuf, head.is_head, out) {
+            Ok(parsed) => parsed,
+            Err(_) => return Relayed::Broken,
+        };
+        match parsed {
+            Some(response) if (100..200).contains(&response.status) && response.status != 101 => {
+                // An interim response (100 Continue, 103 Early Hints): passed on, then the real one.
+                out.extend_from_slice(b"\r\n");
+                if client.write_all(out).await.is_err() {
+                    return Relayed::Broken;
+                }
+                rbuf.advance(response.head_len);
+            }
+            Some(response) => break response,
+            None if rbuf.len() >= MAX_RESPONSE_HEAD => return Relayed::Broken,
+            None => {
+                reserve(rbuf);
+                match app.read_buf(rbuf).await {
+                    Ok(n) if n > 0 => {}
+                    // Nothing at all came back: the app closed a pooled connection, or died.
+                    _ if rbuf.is_empty() => return Relayed::NoResponse { retryable: true },
+                    _ => return Relayed::Broken,
+                }
+            }
+        }
+    };
+    rbuf.advance(response.head_len);
+
+    if response.status == 101 {
+        let Some(upgrade) = response.upgrade.filter(|_| head.upgrade) else {
+            return Relayed::Broken;
+        };
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        out.extend_from_slice(&upgrade);
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(rbuf);
+        rbuf.clear();
+        if client.write_all(out).await.is_err() {
+            return Relayed::Broken;
+        }
+        return Relayed::Upgraded;
+    }
+
+    // An HTTP/1.0 client cannot read chunks: it gets the data, delimited by the close.
+    let dechunk = head.http10 && response.framing == Framing::Chunked;
+    let close_client = !head.keep_alive
+        || dechunk
+        || response.framing == Framing::UntilClose
+        || *phase.borrow() == Phase::Closed;
+    if response.framing == Framing::Chunked && !dechunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if head.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut left = match response.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunked = Chunked::default();
+    let mut data = Vec::new();
+    // The head and the body's first bytes, in one write.
+    let Ok((taken, mut done)) = body_part(
+        response.framing,
+        &mut left,
+        &mut chunked,
+        rbuf,
+        dechunk.then_some(&mut data),
+    ) else {
+        return Relayed::Broken;
+    };
+    if dechunk {
+        out.extend_from_slice(&data);
+    } else {
+        out.extend_from_slice(&rbuf[..taken]);
+    }
+    rbuf.advance(taken);
+    if client.write_all(out).await.is_err() {
+        return Relayed::Broken;
+    }
+    while !done {
+        rbuf.clear();
+        reserve(rbuf);
+        match app.read_buf(rbuf).await {
+            Ok(n) if n > 0 => {}
+            // A body delimited by the close has ended; any other is cut short.
+            _ if response.framing == Framing::UntilClose => {
+                return Relayed::Complete {
+                    app_reusable: false,
+                    close_client: true,
+                };
+            }
+            _ => return Relayed::Broken,
+        }
+        data.clear();
+        let Ok((taken, ended)) = body_part(
+            response.framing,
+            &mut left,
+            &mut chunked,
+            rbuf,
+            dechunk.then_some(&mut data),
+        ) else {
+            return Relayed::Broken;
+        };
+        done = ended;
+        let part = if dechunk { &data[..] } else { &rbuf[..taken] };
+        if client.write_all(part).await.is_err() {
+            return Relayed::Broken;
+        }
+        rbuf.advance(taken);
+    }
+    Relayed::Complete {
+        // Bytes after the response (the app answering twice) mean a connection out of step.
+        app_reusable: !response.app_closes && rbuf.is_empty(),
+        close_client,
+    }
 }
 
 /// Keep-alive connections to the app, at most `max_idle` of them kept idle (the concurrency:
 /// more are never in use at once, upgrades aside).
 struct Pool {
     upstream: String,
-    idle: Mutex<Vec<(Instant, client::SendRequest<Incoming>)>>,
+    idle: Mutex<Vec<(Instant, TcpStream)>>,
     max_idle: usize,
 }
 
 type PoolError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Pool {
-    fn checkout(&self) -> Option<client::SendRequest<Incoming>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((since, sender)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE && !sender.is_closed() {
-                return Some(sender);
+    /// An idle connection that is still open (when `pooled`), or a new one; and which it was.
+    async fn checkout(&self, pooled: bool) -> Result<(TcpStream, bool), PoolError> {
+        if !pooled {
+            return self.connect().await;
+        }
+        loop {
+            let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some((since, stream)) = candidate else {
+                break;
+            };
+            // A connection the app closed reads end-of-file at once; one with data waiting
+            // is out of step. Either is dropped.
+            let mut probe = [0u8; 1];
+            let open = matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if since.elapsed() < POOL_IDLE && open {
+                return Ok((stream, true));
             }
         }
-        None
+        self.connect().await
     }
 
-    fn give_back(&self, sender: client::SendRequest<Incoming>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push((Instant::now(), sender));
-        }
-    }
-
-    async fn connect(&self) -> Result<TcpStream, PoolError> {
+    async fn connect(&self) -> Result<(TcpStream, bool), PoolError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.upstream))
             .await
             .map_err(|_| "connect timed out")??;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, false))
     }
 
-    async fn open(&self) -> Result<client::SendRequest<Incoming>, PoolError> {
-        let (sender, connection) = client::handshake(TokioIo::new(self.connect().await?)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends on a pooled connection, or a new one. A pooled connection that the app closed in
-    /// the meantime hands the request back unsent, and it is retried on a fresh connection.
-    async fn send(
-        &self,
-        mut request: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Option<client::SendRequest<Incoming>>), PoolError> {
-        while let Some(mut sender) = self.checkout() {
-            // Just given back, the connection may need a moment to be idle again.
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Some(sender))),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(error.into_error().into()),
-                },
-            }
+    fn give_back(&self, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((Instant::now(), stream));
         }
-        let mut sender = self.open().await?;
-        let response = sender.send_request(request).await?;
-        Ok((response, Some(sender)))
-    }
-
-    /// Sends an upgrade request on a dedicated connection that can be taken over.
-    async fn send_upgradeable(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        let (mut sender, connection) =
-            client::handshake(TokioIo::new(self.connect().await?)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream upgrade connection ended with an error");
-            }
-        });
-        Ok(sender.send_request(request).await?)
-    }
-}
-
-/// What a finished response releases: its slot, and its app connection back to the pool.
-struct Done {
-    _permit: Permit,
-    reuse: Option<(Arc<Pool>, client::SendRequest<Incoming>)>,
-}
-
-/// The app's response body, passed through frame by frame.
-pub struct Streamed {
-    inner: Incoming,
-    done: Option<Done>,
-}
-
-impl Streamed {
-    /// Releases the slot; the connection goes back to the pool only after a complete body.
-    fn finish(&mut self, complete: bool) {
-        if let Some(done) = self.done.take()
-            && complete
-            && let Some((pool, sender)) = done.reuse
-        {
-            pool.give_back(sender);
-        }
-    }
-}
-
-impl Body for Streamed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => this.finish(true),
-            Some(Err(_)) => this.finish(false),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.finish(true),
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Streamed {
-    fn drop(&mut self) {
-        // An empty body (HEAD, 204, 304) is never polled; a client gone mid-body leaves the
-        // app connection in an unknown state, so it is not reused.
-        let complete = self.inner.is_end_stream();
-        self.finish(complete);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_headers_and_those_named_in_connection() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut headers, false);
-        assert_eq!(headers.len(), 1, "{headers:?}");
-        assert!(headers.contains_key(header::CONTENT_TYPE));
-    }
-
-    #[test]
-    fn keeps_the_upgrade_pair_for_an_upgrade() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(
-            upgrade_protocol(&headers),
-            Some(HeaderValue::from_static("websocket"))
-        );
-        strip_hop_by_hop(&mut headers, true);
-        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
-        assert_eq!(headers.get(header::CONNECTION).unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn an_upgrade_header_without_connection_upgrade_is_no_upgrade() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(upgrade_protocol(&headers), None);
     }
 }

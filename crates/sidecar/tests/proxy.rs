@@ -743,3 +743,95 @@ async fn wait_for_drain_answers_after_the_last_admitted_request() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let reply = raw_exchange(
+        sidecar.addr,
+        b"GET /sleep?s=0.1&id=first HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /sleep?s=0&id=second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        UP,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let first = text.find("\"first\"").expect("first answered");
+    let second = text.find("\"second\"").expect("second answered");
+    assert!(first < second, "answered out of order: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_client_gets_a_chunked_reply_as_plain_data() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let reply = raw_exchange(
+        sidecar.addr,
+        b"GET /stream?n=3&interval=0 HTTP/1.0\r\n\r\n",
+        UP,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(
+        body, "data: 0\n\ndata: 1\n\ndata: 2\n\n",
+        "chunk framing leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_two_parsers_could_read_differently_is_refused() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let reply = raw_exchange(
+        sidecar.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /sleep?s=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        UP,
+    )
+    .await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(
+        app.stats().await["served"],
+        0,
+        "the app saw a smuggled request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_the_app_works_frees_its_slot() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "1"]).await;
+    let mut client = TcpStream::connect(sidecar.addr).await.unwrap();
+    client
+        .write_all(b"GET /sleep?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("the request is in the app", UP, || async {
+        sidecar.queue().await["inFlight"] == 1
+    })
+    .await;
+    drop(client);
+    // The slot comes back long before the app's 30 s would end, and serves the next request.
+    wait_until("the slot is free again", Duration::from_secs(5), || async {
+        sidecar.queue().await["inFlight"] == 0
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(get(sidecar.addr, "/sleep?s=0").await.unwrap().status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,685 @@
+//! HTTP/1.1 message heads as the proxy passes them on: parsed in place (httparse), rewritten
+//! straight into the bytes sent on without re-encoding what is kept (hop-by-hop headers dropped,
+//! forwarding headers added), and the body framing, tracked byte by byte so that a body passes
+//! through unchanged and its end is known without buffering it. Pure: no I/O.
+
+use std::net::IpAddr;
+
+/// Most headers a head may carry (more is answered 431).
+const MAX_HEADERS: usize = 128;
+/// Bound on a chunk's trailer section.
+const MAX_TRAILERS: usize = 8 * 1024;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authorization",
+];
+
+/// How a body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the sender closes (a response without length).
+    UntilClose,
+}
+
+/// Why a head cannot be passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not HTTP, or a head this proxy refuses (conflicting lengths, unknown encodings): 400.
+    Malformed(&'static str),
+    /// More headers than [`MAX_HEADERS`]: 431.
+    TooManyHeaders,
+}
+
+/// What the proxy needs to know of a request once its head is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Length of the head in the input.
+    pub head_len: usize,
+    pub framing: Framing,
+    /// `HEAD`: the response has no body whatever its headers say.
+    pub is_head: bool,
+    /// An HTTP/1.0 client (no chunked responses, keep-alive only when asked for).
+    pub http10: bool,
+    /// Whether the client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// The protocol a proper upgrade request asks for (`Connection: upgrade` and `Upgrade`).
+    pub upgrade: bool,
+}
+
+/// What the proxy needs to know of a response once its head is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The app closes the connection after this response.
+    pub app_closes: bool,
+    /// The value of `Upgrade` on a 101, which the client must get back.
+    pub upgrade: Option<Vec<u8>>,
+}
+
+/// The header names the `Connection` headers list, lower-cased, plus what they say about the
+/// connection itself.
+#[derive(Default)]
+struct ConnectionTokens {
+    named: Vec<Vec<u8>>,
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+fn connection_tokens(headers: &[httparse::Header<'_>]) -> ConnectionTokens {
+    let mut tokens = ConnectionTokens::default();
+    for header in headers {
+        if !header.name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        for token in header.value.split(|b| *b == b',') {
+            let token = token.trim_ascii().to_ascii_lowercase();
+            match token.as_slice() {
+                b"close" => tokens.close = true,
+                b"keep-alive" => tokens.keep_alive = true,
+                b"upgrade" => tokens.upgrade = true,
+                b"" => {}
+                _ => tokens.named.push(token),
+            }
+        }
+    }
+    tokens
+}
+
+/// Whether a header is about the connection (and so is not passed on).
+fn is_hop_by_hop(name: &str, tokens: &ConnectionTokens) -> bool {
+    let name = name.as_bytes();
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.eq_ignore_ascii_case(b"proxy-authenticate")
+        || tokens.named.iter().any(|t| name.eq_ignore_ascii_case(t))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The body framing that `Content-Length` and `Transfer-Encoding` give, refusing the
+/// combinations that let two parsers disagree on where a message ends (request smuggling).
+fn body_framing(headers: &[httparse::Header<'_>]) -> Result<Option<Framing>, HeadError> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let text = std::str::from_utf8(header.value)
+                .map_err(|_| HeadError::Malformed("bad content-length"))?;
+            let value = text.trim();
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::Malformed("bad content-length"));
+            }
+            let value: u64 = value
+                .parse()
+                .map_err(|_| HeadError::Malformed("bad content-length"))?;
+            if length.is_some_and(|previous| previous != value) {
+                return Err(HeadError::Malformed("conflicting content-length"));
+            }
+            length = Some(value);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::Malformed("unsupported transfer-encoding"));
+            }
+            chunked = true;
+        }
+    }
+    match (chunked, length) {
+        (true, Some(_)) => Err(HeadError::Malformed(
+            "content-length with transfer-encoding",
+        )),
+        (true, None) => Ok(Some(Framing::Chunked)),
+        (false, Some(0)) => Ok(Some(Framing::Empty)),
+        (false, Some(n)) => Ok(Some(Framing::Length(n))),
+        (false, None) => Ok(None),
+    }
+}
+
+fn parse_error(error: httparse::Error) -> HeadError {
+    match error {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+        _ => HeadError::Malformed("not an HTTP/1 request"),
+    }
+}
+
+/// Parses a request head at the start of `input` and writes the app's head into `out` (cleared
+/// first): origin-form target, HTTP/1.1, hop-by-hop headers dropped (the upgrade pair kept for an
+/// upgrade), `X-Forwarded-For` extended with `peer`, `X-Forwarded-Proto` set unless a proxy in
+/// front did, `Host` from an absolute target or `upstream` when the client sent none.
+/// `Ok(None)`: the head is not complete yet.
+pub fn request(
+    input: &[u8],
+    peer: IpAddr,
+    upstream: &str,
+    out: &mut Vec<u8>,
+) -> Result<Option<Request>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(input).map_err(parse_error)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    let headers = parsed.headers;
+    let tokens = connection_tokens(headers);
+    let framing = body_framing(headers)?.unwrap_or(Framing::Empty);
+    let http10 = minor == 0;
+
+    // An absolute-form target (`GET http://host/path`) becomes origin-form for the app.
+    let (path, authority) = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        Some(rest) => match rest.find('/') {
+            Some(slash) => (&rest[slash..], Some(&rest[..slash])),
+            None => ("/", Some(rest)),
+        },
+        None => (target, None),
+    };
+    let upgrade_value = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| h.value);
+    let upgrade = tokens.upgrade && upgrade_value.is_some();
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    let mut has_proto = false;
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    for header in headers.iter() {
+        if is_hop_by_hop(header.name, &tokens) {
+            continue;
+        }
+        if header.name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for.push(header.value);
+            continue;
+        }
+        has_host |= header.name.eq_ignore_ascii_case("host");
+        has_proto |= header.name.eq_ignore_ascii_case("x-forwarded-proto");
+        push_header(out, header.name.as_bytes(), header.value);
+    }
+    if !has_host {
+        // HTTP/1.0 clients may omit Host; HTTP/1.1 apps (h11) refuse a request without one.
+        push_header(out, b"host", authority.unwrap_or(upstream).as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for previous in forwarded_for {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !has_proto {
+        // A proxy in front of this one (an ingress ending TLS) knows the scheme better.
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let (true, Some(value)) = (upgrade, upgrade_value) {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        push_header(out, b"upgrade", value);
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(Request {
+        head_len,
+        framing,
+        is_head: method == "HEAD",
+        http10,
+        keep_alive: if http10 {
+            tokens.keep_alive && !tokens.close
+        } else {
+            !tokens.close
+        },
+        upgrade,
+    }))
+}
+
+/// Parses a response head at the start of `input` and writes the client's status line and
+/// end-to-end headers into `out` (cleared first), leaving the head open: the caller adds the
+/// connection-level lines (`transfer-encoding`, `connection`, the upgrade pair) and the blank
+/// line. `Ok(None)`: not complete yet.
+pub fn response(
+    input: &[u8],
+    request_is_head: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<Response>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(input).map_err(|error| match error {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+        _ => HeadError::Malformed("not an HTTP/1 response"),
+    })? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let (Some(status), Some(minor)) = (parsed.code, parsed.version) else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    let headers = parsed.headers;
+    let tokens = connection_tokens(headers);
+    let framing =
+        if request_is_head || status == 204 || status == 304 || (100..200).contains(&status) {
+            Framing::Empty
+        } else {
+            body_framing(headers)?.unwrap_or(Framing::UntilClose)
+        };
+    let upgrade = (status == 101)
+        .then(|| {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .map(|h| h.value.to_vec())
+        })
+        .flatten();
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parsed.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for header in headers.iter() {
+        if !is_hop_by_hop(header.name, &tokens) {
+            push_header(out, header.name.as_bytes(), header.value);
+        }
+    }
+    Ok(Some(Response {
+        head_len,
+        status,
+        framing,
+        app_closes: tokens.close || (minor == 0 && !tokens.keep_alive),
+        upgrade,
+    }))
+}
+
+/// Where a chunked body stands, fed the bytes as they arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// In a chunk-size line: the size so far, whether past it (in an extension), digits seen.
+    Size {
+        size: u64,
+        in_extension: bool,
+        digits: u8,
+    },
+    /// In a chunk's data, this much left.
+    Data(u64),
+    /// After a chunk's data: expecting CR LF.
+    DataEnd {
+        seen_cr: bool,
+    },
+    /// After the last chunk: trailer lines until an empty one; the current line's length.
+    Trailers {
+        line: usize,
+        total: usize,
+    },
+    Done,
+}
+
+/// Tracks a chunked body byte by byte: how much of a buffer belongs to it and when it ends, and
+/// optionally the data alone (for an HTTP/1.0 client, which cannot read chunks).
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: ChunkState,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked {
+            state: ChunkState::Size {
+                size: 0,
+                in_extension: false,
+                digits: 0,
+            },
+        }
+    }
+}
+
+/// What one call to [`Chunked::advance`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the input that belong to the body (all of them unless it ended).
+    pub consumed: usize,
+    pub done: bool,
+}
+
+impl Chunked {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Feeds `input`; with `data`, appends the chunks' data to it. Stops at the body's end.
+    pub fn advance(
+        &mut self,
+        input: &[u8],
+        mut data: Option<&mut Vec<u8>>,
+    ) -> Result<Progress, &'static str> {
+        let mut at = 0;
+        while at < input.len() && self.state != ChunkState::Done {
+            let byte = input[at];
+            self.state = match self.state {
+                ChunkState::Size {
+                    size,
+                    in_extension,
+                    digits,
+                } => match byte {
+                    b'\n' if digits == 0 => return Err("chunk without a size"),
+                    b'\n' if size == 0 => ChunkState::Trailers { line: 0, total: 0 },
+                    b'\n' => ChunkState::Data(size),
+                    b'\r' => ChunkState::Size {
+                        size,
+                        in_extension: true,
+                        digits,
+                    },
+                    _ if in_extension => ChunkState::Size {
+                        size,
+                        in_extension,
+                        digits,
+                    },
+                    b';' | b' ' | b'\t' => ChunkState::Size {
+                        size,
+                        in_extension: true,
+                        digits,
+                    },
+                    _ => {
+                        let digit = (byte as char).to_digit(16).ok_or("bad chunk size")?;
+                        if digits >= 15 {
+                            return Err("chunk size too large");
+                        }
+                        ChunkState::Size {
+                            size: size * 16 + u64::from(digit),
+                            in_extension,
+                            digits: digits + 1,
+                        }
+                    }
+                },
+                ChunkState::Data(left) => {
+                    let available = (input.len() - at) as u64;
+                    let take = left.min(available) as usize;
+                    if let Some(data) = data.as_deref_mut() {
+                        data.extend_from_slice(&input[at..at + take]);
+                    }
+                    at += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd { seen_cr: false }
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    continue;
+                }
+                ChunkState::DataEnd { seen_cr } => match byte {
+                    b'\r' if !seen_cr => ChunkState::DataEnd { seen_cr: true },
+                    b'\n' => ChunkState::Size {
+                        size: 0,
+                        in_extension: false,
+                        digits: 0,
+                    },
+                    _ => return Err("chunk data longer than its size"),
+                },
+                ChunkState::Trailers { line, total } => {
+                    if total >= MAX_TRAILERS {
+                        return Err("trailers too large");
+                    }
+                    match byte {
+                        b'\n' if line == 0 => ChunkState::Done,
+                        b'\n' => ChunkState::Trailers {
+                            line: 0,
+                            total: total + 1,
+                        },
+                        b'\r' => ChunkState::Trailers {
+                            line,
+                            total: total + 1,
+                        },
+                        _ => ChunkState::Trailers {
+                            line: line + 1,
+                            total: total + 1,
+                        },
+                    }
+                }
+                ChunkState::Done => ChunkState::Done,
+            };
+            at += 1;
+        }
+        Ok(Progress {
+            consumed: at,
+            done: self.state == ChunkState::Done,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+
+    fn rewrite(head: &str) -> (Request, String) {
+        let mut out = Vec::new();
+        let request = request(head.as_bytes(), PEER, "127.0.0.1:8000", &mut out)
+            .expect("valid")
+            .expect("complete");
+        (request, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_request_head_loses_hop_by_hop_headers_and_gains_forwarding_ones() {
+        let (request, out) = rewrite(
+            "POST /chat?x=1 HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, X-Secret\r\n\
+             Keep-Alive: timeout=5\r\nX-Secret: 1\r\nTE: trailers\r\nContent-Length: 5\r\n\
+             X-Forwarded-For: 1.2.3.4\r\nAccept: */*\r\n\r\nhello",
+        );
+        assert_eq!(
+            out,
+            "POST /chat?x=1 HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nAccept: */*\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        assert_eq!(request.framing, Framing::Length(5));
+        assert!(request.keep_alive && !request.upgrade && !request.http10);
+    }
+
+    #[test]
+    fn head_length_is_where_the_body_starts() {
+        let head = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut out = Vec::new();
+        let parsed = request(format!("{head}NEXT").as_bytes(), PEER, "u", &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.head_len, head.len());
+    }
+
+    #[test]
+    fn an_absolute_target_becomes_origin_form_with_its_host() {
+        let (_, out) = rewrite("GET http://example.com/a/b HTTP/1.1\r\n\r\n");
+        assert!(out.starts_with("GET /a/b HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("host: example.com\r\n"), "{out}");
+        let (_, out) = rewrite("GET / HTTP/1.0\r\n\r\n");
+        assert!(out.contains("host: 127.0.0.1:8000\r\n"), "{out}");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_pair_and_an_upgrade_header_alone_is_dropped() {
+        let (request, out) = rewrite(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(request.upgrade);
+        assert!(
+            out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+            "{out}"
+        );
+        let (request, out) = rewrite("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
+        assert!(!request.upgrade);
+        assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        assert!(
+            !rewrite("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(!rewrite("GET / HTTP/1.0\r\n\r\n").0.keep_alive);
+        assert!(
+            rewrite("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn framings_that_could_smuggle_a_request_are_refused() {
+        let mut out = Vec::new();
+        for head in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    request(head.as_bytes(), PEER, "u", &mut out),
+                    Err(HeadError::Malformed(_))
+                ),
+                "{head:?} was accepted"
+            );
+        }
+        let (request, out) =
+            rewrite("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(request.framing, Framing::Chunked);
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn garbage_and_partial_heads() {
+        let mut out = Vec::new();
+        assert_eq!(
+            request(b"GET / HTTP/1.1\r\nHost: a\r\n", PEER, "u", &mut out),
+            Ok(None)
+        );
+        assert!(request(b"GET /\x01 HTTP/1.1\r\n\r\n", PEER, "u", &mut out).is_err());
+        assert!(request(b"\x16\x03\x01\x02\x00", PEER, "u", &mut out).is_err());
+        let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            request(
+                format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(),
+                PEER,
+                "u",
+                &mut out
+            ),
+            Err(HeadError::TooManyHeaders)
+        );
+    }
+
+    fn respond(head: &str, is_head: bool) -> (Response, String) {
+        let mut out = Vec::new();
+        let response = response(head.as_bytes(), is_head, &mut out)
+            .expect("valid")
+            .expect("complete");
+        (response, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_response_head_keeps_end_to_end_headers_only() {
+        let (response, out) = respond(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\
+             Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        );
+        assert_eq!(response.framing, Framing::Chunked);
+        assert!(!response.app_closes);
+    }
+
+    #[test]
+    fn response_framing_follows_the_method_and_the_status() {
+        let with_length = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(respond(with_length, false).0.framing, Framing::Length(10));
+        assert_eq!(respond(with_length, true).0.framing, Framing::Empty);
+        for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
+            let head = format!("HTTP/1.1 {status}\r\n\r\n");
+            assert_eq!(respond(&head, false).0.framing, Framing::Empty, "{status}");
+        }
+        let (response, _) = respond("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(response.framing, Framing::UntilClose);
+        let (response, _) = respond("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert!(response.app_closes);
+        let (response, _) = respond(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        );
+        assert_eq!(response.upgrade.as_deref(), Some(&b"websocket"[..]));
+    }
+
+    #[test]
+    fn a_chunked_body_is_tracked_to_its_end_in_any_split() {
+        let body = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        let next = b"GET / HTTP/1.1\r\n";
+        let mut input = body.to_vec();
+        input.extend_from_slice(next);
+        for split in 0..input.len() {
+            let mut chunked = Chunked::default();
+            let mut data = Vec::new();
+            let first = chunked.advance(&input[..split], Some(&mut data)).unwrap();
+            let mut consumed = first.consumed;
+            if !first.done {
+                assert_eq!(first.consumed, split);
+                consumed += chunked
+                    .advance(&input[split..], Some(&mut data))
+                    .unwrap()
+                    .consumed;
+            }
+            assert!(chunked.is_done());
+            assert_eq!(consumed, body.len(), "split at {split}");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
+        }
+    }
+
+    #[test]
+    fn broken_chunks_are_errors() {
+        for body in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcd\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(
+                Chunked::default().advance(body, None).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
