@@ -10,8 +10,10 @@
 //! (its connection reads end-of-file), its place given up and its app connection closed, which
 //! cancels the work in an ASGI app.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,23 +231,42 @@ impl Proxy {
         &self,
         mut client: TcpStream,
         peer: SocketAddr,
-        mut phase: watch::Receiver<Phase>,
+        phase: watch::Receiver<Phase>,
         header_timeout: Duration,
     ) {
+        // Waits that outlive a request, made once per connection rather than once per request:
+        // the end of the drain's grace, and the keep-alive deadline (moved on only when more
+        // than half of it has gone, so a busy connection does not touch the timer each time).
+        let mut idle = Box::pin(tokio::time::sleep(KEEP_ALIVE_IDLE));
+        let mut closing_phase = phase.clone();
+        let mut closing: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            let _ = closing_phase
+                .wait_for(|phase| *phase == Phase::Closed)
+                .await;
+        });
         let mut buffers = Buffers {
+            peer: peer.ip().to_string(),
             request: BytesMut::with_capacity(READ_SIZE),
             response: BytesMut::with_capacity(READ_SIZE),
             head: Vec::with_capacity(1024),
         };
         let mut first = true;
         loop {
-            let deadline = first.then(|| tokio::time::Instant::now() + header_timeout);
+            let now = tokio::time::Instant::now();
+            let deadline = first.then(|| now + header_timeout);
+            if idle.deadline() < now + KEEP_ALIVE_IDLE / 2 {
+                idle.as_mut().reset(now + KEEP_ALIVE_IDLE);
+            }
+            let waits = IdleWaits {
+                idle: &mut idle,
+                closing: &mut closing,
+            };
             let head = match self
                 .read_head(
                     &mut client,
                     &mut buffers,
                     peer,
-                    &mut phase,
+                    waits,
                     header_timeout,
                     deadline,
                 )
@@ -269,31 +290,35 @@ impl Proxy {
     /// Reads the next request head into the request buffer and its rewrite into the head
     /// buffer. A head must arrive within `header_timeout` of its first byte (of the accept, for
     /// the first one, through `deadline`): a client trickling a head (slowloris) is cut off.
-    /// Between requests a connection may idle for [`KEEP_ALIVE_IDLE`], and is closed at once when
-    /// the drain's grace ends.
+    /// Between requests a connection may idle for [`KEEP_ALIVE_IDLE`] (up to half more), and is
+    /// closed at once when the drain's grace ends.
     async fn read_head(
         &self,
         client: &mut TcpStream,
         buffers: &mut Buffers,
         peer: SocketAddr,
-        phase: &mut watch::Receiver<Phase>,
+        waits: IdleWaits<'_>,
         header_timeout: Duration,
         mut deadline: Option<tokio::time::Instant>,
     ) -> HeadRead {
         let buf = &mut buffers.request;
         loop {
             if !buf.is_empty() {
-                let refusal =
-                    match http1::request(buf, peer.ip(), &self.pool.upstream, &mut buffers.head) {
-                        Ok(Some(head)) => return HeadRead::Request(head),
-                        Ok(None) if buf.len() >= MAX_HEADER_BYTES => Some(HEAD_TOO_LARGE),
-                        Ok(None) => None,
-                        Err(HeadError::TooManyHeaders) => Some(HEAD_TOO_LARGE),
-                        Err(HeadError::Malformed(why)) => {
-                            tracing::debug!(%peer, why, "refused a malformed request");
-                            Some(BAD_REQUEST)
-                        }
-                    };
+                let refusal = match http1::request(
+                    buf,
+                    &buffers.peer,
+                    &self.pool.upstream,
+                    &mut buffers.head,
+                ) {
+                    Ok(Some(head)) => return HeadRead::Request(head),
+                    Ok(None) if buf.len() >= MAX_HEADER_BYTES => Some(HEAD_TOO_LARGE),
+                    Ok(None) => None,
+                    Err(HeadError::TooManyHeaders) => Some(HEAD_TOO_LARGE),
+                    Err(HeadError::Malformed(why)) => {
+                        tracing::debug!(%peer, why, "refused a malformed request");
+                        Some(BAD_REQUEST)
+                    }
+                };
                 if let Some(refusal) = refusal {
                     let _ = client.write_all(&refusal.bytes(true, true)).await;
                     return HeadRead::Closed;
@@ -305,8 +330,9 @@ impl Proxy {
             let read = match deadline {
                 Some(deadline) => tokio::time::timeout_at(deadline, client.read_buf(buf)).await,
                 None => tokio::select! {
-                    read = tokio::time::timeout(KEEP_ALIVE_IDLE, client.read_buf(buf)) => read,
-                    _ = phase.wait_for(|phase| *phase == Phase::Closed) => return HeadRead::Closed,
+                    read = client.read_buf(buf) => Ok(read),
+                    () = waits.idle.as_mut() => return HeadRead::Closed,
+                    () = waits.closing.as_mut() => return HeadRead::Closed,
                 },
             };
             match read {
@@ -419,8 +445,16 @@ impl Proxy {
     }
 }
 
+/// What a connection idle between requests also waits for.
+struct IdleWaits<'a> {
+    idle: &'a mut Pin<Box<tokio::time::Sleep>>,
+    closing: &'a mut Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
 /// A client connection's buffers, reused request after request.
 struct Buffers {
+    /// The client's address as `X-Forwarded-For` names it.
+    peer: String,
     /// Bytes read from the client not yet passed on (a head, part of a body, a next request).
     request: BytesMut,
     /// Bytes read from the app not yet passed on.
@@ -504,6 +538,7 @@ async fn relay(
         request: buf,
         response: rbuf,
         head: out,
+        ..
     } = buffers;
     let mut left = match head.framing {
         Framing::Length(n) => n,
