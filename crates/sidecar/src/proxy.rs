@@ -90,21 +90,18 @@ struct OwnReply {
     retry_after: bool,
 }
 
-const QUEUE_FULL: OwnReply = OwnReply {
-    status: "503 Service Unavailable",
-    body: "queue full\n",
-    retry_after: true,
-};
-const DRAINING: OwnReply = OwnReply {
-    status: "503 Service Unavailable",
-    body: "draining\n",
-    retry_after: true,
-};
-const QUEUE_TIMEOUT: OwnReply = OwnReply {
-    status: "503 Service Unavailable",
-    body: "queue timeout\n",
-    retry_after: true,
-};
+/// Refusals a client should retry (elsewhere) after `Retry-After`.
+const fn unavailable(body: &'static str) -> OwnReply {
+    OwnReply {
+        status: "503 Service Unavailable",
+        body,
+        retry_after: true,
+    }
+}
+
+const QUEUE_FULL: OwnReply = unavailable("queue full\n");
+const DRAINING: OwnReply = unavailable("draining\n");
+const QUEUE_TIMEOUT: OwnReply = unavailable("queue timeout\n");
 const BAD_GATEWAY: OwnReply = OwnReply {
     status: "502 Bad Gateway",
     body: "upstream unavailable\n",
