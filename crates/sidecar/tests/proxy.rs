@@ -835,3 +835,62 @@ async fn a_client_that_leaves_while_the_app_works_frees_its_slot() {
     assert_eq!(get(sidecar.addr, "/sleep?s=0").await.unwrap().status, 200);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_passed_on_before_the_body() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let mut client = TcpStream::connect(sidecar.addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The client holds its body until the interim response, as curl and browsers do.
+    let mut interim = vec![0u8; 64];
+    let n = tokio::time::timeout(UP, client.read(&mut interim))
+        .await
+        .expect("an interim response in time")
+        .unwrap();
+    let interim = String::from_utf8_lossy(&interim[..n]).into_owned();
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    client.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(UP, client.read_to_end(&mut rest))
+        .await
+        .expect("the response in time")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    assert!(rest.ends_with("{\"bytes\": 5}"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_response_has_no_body_and_the_connection_goes_on() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let reply = raw_exchange(
+        sidecar.addr,
+        b"HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        UP,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    let (head_reply, get_reply) = text.split_once("\r\n\r\n").expect("two responses");
+    assert!(head_reply.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        head_reply
+            .to_ascii_lowercase()
+            .contains("content-length: 2"),
+        "{text}"
+    );
+    // The next bytes are the GET's response, not a body of the HEAD.
+    assert!(get_reply.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(get_reply.ends_with("\r\n\r\nok"), "{text}");
+}
