@@ -590,7 +590,15 @@ async fn relay(
         }
         watch_departure(&mut client_read, buf).await;
     };
-    let response = relay_response(&mut app_read, &mut client_write, rbuf, out, head, phase);
+    let response = relay_response(
+        &mut app_read,
+        &mut client_write,
+        rbuf,
+        out,
+        head,
+        phase,
+        &body_sent,
+    );
     tokio::select! {
         // The client left (or broke its body): the app connection goes, cancelling the work.
         () = client_side => Relayed::Broken,
@@ -621,6 +629,7 @@ async fn relay_response<A, C>(
     out: &mut Vec<u8>,
     head: &http1::Request,
     phase: &watch::Receiver<Phase>,
+    body_sent: &AtomicBool,
 ) -> Relayed
 where
     A: AsyncRead + Unpin,
@@ -673,7 +682,10 @@ where
 
     // An HTTP/1.0 client cannot read chunks: it gets the data, delimited by the close.
     let dechunk = head.http10 && response.framing == Framing::Chunked;
+    // A request body the app answered before reading is still on its way: the connection cannot
+    // be read for a next request, which the client is told.
     let close_client = !head.keep_alive
+        || !body_sent.load(Ordering::Relaxed)
         || dechunk
         || response.framing == Framing::UntilClose
         || *phase.borrow() == Phase::Closed;

@@ -894,3 +894,88 @@ async fn a_head_response_has_no_body_and_the_connection_goes_on() {
     assert!(get_reply.starts_with("HTTP/1.1 200"), "{text}");
     assert!(get_reply.ends_with("\r\n\r\nok"), "{text}");
 }
+
+/// An upstream that answers every connection's first request with `reply` as soon as the
+/// request head has arrived (without reading any body), then keeps the connection open until
+/// the peer closes it.
+async fn scripted_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream.write_all(reply).await;
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_ended_by_the_apps_close_reaches_the_client_whole() {
+    // An app that replies without a length and closes: a body delimited by the close.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close")
+                .await;
+            // Dropping the stream closes it: the end of the body.
+        }
+    });
+    let sidecar = Sidecar::start(&["--upstream", &closing.to_string()]).await;
+    let reply = raw_exchange(sidecar.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", UP).await;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(body, "until close");
+    assert_eq!(sidecar.queue().await["inFlight"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_answers_before_reading_the_upload_is_passed_on() {
+    let upstream =
+        scripted_upstream(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n")
+            .await;
+    let sidecar = Sidecar::start(&["--upstream", &upstream.to_string()]).await;
+    let mut client = TcpStream::connect(sidecar.addr).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\npart")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    // The rest of the body is never sent: the sidecar must answer and close anyway, since the
+    // connection cannot carry another request after an unread body.
+    tokio::time::timeout(UP, client.read_to_end(&mut reply))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.ends_with("too big\n"), "{text}");
+    wait_until("the slot is released", UP, || async {
+        sidecar.queue().await["inFlight"] == 0
+    })
+    .await;
+}
