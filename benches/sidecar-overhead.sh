@@ -11,7 +11,9 @@
 #   one process) as upstream: direct vs through the sidecar vs nginx vs Knative's queue-proxy.
 #   a) throughput: wrk, 1 thread, 32 connections, closed loop;
 #   b) latency at a fixed moderate rate: 10 connections each pausing 10 ms between requests
-#      (~1,000 requests/s); p50 added latency = p50(path) - p50(direct).
+#      (~1,000 requests/s), LAT_ROUNDS (12) rounds of LAT_DURATION (3s) per path, interleaved;
+#      p50 added latency = the median over rounds of p50(path) - p50(direct) in the same round
+#      (paired, so that the machine's drift between rounds cancels).
 # Part 2, the proxy as the bottleneck: nginx `return 200` as upstream (answers instantly):
 #   requests/s and CPU time per request of the proxy process(es), sidecar vs nginx vs queue-proxy.
 # Part 3, what watching costs: the trivial path through the sidecar again while the operator's
@@ -28,6 +30,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8s}"
+LAT_ROUNDS="${LAT_ROUNDS:-12}"
+LAT_DURATION="${LAT_DURATION:-3s}"
 eval "$("$root/scripts/test-deps")"
 (cd "$root" && cargo build --release --quiet --bin asyncpool-sidecar)
 SIDECAR="$root/target/release/asyncpool-sidecar"
@@ -143,7 +147,7 @@ cpu_ticks() {
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
 results="$work/results"
 
-# run PART METRIC PATH URL CONNS DELAY_MS CPU_PID
+# run PART METRIC PATH URL CONNS DELAY_MS CPU_PID [DURATION [ROUND]]
 run() {
     local before after out line
     local observers=()
@@ -157,15 +161,16 @@ run() {
     if [ "$3" = knative ]; then
         # The path names its upstream by the URL's suffix; the pid is the instance started now.
         case "$4" in */hello) qp_front "$APP" /hello ;; *) qp_front "$RET" / ;; esac
-        set -- "$1" "$2" "$3" "$4" "$5" "$6" "$QP_PID"
+        set -- "$1" "$2" "$3" "$4" "$5" "$6" "$QP_PID" "${8:-}" "${9:-}"
     fi
     before=$( [ -n "$7" ] && cpu_ticks "$7" || echo 0)
-    out=$(WRK_DELAY_MS="$6" wrk -t1 -c"$5" -d"$DURATION" --timeout 5s -s "$LUA" "http://$4")
+    out=$(WRK_DELAY_MS="$6" wrk -t1 -c"$5" -d"${8:-$DURATION}" --timeout 5s -s "$LUA" "http://$4")
     after=$( [ -n "$7" ] && cpu_ticks "$7" || echo 0)
     if [ ${#observers[@]} -gt 0 ]; then kill "${observers[@]}" 2>/dev/null || true; wait "${observers[@]}" 2>/dev/null || true; fi
     line=$(grep '^RESULT' <<<"$out")
-    echo "$1 $2 $3 $line cpu_ms=$(( (after - before) * TICK_MS ))" >> "$results"
-    echo "$1 $2 $3 $line cpu_ms=$(( (after - before) * TICK_MS ))" >&2
+    line="$1 $2 $3 $line cpu_ms=$(( (after - before) * TICK_MS )) round=${9:-0}"
+    echo "$line" >> "$results"
+    echo "$line" >&2
 }
 
 # Warm-up: connections, pools and caches on every path.
@@ -189,13 +194,15 @@ for round in $(seq 0 $((ROUNDS - 1))); do
         read -r name url pid <<<"${paths1[$(((i + round) % n))]}"
         run uvicorn throughput "$name" "$url" 32 0 "${pid:-}"
     done
-    for i in $(seq 0 $((n - 1))); do
-        read -r name url pid <<<"${paths1[$(((i + round) % n))]}"
-        run uvicorn latency "$name" "$url" 10 10 "${pid:-}"
-    done
     for i in $(seq 0 $((n2 - 1))); do
         read -r name url pid <<<"${paths2[$(((i + round) % n2))]}"
         run trivial throughput "$name" "$url" 64 0 "${pid:-}"
+    done
+done
+for round in $(seq 0 $((LAT_ROUNDS - 1))); do
+    for i in $(seq 0 $((n - 1))); do
+        read -r name url pid <<<"${paths1[$(((i + round) % n))]}"
+        run uvicorn latency "$name" "$url" 10 10 "${pid:-}" "$LAT_DURATION" "$round"
     done
 done
 # Idle: no traffic, one watch stream open (the operator's), for 10 s.
@@ -214,9 +221,9 @@ for pid in $(pgrep -P "$NGINX_PID"); do
 done
 qp_stop
 
-python3 - "$results" "$IDLE_RSS" "$LOAD_RSS" "$PEAK_RSS" "$PEAK_RSS2" "$ROUNDS" "$DURATION" "$NGINX_PEAK" "$QP_PEAK_KB" "$IDLE_CPU_MS" <<'PY'
+python3 - "$results" "$IDLE_RSS" "$LOAD_RSS" "$PEAK_RSS" "$PEAK_RSS2" "$ROUNDS" "$DURATION" "$NGINX_PEAK" "$QP_PEAK_KB" "$IDLE_CPU_MS" "$LAT_ROUNDS" "$LAT_DURATION" <<'PY'
 import statistics, sys
-results, idle, load, peak, peak2, rounds, duration, nginx_peak, qp_peak, idle_cpu = sys.argv[1:]
+results, idle, load, peak, peak2, rounds, duration, nginx_peak, qp_peak, idle_cpu, lat_rounds, lat_duration = sys.argv[1:]
 PATHS = ["direct", "sidecar", "nginx", "knative"]
 rows = {}
 for line in open(results):
@@ -225,23 +232,33 @@ for line in open(results):
     secs = int(f["duration_us"]) / 1e6
     rec = {"rps": int(f["requests"]) / secs, "p50": float(f["p50_us"]), "p90": float(f["p90_us"]),
            "p99": float(f["p99_us"]), "errors": int(f["errors"]),
-           "cpu_us_per_req": int(f["cpu_ms"]) * 1000 / max(int(f["requests"]), 1)}
+           "cpu_us_per_req": int(f["cpu_ms"]) * 1000 / max(int(f["requests"]), 1),
+           "round": int(f["round"])}
     rows.setdefault((part, metric, path), []).append(rec)
 if ("trivial", "throughput", "sidecar-base") in rows:
     PATHS.append("sidecar-base")
 med = lambda key, part, metric, path: statistics.median(r[key] for r in rows[(part, metric, path)])
 errs = lambda part, metric, path: sum(r["errors"] for r in rows[(part, metric, path)])
-print(f"rounds: {rounds}, {duration} per run, paths interleaved; medians over rounds\n")
+print(f"rounds: {rounds}, {duration} per run (latency: {lat_rounds} rounds of {lat_duration}), "
+      "paths interleaved; medians over rounds\n")
+
+def added(path):
+    """Median and quartiles over rounds of p50(path) - p50(direct), paired by round."""
+    direct = {r["round"]: r["p50"] for r in rows[("uvicorn", "latency", "direct")]}
+    diffs = sorted(r["p50"] - direct[r["round"]] for r in rows[("uvicorn", "latency", path)]
+                   if r["round"] in direct)
+    q = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [diffs[0]] * 3
+    return statistics.median(diffs), q[0], q[2]
 print("### 1. uvicorn app upstream (production case)\n")
-print("| path | req/s (32 conns) | vs direct | p50 µs @~1k req/s | p50 added µs | p90 µs | p99 µs | proxy CPU µs/req | errors |")
+print("| path | req/s (32 conns) | vs direct | p50 µs @~1k req/s | p50 added µs (median, quartiles) | p90 µs | p99 µs | proxy CPU µs/req | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 base_rps = med("rps", "uvicorn", "throughput", "direct")
-base_p50 = med("p50", "uvicorn", "latency", "direct")
 for path in PATHS:
     rps = med("rps", "uvicorn", "throughput", path)
     p50 = med("p50", "uvicorn", "latency", path)
     cpu = "-" if path == "direct" else f"{med('cpu_us_per_req', 'uvicorn', 'throughput', path):.1f}"
-    print(f"| {path} | {rps:,.0f} | {rps / base_rps:.1%} | {p50:.0f} | {p50 - base_p50:+.0f} | "
+    mid, low, high = added(path) if path != "direct" else (0, 0, 0)
+    print(f"| {path} | {rps:,.0f} | {rps / base_rps:.1%} | {p50:.0f} | {mid:+.0f} ({low:+.0f} to {high:+.0f}) | "
           f"{med('p90', 'uvicorn', 'latency', path):.0f} | {med('p99', 'uvicorn', 'latency', path):.0f} | {cpu} | "
           f"{errs('uvicorn', 'throughput', path) + errs('uvicorn', 'latency', path)} |")
 lat_rate = med("rps", "uvicorn", "latency", "direct")
