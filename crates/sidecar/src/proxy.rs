@@ -287,7 +287,7 @@ impl Proxy {
     /// Reads the next request head into the request buffer and its rewrite into the head
     /// buffer. A head must arrive within `header_timeout` of its first byte (of the accept, for
     /// the first one, through `deadline`): a client trickling a head (slowloris) is cut off.
-    /// Between requests a connection may idle for [`KEEP_ALIVE_IDLE`] (up to half more), and is
+    /// Between requests a connection may idle for half of [`KEEP_ALIVE_IDLE`] to all of it, and is
     /// closed at once when the drain's grace ends.
     async fn read_head(
         &self,
