@@ -386,6 +386,58 @@ pub fn response(
     }))
 }
 
+/// How far a body has been passed on, fed the bytes as they arrive.
+#[derive(Debug, Clone)]
+pub struct Body {
+    framing: Framing,
+    /// Bytes still to come of a `Content-Length` body.
+    left: u64,
+    chunked: Chunked,
+}
+
+impl Body {
+    pub fn new(framing: Framing) -> Self {
+        Body {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: Chunked::default(),
+        }
+    }
+
+    /// How many of `available` bytes belong to the body, and whether it ended there; with
+    /// `data`, appends the body's data to it (chunk framing removed).
+    pub fn advance(
+        &mut self,
+        available: &[u8],
+        data: Option<&mut Vec<u8>>,
+    ) -> Result<(usize, bool), &'static str> {
+        match self.framing {
+            Framing::Empty => Ok((0, true)),
+            Framing::Length(_) => {
+                let take = self.left.min(available.len() as u64);
+                self.left -= take;
+                if let Some(data) = data {
+                    data.extend_from_slice(&available[..take as usize]);
+                }
+                Ok((take as usize, self.left == 0))
+            }
+            Framing::Chunked => {
+                let progress = self.chunked.advance(available, data)?;
+                Ok((progress.consumed, progress.done))
+            }
+            Framing::UntilClose => {
+                if let Some(data) = data {
+                    data.extend_from_slice(available);
+                }
+                Ok((available.len(), false))
+            }
+        }
+    }
+}
+
 /// Where a chunked body stands, fed the bytes as they arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
@@ -731,6 +783,19 @@ mod tests {
             assert_eq!(consumed, body.len(), "split at {split}");
             assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
         }
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length_whatever_follows() {
+        let mut body = Body::new(Framing::Length(5));
+        assert_eq!(body.advance(b"hel", None), Ok((3, false)));
+        let mut data = Vec::new();
+        assert_eq!(body.advance(b"loGET /", Some(&mut data)), Ok((2, true)));
+        assert_eq!(data, b"lo");
+        assert_eq!(
+            Body::new(Framing::Empty).advance(b"GET", None),
+            Ok((0, true))
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::drain::{Drain, Phase};
-use crate::http1::{self, Chunked, Framing, HeadError};
+use crate::http1::{self, Body, Framing, HeadError};
 use crate::limiter::{Limiter, Refused};
 use crate::{MAX_HEADER_BYTES, MAX_READ_BUFFER};
 
@@ -487,37 +487,6 @@ async fn watch_departure<R: AsyncRead + Unpin>(client: &mut R, buf: &mut BytesMu
     std::future::pending::<()>().await
 }
 
-/// How much of `available` bytes belong to a body still `left` to pass, by its framing.
-fn body_part(
-    framing: Framing,
-    left: &mut u64,
-    chunked: &mut Chunked,
-    available: &[u8],
-    data: Option<&mut Vec<u8>>,
-) -> Result<(usize, bool), &'static str> {
-    match framing {
-        Framing::Empty => Ok((0, true)),
-        Framing::Length(_) => {
-            let take = (*left).min(available.len() as u64);
-            *left -= take;
-            if let Some(data) = data {
-                data.extend_from_slice(&available[..take as usize]);
-            }
-            Ok((take as usize, *left == 0))
-        }
-        Framing::Chunked => {
-            let progress = chunked.advance(available, data)?;
-            Ok((progress.consumed, progress.done))
-        }
-        Framing::UntilClose => {
-            if let Some(data) = data {
-                data.extend_from_slice(available);
-            }
-            Ok((available.len(), false))
-        }
-    }
-}
-
 /// One exchange with the app on `app`: the request head (already rewritten in the head buffer)
 /// and body go one way, the response the other, at the same time (the app may answer before it
 /// has read the whole body, and an interim `100 Continue` must reach the client before it sends
@@ -537,16 +506,12 @@ async fn relay(
         head: out,
         ..
     } = buffers;
-    let mut left = match head.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut chunked = Chunked::default();
+    let mut body = Body::new(head.framing);
     // The head and whatever of the body is here already, in one write.
     let body_done = if prepared {
         true
     } else {
-        let Ok((taken, done)) = body_part(head.framing, &mut left, &mut chunked, buf, None) else {
+        let Ok((taken, done)) = body.advance(buf, None) else {
             return Relayed::Broken;
         };
         out.extend_from_slice(&buf[..taken]);
@@ -573,8 +538,7 @@ async fn relay(
                     // The client left mid-body.
                     _ => return,
                 }
-                let Ok((taken, done)) = body_part(head.framing, &mut left, &mut chunked, buf, None)
-                else {
+                let Ok((taken, done)) = body.advance(buf, None) else {
                     return;
                 };
                 if app_write.write_all(&buf[..taken]).await.is_err() {
@@ -699,20 +663,10 @@ where
     }
     out.extend_from_slice(b"\r\n");
 
-    let mut left = match response.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut chunked = Chunked::default();
+    let mut body = Body::new(response.framing);
     let mut data = Vec::new();
     // The head and the body's first bytes, in one write.
-    let Ok((taken, mut done)) = body_part(
-        response.framing,
-        &mut left,
-        &mut chunked,
-        rbuf,
-        dechunk.then_some(&mut data),
-    ) else {
+    let Ok((taken, mut done)) = body.advance(rbuf, dechunk.then_some(&mut data)) else {
         return Relayed::Broken;
     };
     if dechunk {
@@ -739,13 +693,7 @@ where
             _ => return Relayed::Broken,
         }
         data.clear();
-        let Ok((taken, ended)) = body_part(
-            response.framing,
-            &mut left,
-            &mut chunked,
-            rbuf,
-            dechunk.then_some(&mut data),
-        ) else {
+        let Ok((taken, ended)) = body.advance(rbuf, dechunk.then_some(&mut data)) else {
             return Relayed::Broken;
         };
         done = ended;

@@ -51,27 +51,18 @@ pub fn output_dir(bench: &str) -> PathBuf {
         .join(bench)
 }
 
-/// Polls `check` every `every` until it gives `Some`, or fails after `limit` naming `what`.
+/// [`crate::poll_until`] with the benches' error type.
 pub async fn poll_until<T, F, Fut>(
     what: &str,
     limit: Duration,
     every: Duration,
-    mut check: F,
+    check: F,
 ) -> BenchResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {limit:?} waiting for {what}").into());
-        }
-        sleep(every).await;
-    }
+    Ok(crate::poll_until(what, limit, every, check).await?)
 }
 
 /// Namespaces this run created, deleted at the end however the run ends.

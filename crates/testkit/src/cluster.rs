@@ -130,22 +130,14 @@ pub fn helm(args: &[&str]) -> Output {
 }
 
 /// Polls `check` until it returns `Some`, or fails the test after `limit` with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::poll_until(what, limit, Duration::from_millis(50), check)
+        .await
+        .unwrap_or_else(|timeout| panic!("{timeout}"))
 }
 
 /// Installs the CRD generated from the Rust types and waits until it is Established, listed in

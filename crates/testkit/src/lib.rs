@@ -31,6 +31,30 @@ pub fn free_port() -> u16 {
     free_loopback_port().expect("a free loopback port")
 }
 
+/// Polls `check` every `every` until it gives `Some`, or says it timed out after `limit`,
+/// naming `what`. The test helpers turn the error into a failed test; the benchmarks return it.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut check: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Where the project's scripts cache what they build and install (`ASYNCPOOL_CACHE`, by default
 /// `~/.cache/asyncpool`).
 pub fn cache_dir() -> PathBuf {

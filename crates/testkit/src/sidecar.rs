@@ -134,14 +134,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !condition().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let check = || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    };
+    crate::poll_until(what, timeout, Duration::from_millis(10), check)
+        .await
+        .unwrap_or_else(|timeout| panic!("{timeout}"));
 }
 
 pub use crate::http::Reply;
