@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::drain::{Drain, Phase};
@@ -47,6 +47,10 @@ pub struct Admin {
     pub drain_wait: Duration,
     /// `GET /wait-for-drain` requests not answered yet.
     pub waiters: AtomicUsize,
+    /// The app that the serving port proxies to, when the pod serves HTTP (the `proxy` source):
+    /// the pod is ready only while it accepts connections. A worker fed by reports or Redis may
+    /// serve nothing, so then readiness is the sidecar's alone.
+    pub app_readiness: Option<String>,
 }
 
 /// Counts a `/wait-for-drain` request while it waits, even if its client goes away.
@@ -64,6 +68,9 @@ impl Drop for Waiting<'_> {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// How long `/readyz` waits for the app to accept a connection (the kubelet's probe waits 1 s).
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, header_timeout: Duration) {
@@ -94,6 +101,27 @@ impl Admin {
         }
     }
 
+    /// Ready unless draining, and, for a pod that serves HTTP, once its app accepts connections:
+    /// a pod whose app has not bound its port yet (or has died) gets no traffic to answer 502 to.
+    async fn readyz(&self) -> Response<AdminBody> {
+        if self.drain.is_draining() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        if let Some(app) = &self.app_readiness {
+            let connected =
+                tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await;
+            if !matches!(connected, Ok(Ok(_))) {
+                let mut response = full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the app does not accept connections on {app}\n"),
+                );
+                set_type(&mut response, "text/plain; charset=utf-8");
+                return response;
+            }
+        }
+        plain(StatusCode::OK, "ready\n")
+    }
+
     /// The contract's figures now, with the drain state; an error means missing data.
     pub fn snapshot(&self) -> Result<QueueSnapshot, String> {
         let mut snapshot = self.source.snapshot()?;
@@ -122,13 +150,7 @@ impl Admin {
                 response
             }
             ("/livez", &Method::GET) => plain(StatusCode::OK, "ok\n"),
-            ("/readyz", &Method::GET) => {
-                if self.drain.is_draining() {
-                    plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else {
-                    plain(StatusCode::OK, "ready\n")
-                }
-            }
+            ("/readyz", &Method::GET) => self.readyz().await,
             ("/drain", &Method::POST) => self.post_drain(&request, peer),
             ("/wait-for-drain", &Method::GET) => self.wait_for_drain().await,
             ("/report", &Method::POST) => self.post_report(request, peer).await,

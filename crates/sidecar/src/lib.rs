@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> Result<Outcome, SidecarError> {
         // The preStop hook that calls /wait-for-drain starts with the SIGTERM: the same budget.
         drain_wait: config.drain_timeout + Duration::from_secs(1),
         waiters: AtomicUsize::new(0),
+        app_readiness: matches!(config.source, SourceKind::Proxy).then(|| config.upstream.clone()),
     });
 
     let serving = bind(config.listen, "--listen").await?;

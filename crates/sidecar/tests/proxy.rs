@@ -686,7 +686,15 @@ async fn a_dead_app_gives_502_and_the_sidecar_stays_healthy() {
         (queue["inFlight"].as_u64(), queue["completedTotal"].as_u64()),
         (Some(0), Some(10))
     );
-    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 200);
+    // Alive, but not ready: the pod takes no traffic while its app accepts no connections.
+    assert_eq!(get(sidecar.admin, "/livez").await.unwrap().status, 200);
+    let readyz = get(sidecar.admin, "/readyz").await.unwrap();
+    assert_eq!(readyz.status, 503);
+    assert!(
+        String::from_utf8_lossy(&readyz.body).contains(&upstream),
+        "{:?}",
+        readyz.body
+    );
     let metrics =
         String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
     assert!(
@@ -978,4 +986,26 @@ async fn an_app_that_answers_before_reading_the_upload_is_passed_on() {
         sidecar.queue().await["inFlight"] == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_whether_the_app_accepts_connections() {
+    // The app's port, not bound yet: a pod whose app is still starting.
+    let port = free_port();
+    let upstream = format!("127.0.0.1:{port}");
+    let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 503);
+
+    let app = tokio::net::TcpListener::bind(&upstream).await.unwrap();
+    let accepting = tokio::spawn(async move {
+        loop {
+            let _ = app.accept().await;
+        }
+    });
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 200);
+
+    // The app goes away again: not ready again.
+    accepting.abort();
+    let _ = accepting.await;
+    assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 503);
 }
