@@ -4,9 +4,10 @@
 //! binary with nothing but the chart's ServiceAccount token and the chart's settings.
 
 use asyncpool_testkit::cluster as support;
+use asyncpool_testkit::helm::{CHART, RELEASE, Release};
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -23,11 +24,9 @@ use support::{
     install_crd, kubeconfig_path, kubectl, kubectl_stdin, repo_root, succeeded,
 };
 
-const CHART: &str = "charts/asyncpool";
 /// What `scripts/gen-deploy` renders for. A helm built from source defaults to Kubernetes v1.20,
 /// which the chart's kubeVersion (>=1.33) refuses, so offline renders name a version.
 const KUBE_VERSION: &str = "1.33.0";
-const RELEASE: &str = "asyncpool";
 
 // --- helpers -----------------------------------------------------------------------------------
 
@@ -135,73 +134,6 @@ fn assert_can(user: &str, checks: &[&[&str]]) {
 fn assert_cannot(user: &str, checks: &[&[&str]]) {
     for args in checks {
         assert!(!can(user, args), "{user} must not be allowed to {args:?}");
-    }
-}
-
-/// A Helm release in the test cluster, uninstalled on drop (a failing test included), because
-/// its ClusterRoles outlive the namespace that TestNamespace deletes.
-struct Release {
-    helm: PathBuf,
-    namespace: String,
-    uninstalled: bool,
-}
-
-impl Release {
-    /// Installs with Helm 4 and `--set` values.
-    fn install(namespace: &str, sets: &[&str]) -> Self {
-        let mut args = Vec::new();
-        for set in sets {
-            args.extend(["--set", set]);
-        }
-        Self::install_with(&helm_path(), namespace, &args)
-    }
-
-    /// Installs with the helm binary `helm` and extra arguments.
-    fn install_with(helm: &Path, namespace: &str, extra: &[&str]) -> Self {
-        let release = Self {
-            helm: helm.to_owned(),
-            namespace: namespace.to_owned(),
-            uninstalled: false,
-        };
-        let mut args = vec!["install", RELEASE, CHART];
-        args.extend_from_slice(extra);
-        succeeded(release.run(&args), "helm install");
-        release
-    }
-
-    /// Runs this release's helm from the repository root, against the test cluster and in the
-    /// release's namespace.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.helm)
-            .current_dir(repo_root())
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .args(["--namespace", &self.namespace])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", self.helm.display()))
-    }
-
-    fn upgrade(&self, extra: &[&str]) {
-        let mut args = vec!["upgrade", RELEASE, CHART];
-        args.extend_from_slice(extra);
-        succeeded(self.run(&args), "helm upgrade");
-    }
-
-    fn uninstall(&mut self) {
-        self.uninstalled = true;
-        succeeded(
-            self.run(&["uninstall", RELEASE, "--wait"]),
-            "helm uninstall",
-        );
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if !self.uninstalled {
-            let _ = self.run(&["uninstall", RELEASE]);
-        }
     }
 }
 

@@ -11,9 +11,12 @@
 pub mod bench;
 pub mod cluster;
 pub mod fleet;
+pub mod helm;
 pub mod http;
+pub mod load;
 pub mod mock_api;
 pub mod operator;
+pub mod real_node;
 pub mod redis;
 pub mod sidecar;
 

@@ -17,7 +17,8 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     /// Starts the operator for `namespace` (pools, pods and its lease all live there) and waits
-    /// until it answers `/livez`. `extra` flags come last and win.
+    /// until it answers `/livez`. `extra` flags come last (a flag given once by the operator's
+    /// rules, such as `--sidecar-image`, replaces the default here).
     pub async fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
         let http_port = free_port();
         let logs = repo_root().join("target/e2e-logs");
@@ -35,12 +36,14 @@ impl OperatorProcess {
                 "--identity",
                 identity,
             ])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{http_port}"),
-                "--sidecar-image",
-                "asyncpool/sidecar:test",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{http_port}")])
+            // kwok runs no image: a name that says so, unless the test runs real ones.
+            .args(
+                (!extra.contains(&"--sidecar-image"))
+                    .then_some(["--sidecar-image", "asyncpool/sidecar:test"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))

@@ -1,7 +1,8 @@
 //! The live demo on the local cluster (run by scripts/demo): real uvicorn workers behind real
-//! sidecars on the kwok pods of a pool, a load generator that sends LLM-style requests (each
-//! waits ~1 s) in phases, and a terminal view of the pool scaling up under the burst and back
-//! down after it.
+//! sidecars on the kwok pods of a pool (or, with `--service`, the pool's own pods on real nodes,
+//! reached through its Service), a load generator that sends LLM-style requests (each waits
+//! ~1 s) in phases, and a terminal view of the pool scaling up under the burst and back down
+//! after it.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -12,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
-use asyncpool_contract::pod::ADMIN_PORT;
+use asyncpool_contract::pod::{ADMIN_PORT, POOL_LABEL, SERVE_PORT};
 use asyncpool_contract::queue::QueueSnapshot;
 use asyncpool_testkit::fleet::{Fleet, FleetConfig, WorkerKind};
 use asyncpool_testkit::http;
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -33,15 +35,19 @@ struct Args {
     /// Name of the pool.
     #[arg(long, default_value = "chat")]
     pool: String,
-    /// Python with uvicorn installed (scripts/test-deps prints it).
-    #[arg(long, env = "ASYNCPOOL_PYTHON")]
-    python: PathBuf,
-    /// Directory of the demo app (tests/apps).
+    /// The pool's pods run for real (real nodes): send the load through the pool's Service and
+    /// start no workers here.
     #[arg(long)]
-    app_dir: PathBuf,
-    /// The sidecar binary.
-    #[arg(long)]
-    sidecar: PathBuf,
+    service: bool,
+    /// Python with uvicorn installed (scripts/test-deps prints it); for workers started here.
+    #[arg(long, env = "ASYNCPOOL_PYTHON", required_unless_present = "service")]
+    python: Option<PathBuf>,
+    /// Directory of the demo app (tests/apps); for workers started here.
+    #[arg(long, required_unless_present = "service")]
+    app_dir: Option<PathBuf>,
+    /// The sidecar binary; for workers started here.
+    #[arg(long, required_unless_present = "service")]
+    sidecar: Option<PathBuf>,
     /// Seconds one request spends in the app (an LLM call, say).
     #[arg(long, default_value_t = 1.0)]
     request_seconds: f64,
@@ -112,6 +118,75 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     sorted.get(((last as f64) * p).round() as usize).copied()
 }
 
+/// Where the workers are: processes started here on kwok pods' addresses, or the pool's own pods
+/// on real nodes behind its Service.
+enum Workers {
+    Local {
+        fleet: Fleet,
+        known: HashSet<SocketAddr>,
+    },
+    Real {
+        client: kube::Client,
+        namespace: String,
+        pool: String,
+        service: Option<SocketAddr>,
+    },
+}
+
+impl Workers {
+    /// Where the load goes, and the serving addresses of the workers that take it.
+    async fn targets(&mut self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        match self {
+            Workers::Local { fleet, known } => {
+                let ready = ready_endpoints(fleet, known).await;
+                (ready.clone(), ready)
+            }
+            Workers::Real {
+                client,
+                namespace,
+                pool,
+                service,
+            } => {
+                let serving = ready_pods(&Api::namespaced(client.clone(), namespace), pool).await;
+                // kube-proxy balances: one target, once the Service answers.
+                if service.is_none()
+                    && let Some(address) =
+                        asyncpool_testkit::real_node::service_address(client, namespace, pool).await
+                    && matches!(http::get(address, "/hello").await, Some((200, _)))
+                {
+                    *service = Some(address);
+                }
+                (service.iter().copied().collect(), serving)
+            }
+        }
+    }
+}
+
+/// The serving addresses of the pool's Ready pods that are not on their way out.
+async fn ready_pods(pods: &Api<Pod>, pool: &str) -> Vec<SocketAddr> {
+    let Ok(list) = pods
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={pool}")))
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut ready: Vec<SocketAddr> = list
+        .items
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|pod| pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .map(|ip| SocketAddr::new(ip, SERVE_PORT))
+        .collect();
+    ready.sort();
+    ready
+}
+
 /// Endpoints whose app answers through the sidecar; the load goes only there, as a Service's
 /// endpoints would hold only ready pods.
 async fn ready_endpoints(fleet: &Fleet, known: &mut HashSet<SocketAddr>) -> Vec<SocketAddr> {
@@ -147,19 +222,31 @@ async fn pool_load(endpoints: &[SocketAddr]) -> (u64, u64) {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let client = kube::Client::try_default().await?;
-    let app_dir = args.app_dir.canonicalize()?;
-    let config = FleetConfig {
-        sidecar_binary: args.sidecar.clone(),
-        kind: WorkerKind::slow_app(&args.python.display().to_string(), &app_dir, 10),
-        log_dir: args.log_dir.clone(),
+    let mut workers = match (&args.python, &args.app_dir, &args.sidecar) {
+        (Some(python), Some(app_dir), Some(sidecar)) if !args.service => {
+            let app_dir = app_dir.canonicalize()?;
+            let config = FleetConfig {
+                sidecar_binary: sidecar.clone(),
+                kind: WorkerKind::slow_app(&python.display().to_string(), &app_dir, 10),
+                log_dir: args.log_dir.clone(),
+            };
+            Workers::Local {
+                fleet: Fleet::start(&client, &args.namespace, &args.pool, config),
+                known: HashSet::new(),
+            }
+        }
+        _ => Workers::Real {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            pool: args.pool.clone(),
+            service: None,
+        },
     };
-    let fleet = Fleet::start(&client, &args.namespace, &args.pool, config);
     let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &args.namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &args.namespace);
     let tally = Arc::new(Tally::default());
     let path = format!("/sleep?s={}", args.request_seconds);
     let tty = std::io::stdout().is_terminal();
-    let mut known = HashSet::new();
     let mut history: Vec<i32> = Vec::new();
     let started = Instant::now();
     let mut next_request = Instant::now();
@@ -169,7 +256,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for phase in &PHASES {
         let phase_end = Instant::now() + Duration::from_secs_f64(phase.seconds * args.time_scale);
         let gap = Duration::from_secs_f64(1.0 / phase.requests_per_second);
-        let mut endpoints = ready_endpoints(&fleet, &mut known).await;
+        let (mut endpoints, _) = workers.targets().await;
         while Instant::now() < phase_end {
             // Open loop: requests leave on schedule whether or not earlier ones came back.
             while next_request <= Instant::now() {
@@ -205,8 +292,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             if Instant::now() >= next_frame {
                 next_frame += Duration::from_secs(1);
-                endpoints = ready_endpoints(&fleet, &mut known).await;
-                let (queued, in_flight) = pool_load(&endpoints).await;
+                let (targets, serving) = workers.targets().await;
+                endpoints = targets;
+                let (queued, in_flight) = pool_load(&serving).await;
                 let replicas = deployments
                     .get_opt(&args.pool)
                     .await
@@ -254,7 +342,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     format!(
                         "  workers   replicas {replicas}   ready {}   serving {}",
                         status.ready_replicas,
-                        endpoints.len()
+                        serving.len()
                     ),
                     format!(
                         "  load      {} = {queued} queued + {in_flight} in flight",

@@ -1,0 +1,95 @@
+//! The local cluster's real nodes (`scripts/real-node`): what a test needs to put a pool's workers
+//! on them and reach them the way a client in the cluster would.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+
+use crate::repo_root;
+
+/// The test app (tests/apps on Python and uvicorn), built by `scripts/real-node images`.
+pub const APP_IMAGE: &str = "asyncpool.local/test-app:1";
+/// The label and taint that real nodes carry, so that only pods that ask land there.
+pub const NODE_LABEL: (&str, &str) = ("asyncpool.dev/node", "real");
+pub const TAINT_KEY: &str = "asyncpool.dev/real-node";
+
+/// The sidecar's and the operator's images as `scripts/images` names them.
+pub fn product_image(name: &str) -> String {
+    format!("ghcr.io/asyncpool/{name}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Imports the images the tests run (the test app, the operator's and sidecar's latest builds)
+/// into every real node, once per test process, and returns the Ready real nodes' names. Fails
+/// the test, saying how to get them, when the cluster has none.
+pub async fn ready_nodes(client: &Client) -> Vec<String> {
+    static IMAGES: OnceLock<()> = OnceLock::new();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default().labels(&format!("{}={}", NODE_LABEL.0, NODE_LABEL.1)))
+        .await
+        .expect("list nodes");
+    let ready: Vec<String> = list
+        .items
+        .into_iter()
+        .filter(|node| {
+            node.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|node| node.metadata.name)
+        .collect();
+    assert!(
+        !ready.is_empty(),
+        "the test cluster has no Ready real node: start it with ASYNCPOOL_REAL_NODES=1 scripts/cluster up \
+         (scripts/test does)"
+    );
+    IMAGES.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/real-node"))
+            .arg("images")
+            .output()
+            .expect("run scripts/real-node images");
+        crate::cluster::succeeded(out, "scripts/real-node images");
+    });
+    ready
+}
+
+/// What a pod template needs to run on a real node under Pod Security `restricted`.
+pub fn placement() -> Value {
+    json!({
+        "nodeSelector": {NODE_LABEL.0: NODE_LABEL.1},
+        "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+    })
+}
+
+/// The test app's container, as a pool's template lists it: uvicorn on the sidecar's default
+/// upstream port, locked down as `restricted` requires.
+pub fn app_container() -> Value {
+    json!({
+        "name": "app",
+        "image": APP_IMAGE,
+        "imagePullPolicy": "Never",
+        "args": ["slow_app:app", "--host", "127.0.0.1", "--port", "8000", "--no-access-log"],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    })
+}
+
+/// The address of a Service's first port: its ClusterIP, which the host routes through a real
+/// node's kube-proxy.
+pub async fn service_address(client: &Client, namespace: &str, name: &str) -> Option<SocketAddr> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let spec = services.get_opt(name).await.ok()??.spec?;
+    let ip = spec.cluster_ip?.parse().ok()?;
+    let port = u16::try_from(spec.ports?.first()?.port).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
