@@ -33,4 +33,5 @@ pub mod env {
     pub const LOG_FORMAT: &str = "ASYNCPOOL_LOG_FORMAT";
     pub const THREADS: &str = "ASYNCPOOL_THREADS";
     pub const HEADER_TIMEOUT: &str = "ASYNCPOOL_HEADER_TIMEOUT";
+    pub const BODY_TIMEOUT: &str = "ASYNCPOOL_BODY_TIMEOUT";
 }

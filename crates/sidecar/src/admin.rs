@@ -307,6 +307,12 @@ impl Admin {
             ],
         );
         metric(
+            "body_timeouts_total",
+            "counter",
+            "Requests answered 408 (or cut) because their body stopped arriving for --body-timeout.",
+            &[("", self.stats.body_timeouts.load(Ordering::Relaxed) as f64)],
+        );
+        metric(
             "upstream_errors_total",
             "counter",
             "Requests answered 502 because the app could not be reached.",

@@ -101,6 +101,11 @@ pub struct Args {
     /// idle time after which a keep-alive connection is closed.
     #[arg(long, env = env::HEADER_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+
+    /// How long a request body may stop arriving: each read of it must bring bytes within this
+    /// (against a trickling body holding a slot), as nginx's client_body_timeout.
+    #[arg(long, env = env::BODY_TIMEOUT, default_value = "60s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
 }
 
 /// Upper bound on `--threads`.
@@ -137,6 +142,7 @@ pub struct Config {
     pub redis: Option<RedisTarget>,
     pub log_format: LogFormat,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub threads: usize,
 }
 
@@ -172,6 +178,9 @@ impl Args {
         }
         if self.header_timeout.is_zero() {
             return Err(invalid("--header-timeout", "must be positive"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(invalid("--body-timeout", "must be positive"));
         }
         let threads = match self.threads {
             Some(threads) if threads == 0 || threads > MAX_THREADS => {
@@ -260,6 +269,7 @@ impl Args {
             redis,
             log_format: self.log_format,
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             threads,
         })
     }
@@ -347,6 +357,8 @@ mod tests {
             (&["--log-format", "xml"], "--log-format"),
             (&["--drain-token", " "], "--drain-token"),
             (&["--threads", "0"], "--threads"),
+            (&["--body-timeout", "0s"], "--body-timeout"),
+            (&["--body-timeout", "soon"], "--body-timeout"),
             (&["--source", "redis", "--redis-key", "q"], "--redis-url"),
             (
                 &[

@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> Result<Outcome, SidecarError> {
             Arc::clone(&limiter),
             config.upstream.clone(),
             config.queue_timeout,
+            config.body_timeout,
             config.concurrency.min(1024),
             Arc::clone(&stats),
         );

@@ -44,6 +44,8 @@ const READ_SIZE: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub queue_timeouts: AtomicU64,
+    /// Requests whose body stopped arriving for `--body-timeout`.
+    pub body_timeouts: AtomicU64,
     pub upstream_errors: AtomicU64,
     /// Client connections open on the serving port that were accepted before the drain's grace
     /// ended (those accepted later only get a 503).
@@ -80,6 +82,7 @@ pub struct Proxy {
     limiter: Arc<Limiter>,
     pool: Pool,
     queue_timeout: Duration,
+    body_timeout: Duration,
     stats: Arc<Stats>,
 }
 
@@ -110,6 +113,11 @@ const BAD_GATEWAY: OwnReply = OwnReply {
 const BAD_REQUEST: OwnReply = OwnReply {
     status: "400 Bad Request",
     body: "",
+    retry_after: false,
+};
+const BODY_TIMEOUT: OwnReply = OwnReply {
+    status: "408 Request Timeout",
+    body: "request body timed out\n",
     retry_after: false,
 };
 const HEAD_TOO_LARGE: OwnReply = OwnReply {
@@ -168,6 +176,9 @@ enum Relayed {
     NoResponse { retryable: bool },
     /// Failed mid-response (either side): both connections are in an unknown state.
     Broken,
+    /// The client's body stopped arriving for the body timeout; `answer` while no response head
+    /// has gone to the client yet, so that a 408 can still be written.
+    BodyStalled { answer: bool },
 }
 
 impl Proxy {
@@ -175,6 +186,7 @@ impl Proxy {
         limiter: Arc<Limiter>,
         upstream: String,
         queue_timeout: Duration,
+        body_timeout: Duration,
         max_idle: usize,
         stats: Arc<Stats>,
     ) -> Self {
@@ -186,6 +198,7 @@ impl Proxy {
                 max_idle,
             },
             queue_timeout,
+            body_timeout,
             stats,
         }
     }
@@ -396,7 +409,17 @@ impl Proxy {
                     return reply(client, &bytes, keep_after_own).await;
                 }
             };
-            match relay(client, &mut app, buffers, head, phase, prepared).await {
+            let relayed = relay(
+                client,
+                &mut app,
+                buffers,
+                head,
+                phase,
+                prepared,
+                self.body_timeout,
+            )
+            .await;
+            match relayed {
                 Relayed::Complete {
                     app_reusable,
                     close_client,
@@ -426,6 +449,16 @@ impl Proxy {
                     return Next::Close;
                 }
                 Relayed::Broken => return Next::Close,
+                Relayed::BodyStalled { answer } => {
+                    // The slot goes to the next request; the app connection, mid-body, goes too.
+                    drop(permit);
+                    self.stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("a request body stopped arriving; answered 408");
+                    if answer {
+                        let _ = client.write_all(&own(&BODY_TIMEOUT, true)).await;
+                    }
+                    return Next::Close;
+                }
                 Relayed::NoResponse { retryable: true } if was_pooled => {
                     // The app had closed the pooled connection: the same bytes on a fresh one.
                     pooled = false;
@@ -499,6 +532,7 @@ async fn relay(
     head: &http1::Request,
     phase: &watch::Receiver<Phase>,
     prepared: bool,
+    body_timeout: Duration,
 ) -> Relayed {
     let Buffers {
         request: buf,
@@ -527,19 +561,27 @@ async fn relay(
     let whole_in_first_write = body_done;
 
     let body_sent = AtomicBool::new(body_done);
+    let head_sent = AtomicBool::new(false);
     let (mut client_read, mut client_write) = client.split();
     let (mut app_read, mut app_write) = app.split();
     let client_side = async {
         if !body_done {
             loop {
                 reserve(buf);
-                match client_read.read_buf(buf).await {
-                    Ok(n) if n > 0 => {}
+                // A body that stops arriving would hold its slot for as long as the client
+                // likes: each read must bring something within the body timeout.
+                match tokio::time::timeout(body_timeout, client_read.read_buf(buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
                     // The client left mid-body.
-                    _ => return,
+                    Ok(_) => return Relayed::Broken,
+                    Err(_) => {
+                        return Relayed::BodyStalled {
+                            answer: !head_sent.load(Ordering::Relaxed),
+                        };
+                    }
                 }
                 let Ok((taken, done)) = body.advance(buf, None) else {
-                    return;
+                    return Relayed::Broken;
                 };
                 if app_write.write_all(&buf[..taken]).await.is_err() {
                     // The app stopped reading; its response tells the rest.
@@ -553,6 +595,7 @@ async fn relay(
             }
         }
         watch_departure(&mut client_read, buf).await;
+        Relayed::Broken
     };
     let response = relay_response(
         &mut app_read,
@@ -561,11 +604,12 @@ async fn relay(
         out,
         head,
         phase,
-        &body_sent,
+        (&body_sent, &head_sent),
     );
     tokio::select! {
-        // The client left (or broke its body): the app connection goes, cancelling the work.
-        () = client_side => Relayed::Broken,
+        // The client left, broke its body or let it stall: the app connection goes, cancelling
+        // the work.
+        relayed = client_side => relayed,
         relayed = response => match relayed {
             Relayed::Complete { app_reusable, close_client } => {
                 let body_whole = body_sent.load(Ordering::Relaxed);
@@ -585,7 +629,8 @@ async fn relay(
 }
 
 /// Passes the app's response to the client: interim responses, the head rewritten, the body as
-/// it arrives. `out` is reused for the response head.
+/// it arrives. `out` is reused for the response head. `sent` says whether the request body went
+/// whole (read), and records when the response head is on its way to the client (written).
 async fn relay_response<A, C>(
     app: &mut A,
     client: &mut C,
@@ -593,12 +638,13 @@ async fn relay_response<A, C>(
     out: &mut Vec<u8>,
     head: &http1::Request,
     phase: &watch::Receiver<Phase>,
-    body_sent: &AtomicBool,
+    sent: (&AtomicBool, &AtomicBool),
 ) -> Relayed
 where
     A: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
+    let (body_sent, head_sent) = sent;
     rbuf.clear();
     let response = loop {
         let parsed = match http1::response(rbuf, head.is_head, out) {
@@ -638,6 +684,7 @@ where
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(rbuf);
         rbuf.clear();
+        head_sent.store(true, Ordering::Relaxed);
         if client.write_all(out).await.is_err() {
             return Relayed::Broken;
         }
@@ -675,6 +722,7 @@ where
         out.extend_from_slice(&rbuf[..taken]);
     }
     rbuf.advance(taken);
+    head_sent.store(true, Ordering::Relaxed);
     if client.write_all(out).await.is_err() {
         return Relayed::Broken;
     }

@@ -1009,3 +1009,63 @@ async fn readiness_follows_whether_the_app_accepts_connections() {
     let _ = accepting.await;
     assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_frees_its_slot_while_a_slow_steady_one_goes_through() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "1", "--body-timeout", "1s"]).await;
+
+    // An upload that sends a little and then nothing: it holds the only slot.
+    let mut stalled = TcpStream::connect(sidecar.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let began = Instant::now();
+    wait_until("the upload admitted", Duration::from_secs(5), || async {
+        sidecar.queue().await["inFlight"] == 1
+    })
+    .await;
+    // A request behind it waits for the slot, which the stalled body must give up.
+    let behind = tokio::spawn(get(sidecar.addr, "/sleep?s=0"));
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("the stalled upload still holds its connection after 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "cut before the body timeout: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(behind.await.unwrap().unwrap().status, 200);
+    let metrics =
+        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("asyncpool_sidecar_body_timeouts_total 1"),
+        "{metrics}"
+    );
+
+    // A body that keeps coming, a part every 300 ms for 3 s, is not cut: the timeout is on
+    // progress, not on the whole body.
+    let mut steady = TcpStream::connect(sidecar.addr).await.unwrap();
+    steady
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        steady.write_all(b"0123456789").await.unwrap();
+    }
+    let mut answer = Vec::new();
+    steady.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#"{"bytes": 100}"#), "{answer}");
+}
