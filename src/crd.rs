@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use asyncpool_contract::pod::{ADMIN_PORT, SERVE_PORT};
+use asyncpool_contract::pod::{ADMIN_PORT, SERVE_PORT, SIDECAR_CONTAINER};
 // The source kinds are the contract's, so the value in a pool's spec is one the sidecar accepts.
 pub use asyncpool_contract::{RedisKind, SourceKind};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -113,6 +113,16 @@ pub struct AsyncWorkerPoolSpec {
     /// next to them and routes traffic through it; the app must listen on `port` on localhost.
     #[x_kube(validation = Rule::new("has(self.spec) && size(self.spec.containers) > 0")
         .message("template.spec.containers must list at least the app container"))]
+    #[x_kube(validation = Rule::new(format!(
+        "!has(self.spec) || (self.spec.containers.all(c, c.name != '{SIDECAR_CONTAINER}') && \
+         (!has(self.spec.initContainers) || self.spec.initContainers.all(c, c.name != '{SIDECAR_CONTAINER}')))"))
+        .message(kube::core::Message::Message(format!(
+            "template.spec: a container named {SIDECAR_CONTAINER} clashes with the injected sidecar; rename it"))))]
+    #[x_kube(validation = Rule::new(format!(
+        "!has(self.spec) || self.spec.containers.all(c, !has(c.ports) || \
+         c.ports.all(p, p.containerPort != {SERVE_PORT} && p.containerPort != {ADMIN_PORT}))"))
+        .message(kube::core::Message::Message(format!(
+            "template.spec.containers: ports {SERVE_PORT} and {ADMIN_PORT} are the sidecar's; move the app to spec.port"))))]
     pub template: PodTemplateSpec,
 
     /// Fewest workers to keep, even when idle. 0 (scale to zero) needs `queue.source: redis`:

@@ -87,6 +87,16 @@ pub fn deployment(
         .extend(selector_labels(&name));
 
     let pod = template.spec.get_or_insert_with(Default::default);
+    // The API server refuses these at apply (the CRD's rules); checked here too for pools
+    // stored before those rules existed.
+    if pod
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == SIDECAR_CONTAINER)
+    {
+        return Err(BuildError::SidecarNameTaken);
+    }
     for container in &pod.containers {
         if container.name == SIDECAR_CONTAINER {
             return Err(BuildError::SidecarNameTaken);
@@ -504,6 +514,21 @@ spec:
         clash.spec.template.spec.as_mut().unwrap().containers[0].name = SIDECAR_CONTAINER.into();
         assert_eq!(
             deployment(&clash, &effective(&clash), "img", 1).unwrap_err(),
+            BuildError::SidecarNameTaken
+        );
+        let mut init_clash = pool.clone();
+        init_clash
+            .spec
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers = Some(vec![Container {
+            name: SIDECAR_CONTAINER.into(),
+            ..Container::default()
+        }]);
+        assert_eq!(
+            deployment(&init_clash, &effective(&init_clash), "img", 1).unwrap_err(),
             BuildError::SidecarNameTaken
         );
         let mut port = pool.clone();

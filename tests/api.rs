@@ -363,6 +363,30 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
             vec![("spec/concurrency", json!("ten"))],
             "spec.concurrency: Invalid value",
         ),
+        (
+            "a container named like the injected sidecar",
+            vec![(
+                "spec/template/spec/containers",
+                json!([{"name": "app", "image": "app:1"}, {"name": "asyncpool-sidecar", "image": "mine:1"}]),
+            )],
+            "a container named asyncpool-sidecar clashes with the injected sidecar",
+        ),
+        (
+            "an init container named like the injected sidecar",
+            vec![(
+                "spec/template/spec/initContainers",
+                json!([{"name": "asyncpool-sidecar", "image": "mine:1"}]),
+            )],
+            "a container named asyncpool-sidecar clashes with the injected sidecar",
+        ),
+        (
+            "an app container on the sidecar's admin port",
+            vec![(
+                "spec/template/spec/containers",
+                json!([{"name": "app", "image": "app:1", "ports": [{"containerPort": 9090}]}]),
+            )],
+            "ports 8080 and 9090 are the sidecar's",
+        ),
     ];
     assert!(cases.len() >= 12);
 
