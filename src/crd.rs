@@ -523,9 +523,49 @@ pub fn crd()
             let own_description = template.description.take();
             strip_descriptions(template);
             template.description = own_description;
+            bound_containers(template);
         }
     }
     crd
+}
+
+/// Most containers (and init containers) a pool's template may list, and ports per container.
+const MAX_CONTAINERS: i64 = 64;
+const MAX_PORTS: i64 = 64;
+
+/// Bounds the template's container lists, their names (a DNS label, as Kubernetes requires) and
+/// ports: the API server estimates the cost of the template's CEL rules from these bounds, and
+/// refuses rules over unbounded lists.
+fn bound_containers(
+    template: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    let Some(pod) = template
+        .properties
+        .as_mut()
+        .and_then(|p| p.get_mut("spec"))
+        .and_then(|spec| spec.properties.as_mut())
+    else {
+        return;
+    };
+    for list in ["containers", "initContainers"] {
+        let Some(containers) = pod.get_mut(list) else {
+            continue;
+        };
+        containers.max_items = Some(MAX_CONTAINERS);
+        let Some(JSONSchemaPropsOrArray::Schema(container)) = containers.items.as_mut() else {
+            continue;
+        };
+        let Some(fields) = container.properties.as_mut() else {
+            continue;
+        };
+        if let Some(name) = fields.get_mut("name") {
+            name.max_length = Some(63);
+        }
+        if let Some(ports) = fields.get_mut("ports") {
+            ports.max_items = Some(MAX_PORTS);
+        }
+    }
 }
 
 fn strip_descriptions(
