@@ -160,6 +160,8 @@ pub enum HeadError {
     Malformed(&'static str),
     /// More headers than [`MAX_HEADERS`]: 431.
     TooManyHeaders,
+    /// `CONNECT`: a tunnel, which a reverse proxy in front of one app does not open: 501.
+    Connect,
 }
 
 /// What the proxy needs to know of a request once its head is rewritten.
@@ -244,17 +246,32 @@ pub fn request(
     let framing = headers.body_framing()?.unwrap_or(Framing::Empty);
     let http10 = minor == 0;
 
-    // An absolute-form target (`GET http://host/path`) becomes origin-form for the app.
+    if method == "CONNECT" {
+        return Err(HeadError::Connect);
+    }
+    // An absolute-form target (`GET http://host/path`) becomes origin-form for the app, with its
+    // authority as the Host (RFC 9112 §3.2.2: the Host header is then ignored). Any other form
+    // than origin, absolute or `OPTIONS *` is refused rather than passed on to be guessed at.
     let (path, authority) = match target
         .strip_prefix("http://")
         .or_else(|| target.strip_prefix("https://"))
     {
-        Some(rest) => match rest.find('/') {
-            Some(slash) => (&rest[slash..], Some(&rest[..slash])),
+        // `http://host?q` has an empty path: the app gets `/?q`.
+        Some(rest) => match rest.find(['/', '?']) {
+            Some(end) => (&rest[end..], Some(&rest[..end])),
             None => ("/", Some(rest)),
         },
-        None => (target, None),
+        None if target.starts_with('/') => (target, None),
+        None if target == "*" && method == "OPTIONS" => (target, None),
+        None => {
+            return Err(HeadError::Malformed(
+                "request target is not origin or absolute form",
+            ));
+        }
     };
+    if authority.is_some_and(str::is_empty) {
+        return Err(HeadError::Malformed("absolute target without a host"));
+    }
     let upgrade_value = headers
         .iter()
         .find(|(name, _)| *name == Name::Upgrade)
@@ -264,6 +281,9 @@ pub fn request(
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
+    if path.starts_with('?') {
+        out.push(b'/');
+    }
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
@@ -278,6 +298,8 @@ pub fn request(
                 forwarded_for.push(header.value);
                 continue;
             }
+            // An absolute target's authority is the Host; the header is dropped.
+            Name::Host if authority.is_some() => continue,
             Name::Host => has_host = true,
             Name::ForwardedProto => has_proto = true,
             _ => {}
@@ -638,8 +660,43 @@ mod tests {
         let (_, out) = rewrite("GET http://example.com/a/b HTTP/1.1\r\n\r\n");
         assert!(out.starts_with("GET /a/b HTTP/1.1\r\n"), "{out}");
         assert!(out.contains("host: example.com\r\n"), "{out}");
+        // The target's authority wins over a Host header that says otherwise.
+        let (_, out) = rewrite("GET http://example.com/a HTTP/1.1\r\nHost: evil.test\r\n\r\n");
+        assert!(out.contains("host: example.com\r\n"), "{out}");
+        assert!(!out.contains("evil.test"), "{out}");
         let (_, out) = rewrite("GET / HTTP/1.0\r\n\r\n");
         assert!(out.contains("host: 127.0.0.1:8000\r\n"), "{out}");
+    }
+
+    #[test]
+    fn targets_other_than_origin_absolute_or_options_star_are_refused() {
+        let mut out = Vec::new();
+        let refused = |head: &str, out: &mut Vec<u8>| request(head.as_bytes(), PEER, "u", out);
+        assert_eq!(
+            refused(
+                "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+                &mut out
+            ),
+            Err(HeadError::Connect)
+        );
+        for head in [
+            "GET example.com/a HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET example.com:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http:///a HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(
+                matches!(refused(head, &mut out), Err(HeadError::Malformed(_))),
+                "{head:?} was accepted"
+            );
+        }
+        let (_, out) = rewrite("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("OPTIONS * HTTP/1.1\r\n"), "{out}");
+        let (_, out) = rewrite("GET http://a?x=1 HTTP/1.1\r\n\r\n");
+        assert!(
+            out.starts_with("GET /?x=1 HTTP/1.1\r\nhost: a\r\n"),
+            "{out}"
+        );
     }
 
     #[test]

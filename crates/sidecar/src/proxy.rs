@@ -120,6 +120,12 @@ const BODY_TIMEOUT: OwnReply = OwnReply {
     body: "request body timed out\n",
     retry_after: false,
 };
+/// RFC 9110 §15.6.2: a method the server does not support (405 would have to list the others).
+const CONNECT_REFUSED: OwnReply = OwnReply {
+    status: "501 Not Implemented",
+    body: "CONNECT is not served: this is a reverse proxy for one app\n",
+    retry_after: false,
+};
 const HEAD_TOO_LARGE: OwnReply = OwnReply {
     status: "431 Request Header Fields Too Large",
     body: "",
@@ -324,6 +330,7 @@ impl Proxy {
                     Ok(None) if buf.len() >= MAX_HEADER_BYTES => Some(HEAD_TOO_LARGE),
                     Ok(None) => None,
                     Err(HeadError::TooManyHeaders) => Some(HEAD_TOO_LARGE),
+                    Err(HeadError::Connect) => Some(CONNECT_REFUSED),
                     Err(HeadError::Malformed(why)) => {
                         tracing::debug!(%peer, why, "refused a malformed request");
                         Some(BAD_REQUEST)

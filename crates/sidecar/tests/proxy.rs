@@ -1069,3 +1069,41 @@ async fn a_stalled_body_gets_408_and_frees_its_slot_while_a_slow_steady_one_goes
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#"{"bytes": 100}"#), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_and_an_absolute_target_names_the_host() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+
+    // A tunnel is not this proxy's job: 501, and nothing reaches the app.
+    let mut client = TcpStream::connect(sidecar.addr).await.unwrap();
+    client
+        .write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection closes after the refusal")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+    assert_eq!(app.stats().await["served"], 0);
+
+    // An absolute-form target: the app gets origin form, and the target's host, not the header's.
+    let mut client = TcpStream::connect(sidecar.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET http://api.example/sleep?s=0 HTTP/1.1\r\nhost: other.example\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+        .await
+        .expect("the answer ends with the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""host": "api.example""#), "{answer}");
+}
