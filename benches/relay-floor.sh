@@ -36,26 +36,6 @@ work="$(mktemp -d)"
 source "$root/benches/lib.sh"
 
 RET=$(free_port); NG=$(free_port); SC=$(free_port); EP=$(free_port); UR=$(free_port)
-nginx_conf() { # name workers server-blocks
-    mkdir -p "$work/$1/logs"
-    cat > "$work/$1/nginx.conf" <<CONF
-worker_processes $2;
-pid $work/$1/nginx.pid;
-error_log $work/$1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/$1/body;
-    proxy_temp_path $work/$1/proxy;
-    fastcgi_temp_path $work/$1/fastcgi;
-    uwsgi_temp_path $work/$1/uwsgi;
-    scgi_temp_path $work/$1/scgi;
-    $3
-}
-CONF
-    "$NGINX" -p "$work/$1" -c "$work/$1/nginx.conf" -g 'daemon off;' &
-    pids+=($!)
-}
 nginx_conf ret 1 "server { listen 127.0.0.1:$RET; location / { return 200 'ok'; } }"
 # The same nginx proxy configuration as benches/sidecar-overhead.sh.
 nginx_conf proxy 2 "
@@ -71,15 +51,6 @@ pids+=($!); SIDECAR_PID=$!
 "$RELAY" io_uring "$UR" "$RET" 2 & pids+=($!); URING_PID=$!
 for port in "$RET" "$NG" "$SC" "$EP" "$UR"; do wait_http "127.0.0.1:$port/"; done
 
-# CPU ticks (user + system) of a process and its children (nginx's and the relays' workers).
-cpu_ticks() {
-    local total=0 pid
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    echo "$total"
-}
-TICK_MS=$((1000 / $(getconf CLK_TCK)))
 paths=("nginx $NG $NGINX_PID" "sidecar $SC $SIDECAR_PID" "relay-epoll $EP $EPOLL_PID" "relay-io_uring $UR $URING_PID")
 for path in "${paths[@]}"; do
     read -r _ port _ <<<"$path"

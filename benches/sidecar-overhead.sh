@@ -51,27 +51,6 @@ ADM1=$(free_port); ADM2=$(free_port); QP=$(free_port); QP_TLS=$(free_port)
     --http httptools --loop uvloop --log-level warning --no-access-log &
 pids+=($!)
 
-nginx_conf() { # name workers server-blocks
-    mkdir -p "$work/$1/logs"
-    cat > "$work/$1/nginx.conf" <<CONF
-worker_processes $2;
-pid $work/$1/nginx.pid;
-error_log $work/$1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/$1/body;
-    proxy_temp_path $work/$1/proxy;
-    fastcgi_temp_path $work/$1/fastcgi;
-    uwsgi_temp_path $work/$1/uwsgi;
-    scgi_temp_path $work/$1/scgi;
-    $3
-}
-CONF
-    "$NGINX" -p "$work/$1" -c "$work/$1/nginx.conf" -g 'daemon off;' &
-    pids+=($!)
-    echo $! > "$work/$1/master"
-}
 # The trivial upstream: answers at once, one worker.
 nginx_conf ret 1 "server { listen 127.0.0.1:$RET; location / { return 200 'ok'; } }"
 # nginx as a reverse proxy, configured as for a streaming app (no buffering), keep-alive to the
@@ -136,15 +115,6 @@ sleep 1
 rss() { awk -v f="$2" '$1 == f {print $2}' "/proc/$1/status"; }
 IDLE_RSS=$(rss "$SIDECAR1_PID" VmRSS:)
 
-# CPU ticks (user + system) of a process and its children (nginx workers).
-cpu_ticks() {
-    local total=0 pid
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    echo "$total"
-}
-TICK_MS=$((1000 / $(getconf CLK_TCK)))
 results="$work/results"
 
 # run PART METRIC PATH URL CONNS DELAY_MS CPU_PID [DURATION [ROUND]]

@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -232,6 +233,8 @@ int main(int argc, char **argv) {
     // One process per worker, each with its own SO_REUSEPORT listener (as nginx's workers).
     for (int i = 0; i < workers; i++) {
         if (fork() == 0) {
+            // A worker ends with its parent, which is what the benchmark stops.
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
             int lfd = listener(port);
             if (uring) run_uring(lfd);
             else run_epoll(lfd);
