@@ -120,13 +120,7 @@ impl RealSetup {
             list.items
                 .into_iter()
                 .map(|pod| {
-                    let ready = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
+                    let ready = real_node::pod_ready(&pod);
                     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
                     let deleting = pod.metadata.deletion_timestamp.is_some();
                     (pod.metadata.name.unwrap_or_default(), ready, deleting, ip)
@@ -333,15 +327,7 @@ async fn the_operator_runs_from_its_image_installed_with_the_chart() {
                 )))
                 .await
                 .ok()?;
-            list.items
-                .iter()
-                .any(|pod| {
-                    pod.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .then_some(())
+            list.items.iter().any(real_node::pod_ready).then_some(())
         },
     )
     .await;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -17,6 +17,14 @@ pub const APP_IMAGE: &str = "asyncpool.local/test-app:1";
 /// The label and taint that real nodes carry, so that only pods that ask land there.
 pub const NODE_LABEL: (&str, &str) = ("asyncpool.dev/node", "real");
 pub const TAINT_KEY: &str = "asyncpool.dev/real-node";
+
+/// Whether the kubelet reports the pod Ready (its containers' readiness probes pass).
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
 
 /// The sidecar's and the operator's images as `scripts/images` names them.
 pub fn product_image(name: &str) -> String {

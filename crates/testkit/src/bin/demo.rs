@@ -174,12 +174,7 @@ async fn ready_pods(pods: &Api<Pod>, pool: &str) -> Vec<SocketAddr> {
         .items
         .iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            pod.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|pod| asyncpool_testkit::real_node::pod_ready(pod))
         .filter_map(|pod| pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
         .map(|ip| SocketAddr::new(ip, SERVE_PORT))
         .collect();
