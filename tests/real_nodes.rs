@@ -7,219 +7,16 @@
 
 use std::time::Duration;
 
-use asyncpool::crd::AsyncWorkerPool;
-use asyncpool_testkit::cluster::{TestNamespace, client, eventually, install_crd};
+use asyncpool_testkit::cluster::eventually;
 use asyncpool_testkit::helm::{RELEASE, Release};
-use asyncpool_testkit::load::{Load, LoadReport, LoadSpec};
-use asyncpool_testkit::operator::OperatorProcess;
-use asyncpool_testkit::real_node::{self, app_container, placement, product_image};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
-
-struct RealSetup {
-    client: Client,
-    ns: TestNamespace,
-    pools: Api<AsyncWorkerPool>,
-    pods: Api<Pod>,
-}
-
-async fn setup(prefix: &str) -> RealSetup {
-    let client = client().await;
-    real_node::ready_nodes(&client).await;
-    install_crd(&client).await;
-    let ns = TestNamespace::with_labels(
-        &client,
-        prefix,
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await;
-    RealSetup {
-        pools: Api::namespaced(client.clone(), &ns.name),
-        pods: Api::namespaced(client.clone(), &ns.name),
-        client,
-        ns,
-    }
-}
-
-impl RealSetup {
-    /// The operator as a process on the host, injecting the real sidecar image.
-    async fn operator(&self) -> OperatorProcess {
-        let image = product_image("sidecar");
-        OperatorProcess::start(
-            &self.ns.name,
-            "solo",
-            &["--leader-elect=false", "--sidecar-image", &image],
-        )
-        .await
-    }
-
-    /// A pool of `replicas` workers of the test app on the real nodes, proxied by the sidecar.
-    async fn create_pool(&self, name: &str, replicas: i32, supervision: Value) {
-        self.create(
-            name,
-            json!({"minReplicas": replicas, "maxReplicas": replicas, "supervision": supervision}),
-        )
-        .await;
-    }
-
-    /// A pool between `min` and `max` workers that wants one worker per 5 requests in the app.
-    async fn create_pool_scaling(&self, name: &str, min: i32, max: i32) {
-        self.create(
-            name,
-            json!({"minReplicas": min, "maxReplicas": max, "queue": {"source": "proxy", "targetPerWorker": 5}}),
-        )
-        .await;
-    }
-
-    async fn create(&self, name: &str, spec: Value) {
-        let mut template_spec = placement();
-        template_spec["containers"] = json!([app_container()]);
-        let mut full = json!({
-            "concurrency": 20,
-            "queue": {"source": "proxy", "targetPerWorker": 20},
-            "scaling": {"stableWindow": "4s", "panicWindow": "1s", "scaleDownDelay": "1s", "metricsTimeout": "2s"},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": template_spec},
-        });
-        for (key, value) in spec.as_object().expect("spec fields") {
-            full[key] = value.clone();
-        }
-        let pool: AsyncWorkerPool = serde_json::from_value(json!({
-            "apiVersion": "asyncpool.dev/v1alpha1",
-            "kind": "AsyncWorkerPool",
-            "metadata": {"name": name},
-            "spec": full,
-        }))
-        .expect("pool object");
-        self.pools
-            .create(&PostParams::default(), &pool)
-            .await
-            .expect("create pool");
-    }
-
-    async fn resize(&self, name: &str, replicas: i32) {
-        self.pools
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"minReplicas": replicas, "maxReplicas": replicas}})),
-            )
-            .await
-            .expect("resize pool");
-    }
-
-    /// The pool's pods: (name, ready, deleting, pod IP).
-    async fn pods_of(&self, pool: &str) -> Option<Vec<(String, bool, bool, Option<String>)>> {
-        let list = self
-            .pods
-            .list(&ListParams::default().labels(&format!("asyncpool.dev/pool={pool}")))
-            .await
-            .ok()?;
-        Some(
-            list.items
-                .into_iter()
-                .map(|pod| {
-                    let ready = real_node::pod_ready(&pod);
-                    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-                    let deleting = pod.metadata.deletion_timestamp.is_some();
-                    (pod.metadata.name.unwrap_or_default(), ready, deleting, ip)
-                })
-                .collect(),
-        )
-    }
-
-    /// Waits until exactly `want` pods exist (none on its way out) and all are Ready.
-    async fn wait_ready(&self, pool: &str, want: usize, limit: Duration) {
-        eventually(
-            &format!("{want} ready workers of {pool}, and no other"),
-            limit,
-            || async {
-                let pods = self.pods_of(pool).await?;
-                (pods.len() == want
-                    && pods
-                        .iter()
-                        .all(|(_, ready, deleting, _)| *ready && !deleting))
-                .then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// Starts the load once the pool's Service answers through kube-proxy, which programs a new
-    /// Service's endpoints up to a second after they are ready.
-    async fn service_load(&self, pool: &str, rate: u32, stream_rate: f64) -> Load {
-        self.load_through_service(pool, rate, "/sleep?s=0.05", stream_rate)
-            .await
-    }
-
-    /// Short requests only, `rate` a second of `path`.
-    async fn service_load_of(&self, pool: &str, rate: u32, path: &str) -> Load {
-        self.load_through_service(pool, rate, path, 0.0).await
-    }
-
-    async fn load_through_service(
-        &self,
-        pool: &str,
-        rate: u32,
-        path: &str,
-        stream_rate: f64,
-    ) -> Load {
-        let target = eventually("the pool's Service", Duration::from_secs(20), || {
-            real_node::service_address(&self.client, &self.ns.name, pool)
-        })
-        .await;
-        eventually(
-            "the Service answering through kube-proxy",
-            Duration::from_secs(20),
-            || async {
-                let reply = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    asyncpool_testkit::http::send(
-                        target,
-                        "GET",
-                        "/hello",
-                        &[],
-                        bytes::Bytes::new(),
-                    ),
-                )
-                .await;
-                matches!(reply, Ok(Ok(ref r)) if r.status == 200).then_some(())
-            },
-        )
-        .await;
-        Load::start(LoadSpec {
-            target,
-            rate,
-            short_path: path.into(),
-            stream_rate,
-            // 8 s: longer than the drain's 5 s grace, so a stream that starts before a worker is
-            // told to go is still running when its grace ends.
-            stream_path: "/stream?n=16&interval=0.5".into(),
-            stream_last_event: "data: 15\n".into(),
-            timeout: Duration::from_secs(30),
-        })
-    }
-}
-
-fn assert_nothing_lost(report: &LoadReport, at_least: u64) {
-    println!("{report}");
-    assert!(
-        report.sent >= at_least,
-        "too few requests to tell: {report}"
-    );
-    assert_eq!(report.lost, 0, "{report}");
-    assert_eq!(
-        report.refused, 0,
-        "nothing should queue this long at this rate: {report}"
-    );
-    assert_eq!(report.streams_cut, 0, "{report}");
-    assert!(report.streams_whole > 0, "no stream ran: {report}");
-}
+use asyncpool_testkit::real_node;
+use asyncpool_testkit::real_pool::{RealPools, assert_nothing_lost};
+use kube::api::ListParams;
+use serde_json::json;
 
 #[tokio::test]
 async fn scale_down_through_the_service_loses_no_request_and_cuts_no_stream() {
-    let s = setup("rn-drain").await;
+    let s = RealPools::setup("rn-drain").await;
     let _operator = s.operator().await;
     s.create_pool("web", 3, json!({"drainTimeout": "20s"}))
         .await;
@@ -248,7 +45,7 @@ async fn scale_down_through_the_service_loses_no_request_and_cuts_no_stream() {
 
 #[tokio::test]
 async fn a_hung_worker_is_replaced_without_losing_the_load() {
-    let s = setup("rn-hung").await;
+    let s = RealPools::setup("rn-hung").await;
     let _operator = s.operator().await;
     // The hung worker's drain ends at its timeout, which must leave a stream that starts at the
     // end of the 5 s grace its 8 s: 15 s.
@@ -259,9 +56,9 @@ async fn a_hung_worker_is_replaced_without_losing_the_load() {
     )
     .await;
     s.wait_ready("api", 2, Duration::from_secs(90)).await;
-    let pods = s.pods_of("api").await.expect("pods");
-    let (hung, _, _, ip) = pods.first().expect("a worker").clone();
-    let ip = ip.expect("pod IP");
+    let workers = s.workers("api").await.expect("pods");
+    let first = workers.first().expect("a worker").clone();
+    let (hung, ip) = (first.name, first.ip.expect("pod IP"));
 
     let load = s.service_load("api", 30, 0.5).await;
     // One request that never finishes in time, sent to one worker directly: its oldest
@@ -278,12 +75,12 @@ async fn a_hung_worker_is_replaced_without_losing_the_load() {
         "the hung worker replaced by a fresh one",
         Duration::from_secs(60),
         || async {
-            let pods = s.pods_of("api").await?;
-            let fresh = pods
+            let workers = s.workers("api").await?;
+            let fresh = workers
                 .iter()
-                .filter(|(name, ready, deleting, _)| *ready && !deleting && *name != hung)
+                .filter(|w| w.ready && !w.deleting && w.name != hung)
                 .count();
-            (fresh == 2 && pods.iter().all(|(name, ..)| *name != hung)).then_some(())
+            (fresh == 2 && workers.iter().all(|w| w.name != hung)).then_some(())
         },
     )
     .await;
@@ -299,7 +96,7 @@ async fn a_hung_worker_is_replaced_without_losing_the_load() {
 
 #[tokio::test]
 async fn the_operator_runs_from_its_image_installed_with_the_chart() {
-    let s = setup("rn-chart").await;
+    let s = RealPools::setup("rn-chart").await;
     let n = s.ns.name.as_str();
     // One operator pod on a real node, from the image scripts/images built, reading the workers'
     // sidecars over the pod network and the API server through the `kubernetes` Service.
@@ -343,4 +140,57 @@ async fn the_operator_runs_from_its_image_installed_with_the_chart() {
     let pool = s.pools.get("chat").await.expect("pool");
     let status = pool.status.expect("pool status");
     assert_eq!(status.replicas, 3, "{status:?}");
+}
+
+/// Burst → scale-up → quiet → scale-down, again and again, under a continuous load with streams
+/// longer than the drain's grace. `ASYNCPOOL_SCALE_CYCLES` sets the count (3 here; 20 in
+/// `benches/faults.sh`).
+#[tokio::test]
+async fn scale_cycles_lose_no_request_and_cut_no_stream() {
+    let cycles: u32 = std::env::var("ASYNCPOOL_SCALE_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let s = RealPools::setup("rn-cycles").await;
+    let _operator = s.operator().await;
+    s.create(
+        "burst",
+        json!({"minReplicas": 1, "maxReplicas": 4, "queue": {"source": "proxy", "targetPerWorker": 5},
+               "supervision": {"drainTimeout": "20s"}}),
+    )
+    .await;
+    s.wait_ready("burst", 1, Duration::from_secs(90)).await;
+    // At rest ~4 requests in the app (one worker); a burst adds ~15 (four workers).
+    let base = s
+        .load_through_service("burst", 4, "/sleep?s=0.5", 0.25)
+        .await;
+    let mut times = Vec::new();
+    for cycle in 1..=cycles {
+        let began = std::time::Instant::now();
+        let burst = s.service_load_of("burst", 30, "/sleep?s=0.5").await;
+        s.wait_staying("burst", 4, Duration::from_secs(60)).await;
+        let up = began.elapsed();
+        let burst = burst.stop().await;
+        assert_eq!(burst.lost, 0, "cycle {cycle}, burst: {burst}");
+        let quiet = std::time::Instant::now();
+        s.wait_staying("burst", 1, Duration::from_secs(60)).await;
+        let down = quiet.elapsed();
+        println!(
+            "cycle {cycle}: up in {:.1} s, down in {:.1} s; burst {burst}",
+            up.as_secs_f64(),
+            down.as_secs_f64()
+        );
+        times.push((up, down));
+    }
+    let report = base.stop().await;
+    assert_nothing_lost(&report, u64::from(cycles) * 20);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    println!(
+        "{cycles} cycles: median up {:.1} s, median down {:.1} s",
+        median(times.iter().map(|t| t.0).collect()),
+        median(times.iter().map(|t| t.1).collect())
+    );
 }

@@ -272,6 +272,11 @@ pub fn error_policy(
 async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action, ReconcileError> {
     let key = PoolKey::of(pool).ok_or(ReconcileError::NoNamespace)?;
     let namespace = key.namespace.clone();
+    // A pool on its way out: the garbage collector removes what it owns, and an apply now
+    // would re-create a Service or Deployment already collected (foreground deletion).
+    if pool.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
 
     let observed = observe(pool, &key, ctx).await?;
 

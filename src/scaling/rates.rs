@@ -44,11 +44,11 @@ impl Counters {
         }
     }
 
-    /// A counter that went backwards means the sidecar restarted; a delta across that is junk.
+    /// A count that went backwards means the sidecar restarted; a delta across that is junk.
+    /// Busy seconds are not a sign of it: a sidecar computes them in floating point from the
+    /// running requests' start times, so they may step back by a rounding error.
     fn went_back_from(&self, earlier: &Counters) -> bool {
-        self.arrived < earlier.arrived
-            || self.completed < earlier.completed
-            || self.busy_seconds < earlier.busy_seconds
+        self.arrived < earlier.arrived || self.completed < earlier.completed
     }
 }
 
@@ -102,7 +102,7 @@ impl RateTracker {
                     let pod_arrived = reading.arrived.saturating_sub(anchor.arrived);
                     arrivals_per_second += pod_arrived as f64 / elapsed.as_secs_f64();
                     arrived = arrived.saturating_add(pod_arrived);
-                    busy_seconds += reading.busy_seconds - anchor.busy_seconds;
+                    busy_seconds += (reading.busy_seconds - anchor.busy_seconds).max(0.0);
                     completed = completed
                         .saturating_add(reading.completed.saturating_sub(anchor.completed));
                     measured_pods += 1;
@@ -223,6 +223,18 @@ mod tests {
             .update(secs(4), SPAN, [("a", Some(&a2)), ("b", Some(&b2))])
             .unwrap();
         assert!((e.arrivals_per_second - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn busy_seconds_stepping_back_by_a_rounding_error_is_no_restart() {
+        let mut rates = RateTracker::default();
+        rates.update(secs(0), SPAN, [("a", Some(&snapshot(0, 0, 0.0)))]);
+        rates.update(secs(1), SPAN, [("a", Some(&snapshot(10, 10, 5.000_001)))]);
+        let e = rates.update(secs(2), SPAN, [("a", Some(&snapshot(20, 20, 5.0)))]);
+        assert!(
+            e.is_some_and(|e| (e.arrivals_per_second - 10.0).abs() < 1e-9),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -50,11 +50,13 @@ struct State {
     queue: VecDeque<(u64, Option<Waker>)>,
     arrived_total: u64,
     completed_total: u64,
-    /// Busy seconds of completed requests; running ones are added at snapshot time.
-    busy_completed: f64,
-    /// Sum of the start offsets (seconds since `epoch`) of the in-flight requests, so that
+    /// Busy nanoseconds of completed requests; running ones are added at snapshot time.
+    /// Integers, so that the busy total never steps back by a rounding error (the operator
+    /// would read that as a restart).
+    busy_completed_nanos: u128,
+    /// Sum of the start offsets (nanoseconds since `epoch`) of the in-flight requests, so that
     /// their running busy time is `n × now - sum` without walking them.
-    in_flight_start_sum: f64,
+    in_flight_start_nanos: u128,
     outcomes: Outcomes,
 }
 
@@ -80,8 +82,8 @@ impl Limiter {
                 queue: VecDeque::new(),
                 arrived_total: 0,
                 completed_total: 0,
-                busy_completed: 0.0,
-                in_flight_start_sum: 0.0,
+                busy_completed_nanos: 0,
+                in_flight_start_nanos: 0,
                 outcomes: Outcomes::default(),
             }),
             epoch: Instant::now(),
@@ -145,7 +147,7 @@ impl Limiter {
 
     fn admit(&self, state: &mut State, id: u64, now: Instant) {
         state.in_flight.insert(id, now);
-        state.in_flight_start_sum += now.duration_since(self.epoch).as_secs_f64();
+        state.in_flight_start_nanos += now.duration_since(self.epoch).as_nanos();
     }
 
     /// Ends an admitted request and hands its slot to the head of the queue.
@@ -156,12 +158,10 @@ impl Limiter {
             let now = Instant::now();
             if let Some(start) = state.in_flight.remove(&id) {
                 state.completed_total += 1;
-                state.busy_completed += now.duration_since(start).as_secs_f64();
-                state.in_flight_start_sum -= start.duration_since(self.epoch).as_secs_f64();
-                if state.in_flight.is_empty() {
-                    // Clears the rounding error that the running sum collects.
-                    state.in_flight_start_sum = 0.0;
-                }
+                state.busy_completed_nanos += now.duration_since(start).as_nanos();
+                state.in_flight_start_nanos = state
+                    .in_flight_start_nanos
+                    .saturating_sub(start.duration_since(self.epoch).as_nanos());
             }
             while state.in_flight.len() < state.capacity {
                 let Some((next, waker)) = state.queue.pop_front() else {
@@ -217,8 +217,9 @@ impl Limiter {
     pub fn snapshot(&self) -> QueueSnapshot {
         let state = self.lock();
         let now = Instant::now();
-        let now_offset = now.duration_since(self.epoch).as_secs_f64();
-        let running = state.in_flight.len() as f64 * now_offset - state.in_flight_start_sum;
+        let now_offset = now.duration_since(self.epoch).as_nanos();
+        let running = (state.in_flight.len() as u128 * now_offset)
+            .saturating_sub(state.in_flight_start_nanos);
         let oldest = state
             .in_flight
             .values()
@@ -231,7 +232,7 @@ impl Limiter {
             capacity: state.capacity as u64,
             arrived_total: state.arrived_total,
             completed_total: state.completed_total,
-            busy_seconds_total: state.busy_completed + running.max(0.0),
+            busy_seconds_total: (state.busy_completed_nanos + running) as f64 / 1e9,
             oldest_in_flight_seconds: oldest,
             draining: false,
             scope: Scope::Pod,

@@ -1107,3 +1107,194 @@ async fn connect_is_refused_and_an_absolute_target_names_the_host() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#""host": "api.example""#), "{answer}");
 }
+
+/// The hostile-HTTP catalogue on the wire: each request a front proxy and an app could read
+/// differently (RFC 9112 §6.3, §7.1, §5.2, §2.2) gets a clear 4xx or a clean close, never
+/// reaches the app as two requests, and leaves the sidecar serving. `expected` lists the
+/// acceptable answers' status lines ("" for a close without an answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smuggling_catalogue_gets_clean_answers_and_smuggles_nothing() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let smuggled = "GET /sleep?s=0&id=smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let many_headers: String = (0..300).map(|i| format!("X-{i}: v\r\n")).collect();
+    let long_extension = format!("4;{}\r\nabcd\r\n0\r\n\r\n", "e".repeat(64 * 1024));
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400"],
+        ),
+        (
+            "conflicting Content-Lengths",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400"],
+        ),
+        (
+            "a Content-Length list",
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 44\r\n\r\n{smuggled}"),
+            &["HTTP/1.1 400"],
+        ),
+        (
+            "a coding after chunked",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400", "HTTP/1.1 501"],
+        ),
+        (
+            "obsolete line folding",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 0\r\n\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400"],
+        ),
+        (
+            "a space before the colon",
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length : 44\r\n\r\n{smuggled}"),
+            &["HTTP/1.1 400"],
+        ),
+        (
+            "an invalid chunk size",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400", ""],
+        ),
+        (
+            "a chunk size past 64 bits",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400", ""],
+        ),
+        (
+            "a chunk line longer than any sane extension",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{long_extension}"
+            ),
+            &["HTTP/1.1 400", "HTTP/1.1 200", ""],
+        ),
+        (
+            "a bare CR in a chunk line",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\rX\r\nabcd\r\n0\r\n\r\n{smuggled}"
+            ),
+            &["HTTP/1.1 400", ""],
+        ),
+        (
+            "300 headers",
+            format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n"),
+            &["HTTP/1.1 431"],
+        ),
+    ];
+    let mut report = Vec::new();
+    for (name, request, expected) in &cases {
+        let reply = raw_exchange(sidecar.addr, request.as_bytes(), UP).await;
+        let text = String::from_utf8_lossy(&reply);
+        let status = text.lines().next().unwrap_or("");
+        let ok = expected.iter().any(|e| {
+            if e.is_empty() {
+                reply.is_empty()
+            } else {
+                status.starts_with(e)
+            }
+        });
+        report.push(format!("{name}: {status:?}"));
+        assert!(ok, "{name}: got {status:?}, expected one of {expected:?}");
+        // At most one response per connection: the smuggled request got none.
+        assert!(
+            text.matches("HTTP/1.1 ").count() <= 1,
+            "{name}: more than one response: {text}"
+        );
+    }
+    println!("{}", report.join("\n"));
+    // The app never saw the smuggled request, and the sidecar still serves.
+    let stats = app.stats().await;
+    let order = stats["order"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !order.iter().any(|id| id == "smuggled"),
+        "the app saw a smuggled request: {stats}"
+    );
+    assert_eq!(get(sidecar.addr, "/sleep?s=0").await.unwrap().status, 200);
+    let (peak_kib, _) = sidecar.proc.memory_kib();
+    assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB");
+    assert_eq!(sidecar.queue().await["inFlight"], 0);
+}
+
+/// A chunk extension (RFC 9112 §7.1.1) is legal and ignored: the body arrives whole. A request
+/// ended by bare LFs is read the same way by the sidecar and by what it forwards to (it writes
+/// its own CRLF head), so it is served once or refused, never read twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_extensions_pass_and_bare_line_feeds_are_never_read_twice() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &[]).await;
+    let reply = raw_exchange(
+        sidecar.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4;name=value\r\nabcd\r\n3;x\r\nefg\r\n0\r\n\r\n",
+        UP,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("\"bytes\": 7") || text.contains("\"bytes\":7"),
+        "{text}"
+    );
+
+    let bare = raw_exchange(
+        sidecar.addr,
+        b"GET /sleep?s=0&id=bare HTTP/1.1\nHost: x\nConnection: close\n\n",
+        UP,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bare);
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    let stats = app.stats().await;
+    let seen = stats["order"]
+        .as_array()
+        .map_or(0, |order| order.iter().filter(|id| *id == "bare").count());
+    assert!(seen <= 1, "read twice: {stats}");
+}
+
+/// The app resets its connection in the middle of a streamed response: the client sees the
+/// response end without its last chunk and the connection close, never a clean end of a body
+/// that was cut, and the slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_mid_stream_is_a_cut_response_not_a_whole_one() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                .await;
+            // SO_LINGER 0: the close is a reset, as a crashed worker's kernel sends it.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    let sidecar = Sidecar::start(&["--upstream", &upstream.to_string()]).await;
+    let reply = raw_exchange(sidecar.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", UP).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut body was ended cleanly: {text:?}"
+    );
+    // raw_exchange read to the end: the sidecar closed the connection.
+    assert_eq!(sidecar.queue().await["inFlight"], 0);
+    let reply = raw_exchange(sidecar.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", UP).await;
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"));
+}

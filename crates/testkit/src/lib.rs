@@ -6,17 +6,22 @@
 //! - [`fleet`]: kwok pods have addresses but no containers, so the fleet runs the worker side
 //!   (sidecars, optionally a real uvicorn app) as local processes on the pods' 127.x addresses;
 //! - [`sidecar`]: the sidecar binary, a uvicorn app and child processes on loopback ports;
-//! - [`redis`]: a real redis-server on a free port; [`http`]: a loopback HTTP client.
+//! - [`redis`]: a real redis-server on a free port; [`http`]: a loopback HTTP client;
+//! - [`identity`]: a ServiceAccount's kubeconfig, to run a process with that account's rights
+//!   only, and [`audit`]: the API server's record of every call such a process made.
 
+pub mod audit;
 pub mod bench;
 pub mod cluster;
 pub mod fleet;
 pub mod helm;
 pub mod http;
+pub mod identity;
 pub mod load;
 pub mod mock_api;
 pub mod operator;
 pub mod real_node;
+pub mod real_pool;
 pub mod redis;
 pub mod sidecar;
 

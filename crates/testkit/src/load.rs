@@ -61,9 +61,55 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// How one request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Succeeded,
+    /// The documented 503 for a full queue.
+    Refused,
+    /// Anything else: no answer, an error, a wrong status, a cut stream.
+    Lost,
+}
+
+/// One finished request: when it was sent, whether it was a stream, how it ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub sent: tokio::time::Instant,
+    pub stream: bool,
+    pub ending: Ending,
+}
+
+impl LoadReport {
+    /// The counts of the requests in `outcomes` (without failure texts).
+    pub fn of<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> Self {
+        let mut report = Self::default();
+        for outcome in outcomes {
+            match (outcome.stream, outcome.ending) {
+                (false, ending) => {
+                    report.sent += 1;
+                    match ending {
+                        Ending::Succeeded => report.succeeded += 1,
+                        Ending::Refused => report.refused += 1,
+                        Ending::Lost => report.lost += 1,
+                    }
+                }
+                (true, ending) => {
+                    report.streams_sent += 1;
+                    match ending {
+                        Ending::Succeeded => report.streams_whole += 1,
+                        Ending::Refused | Ending::Lost => report.streams_cut += 1,
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
 /// A running load; `stop` ends the schedule, waits for every request it started and reports.
 pub struct Load {
     report: Arc<Mutex<LoadReport>>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
     schedule: tokio::task::JoinHandle<JoinSet<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -76,8 +122,10 @@ enum Kind {
 impl Load {
     pub fn start(spec: LoadSpec) -> Self {
         let report = Arc::new(Mutex::new(LoadReport::default()));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let shared = Arc::clone(&report);
+        let ended = Arc::clone(&outcomes);
         let schedule = tokio::spawn(async move {
             let mut requests = JoinSet::new();
             let spec = Arc::new(spec);
@@ -98,12 +146,19 @@ impl Load {
                 } else {
                     Kind::Short
                 };
-                requests.spawn(one(Arc::clone(&spec), kind, Arc::clone(&shared), began));
+                requests.spawn(one(
+                    Arc::clone(&spec),
+                    kind,
+                    Arc::clone(&shared),
+                    Arc::clone(&ended),
+                    began,
+                ));
             }
             requests
         });
         Self {
             report,
+            outcomes,
             schedule,
             stop,
         }
@@ -115,10 +170,18 @@ impl Load {
     }
 
     pub async fn stop(self) -> LoadReport {
+        self.stop_with_outcomes().await.0
+    }
+
+    /// As `stop`, with every request's outcome, so that a test can count the requests sent
+    /// in any span of time.
+    pub async fn stop_with_outcomes(self) -> (LoadReport, Vec<Outcome>) {
         let _ = self.stop.send(true);
         let mut requests = self.schedule.await.expect("the load's schedule");
         while requests.join_next().await.is_some() {}
-        self.report.lock().expect("load report").clone()
+        let report = self.report.lock().expect("load report").clone();
+        let outcomes = self.outcomes.lock().expect("load outcomes").clone();
+        (report, outcomes)
     }
 }
 
@@ -126,9 +189,11 @@ async fn one(
     spec: Arc<LoadSpec>,
     kind: Kind,
     report: Arc<Mutex<LoadReport>>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
     began: tokio::time::Instant,
 ) {
-    let sent_at = began.elapsed();
+    let sent = tokio::time::Instant::now();
+    let sent_at = sent.duration_since(began);
     let path = match kind {
         Kind::Short => &spec.short_path,
         Kind::Stream => &spec.stream_path,
@@ -145,32 +210,45 @@ async fn one(
     )
     .await;
     let Ok(mut r) = report.lock() else { return };
-    let failure = match (&kind, outcome) {
-        (_, Err(_)) => Some(format!("{path}: no answer in {:?}", spec.timeout)),
-        (_, Ok(Err(error))) => Some(format!("{path}: {error}")),
+    let (ending, failure) = match (&kind, outcome) {
+        (_, Err(_)) => (
+            Ending::Lost,
+            Some(format!("{path}: no answer in {:?}", spec.timeout)),
+        ),
+        (_, Ok(Err(error))) => (Ending::Lost, Some(format!("{path}: {error}"))),
         (Kind::Short, Ok(Ok(reply))) if reply.status == 200 => {
             r.succeeded += 1;
-            None
+            (Ending::Succeeded, None)
         }
         (Kind::Short, Ok(Ok(reply)))
             if reply.status == 503 && &reply.body[..] == b"queue full\n" =>
         {
             r.refused += 1;
-            None
+            (Ending::Refused, None)
         }
         (Kind::Stream, Ok(Ok(reply)))
             if reply.status == 200
                 && String::from_utf8_lossy(&reply.body).contains(&spec.stream_last_event) =>
         {
             r.streams_whole += 1;
-            None
+            (Ending::Succeeded, None)
         }
-        (_, Ok(Ok(reply))) => Some(format!(
-            "{path}: {} {:?}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body[..reply.body.len().min(80)])
-        )),
+        (_, Ok(Ok(reply))) => (
+            Ending::Lost,
+            Some(format!(
+                "{path}: {} {:?}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body[..reply.body.len().min(80)])
+            )),
+        ),
     };
+    if let Ok(mut outcomes) = outcomes.lock() {
+        outcomes.push(Outcome {
+            sent,
+            stream: matches!(kind, Kind::Stream),
+            ending,
+        });
+    }
     if let Some(failure) = failure {
         match kind {
             Kind::Short => r.lost += 1,

@@ -1,7 +1,7 @@
 //! The operator binary as a real process against the test cluster, scoped to one namespace so
 //! that tests run side by side.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,13 +20,23 @@ impl OperatorProcess {
     /// until it answers `/livez`. `extra` flags come last (a flag given once by the operator's
     /// rules, such as `--sidecar-image`, replaces the default here).
     pub async fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
+        Self::start_with_kubeconfig(namespace, identity, extra, kubeconfig_path()).await
+    }
+
+    /// As `start`, authenticated by `kubeconfig` (a service account's token, for example).
+    pub async fn start_with_kubeconfig(
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> Self {
         let http_port = free_port();
         let logs = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let log = logs.join(format!("{namespace}-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary("asyncpool-operator"))
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,asyncpool=debug,kube=warn")
             .args([
                 "--namespace",
@@ -75,6 +85,11 @@ impl OperatorProcess {
         http_get(self.http_port, "/metrics")
             .await
             .map(|(_, body)| body)
+    }
+
+    /// Whether the process ended by itself.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the process at once, as a node failure would.
