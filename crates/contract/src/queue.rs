@@ -148,6 +148,24 @@ mod tests {
     }
 
     #[test]
+    fn what_the_sidecar_sends_is_read_back_exactly() {
+        // Found by fuzzing (fuzz/corpus/queue_snapshot/float-round-trip): serde_json's default
+        // float parsing read this value one ULP off.
+        let sent = QueueSnapshot {
+            busy_seconds_total: 2.7976931348623158e-8,
+            oldest_in_flight_seconds: 1.7976931348623157e308,
+            ..QueueSnapshot::of_pod(1, 2)
+        };
+        let line = serde_json::to_vec(&sent).unwrap();
+        let read = QueueSnapshot::parse(&line).unwrap();
+        assert_eq!(
+            read.busy_seconds_total.to_bits(),
+            sent.busy_seconds_total.to_bits()
+        );
+        assert_eq!(read, sent);
+    }
+
+    #[test]
     fn refuses_garbage_and_out_of_range_values() {
         let cases = [
             ("", "empty"),

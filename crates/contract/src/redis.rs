@@ -22,8 +22,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const MAX_AGE: Duration = Duration::from_secs(3);
 /// Bound on one reply line and on a bulk string, so that a wrong server cannot make us buffer.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
-/// Bound on reply nesting and element count.
+/// Bound on an array's element count.
 const MAX_ELEMENTS: i64 = 100_000;
+/// Deepest a reply may be nested (the top-level one is at depth 0).
+const MAX_DEPTH: u8 = 4;
 
 /// Which queue to read.
 #[derive(Clone, PartialEq, Eq)]
@@ -174,7 +176,7 @@ fn percent_decode(text: &str, what: &str) -> Result<String, RedisError> {
 
 /// One RESP2 reply.
 #[derive(Debug, Clone, PartialEq)]
-enum Reply {
+pub enum Reply {
     Simple(String),
     Error(String),
     Integer(i64),
@@ -212,11 +214,13 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<String, Re
     String::from_utf8(line).map_err(|_| RedisError::Protocol("reply line is not UTF-8".into()))
 }
 
-fn parse_len(text: &str) -> Result<i64, RedisError> {
+/// A bulk string's or an array's declared length, refused past `max` before anything is
+/// allocated for it.
+fn parse_len(text: &str, max: i64) -> Result<i64, RedisError> {
     let len: i64 = text
         .parse()
         .map_err(|_| RedisError::Protocol(format!("bad length {text:?}")))?;
-    if len > MAX_ELEMENTS.max(MAX_REPLY_BYTES as i64) {
+    if len > max {
         return Err(RedisError::Protocol(format!("reply too large ({len})")));
     }
     Ok(len)
@@ -228,7 +232,7 @@ fn read_reply<'a, R: AsyncBufRead + Unpin + Send>(
     depth: u8,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, RedisError>> + Send + 'a>> {
     Box::pin(async move {
-        if depth > 4 {
+        if depth > MAX_DEPTH {
             return Err(RedisError::Protocol("reply nested too deeply".into()));
         }
         let line = read_line(reader).await?;
@@ -243,7 +247,7 @@ fn read_reply<'a, R: AsyncBufRead + Unpin + Send>(
                 .map(Reply::Integer)
                 .map_err(|_| RedisError::Protocol(format!("bad integer {rest:?}"))),
             "$" => {
-                let len = parse_len(rest)?;
+                let len = parse_len(rest, MAX_REPLY_BYTES as i64)?;
                 if len < 0 {
                     return Ok(Reply::Bulk(None));
                 }
@@ -259,7 +263,7 @@ fn read_reply<'a, R: AsyncBufRead + Unpin + Send>(
                 Ok(Reply::Bulk(Some(data)))
             }
             "*" => {
-                let len = parse_len(rest)?;
+                let len = parse_len(rest, MAX_ELEMENTS)?;
                 if len < 0 {
                     return Ok(Reply::Array(None));
                 }
@@ -274,6 +278,26 @@ fn read_reply<'a, R: AsyncBufRead + Unpin + Send>(
             ))),
         }
     })
+}
+
+/// The RESP reader and its bounds, public for the fuzz target (`fuzz/`) only: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{AsyncBufRead, RedisError, Reply};
+
+    /// Bound on a reply line and on a bulk string.
+    pub const MAX_REPLY_BYTES: usize = super::MAX_REPLY_BYTES;
+    /// Bound on an array's element count.
+    pub const MAX_ELEMENTS: i64 = super::MAX_ELEMENTS;
+    /// Deepest a reply may sit (the top-level reply is at depth 0).
+    pub const MAX_DEPTH: u8 = super::MAX_DEPTH;
+
+    /// Reads one reply, as the client does after each command.
+    pub async fn read_reply<R: AsyncBufRead + Unpin + Send>(
+        reader: &mut R,
+    ) -> Result<Reply, RedisError> {
+        super::read_reply(reader, 0).await
+    }
 }
 
 #[derive(Debug)]
@@ -627,6 +651,34 @@ mod tests {
         ] {
             assert!(parse_reply(bad).await.is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn a_bulk_string_is_bounded_by_the_reply_bound_not_the_element_count() {
+        // Found by fuzzing (fuzz/corpus/resp/bulk-past-reply-bound): one bound served both, so
+        // a bulk string could be 100 000 bytes, past the 64 KiB promised.
+        let mut at_bound = format!("${MAX_REPLY_BYTES}\r\n").into_bytes();
+        at_bound.extend(std::iter::repeat_n(b'x', MAX_REPLY_BYTES));
+        at_bound.extend_from_slice(b"\r\n");
+        assert!(
+            matches!(parse_reply(&at_bound).await, Ok(Reply::Bulk(Some(data))) if data.len() == MAX_REPLY_BYTES)
+        );
+        let past = format!("${}\r\n", MAX_REPLY_BYTES + 1);
+        assert!(matches!(
+            parse_reply(past.as_bytes()).await,
+            Err(RedisError::Protocol(_))
+        ));
+        assert!(parse_reply(b"$100000\r\nabc\r\n").await.is_err());
+        // Arrays keep their own bound.
+        let mut array = format!("*{MAX_ELEMENTS}\r\n").into_bytes();
+        for _ in 0..MAX_ELEMENTS {
+            array.extend_from_slice(b":1\r\n");
+        }
+        assert!(
+            matches!(parse_reply(&array).await, Ok(Reply::Array(Some(items))) if items.len() as i64 == MAX_ELEMENTS)
+        );
+        let past = format!("*{}\r\n", MAX_ELEMENTS + 1);
+        assert!(parse_reply(past.as_bytes()).await.is_err());
     }
 
     #[test]

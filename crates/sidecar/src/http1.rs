@@ -130,6 +130,10 @@ impl<'h, 'b> Classified<'h, 'b> {
 fn is_hop_by_hop(name: Name, header: &httparse::Header<'_>, tokens: &ConnectionTokens<'_>) -> bool {
     match name {
         Name::Connection | Name::HopByHop | Name::TransferEncoding | Name::Upgrade => true,
+        // The length frames the body the proxy passes on: dropped because `Connection` names it
+        // (which RFC 9110 §7.6.1 forbids a sender to do), the next reader would take the body
+        // for the next message, a request smuggled past admission.
+        Name::ContentLength => false,
         _ => {
             !tokens.named.is_empty()
                 && tokens
@@ -463,11 +467,13 @@ impl Body {
 /// Where a chunked body stands, fed the bytes as they arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
-    /// In a chunk-size line: the size so far, whether past it (in an extension), digits seen.
+    /// In a chunk-size line: the size so far, whether past it (in an extension), digits seen,
+    /// and whether a CR came last (only LF may follow it).
     Size {
         size: u64,
         in_extension: bool,
         digits: u8,
+        seen_cr: bool,
     },
     /// In a chunk's data, this much left.
     Data(u64),
@@ -475,10 +481,12 @@ enum ChunkState {
     DataEnd {
         seen_cr: bool,
     },
-    /// After the last chunk: trailer lines until an empty one; the current line's length.
+    /// After the last chunk: trailer lines until an empty one; the current line's length, and
+    /// whether a CR came last (only LF may follow it).
     Trailers {
         line: usize,
         total: usize,
+        seen_cr: bool,
     },
     Done,
 }
@@ -497,6 +505,7 @@ impl Default for Chunked {
                 size: 0,
                 in_extension: false,
                 digits: 0,
+                seen_cr: false,
             },
         }
     }
@@ -529,24 +538,35 @@ impl Chunked {
                     size,
                     in_extension,
                     digits,
+                    seen_cr,
                 } => match byte {
+                    // A bare CR is invalid (RFC 9112 §2.2): taken as part of the line, it would
+                    // end the line elsewhere than an app that refuses it or reads it as SP.
+                    _ if seen_cr && byte != b'\n' => return Err("bare CR in a chunk size line"),
                     b'\n' if digits == 0 => return Err("chunk without a size"),
-                    b'\n' if size == 0 => ChunkState::Trailers { line: 0, total: 0 },
+                    b'\n' if size == 0 => ChunkState::Trailers {
+                        line: 0,
+                        total: 0,
+                        seen_cr: false,
+                    },
                     b'\n' => ChunkState::Data(size),
                     b'\r' => ChunkState::Size {
                         size,
                         in_extension: true,
                         digits,
+                        seen_cr: true,
                     },
                     _ if in_extension => ChunkState::Size {
                         size,
                         in_extension,
                         digits,
+                        seen_cr,
                     },
                     b';' | b' ' | b'\t' => ChunkState::Size {
                         size,
                         in_extension: true,
                         digits,
+                        seen_cr,
                     },
                     _ => {
                         let digit = (byte as char).to_digit(16).ok_or("bad chunk size")?;
@@ -557,6 +577,7 @@ impl Chunked {
                             size: size * 16 + u64::from(digit),
                             in_extension,
                             digits: digits + 1,
+                            seen_cr,
                         }
                     }
                 },
@@ -581,26 +602,37 @@ impl Chunked {
                         size: 0,
                         in_extension: false,
                         digits: 0,
+                        seen_cr: false,
                     },
                     _ => return Err("chunk data longer than its size"),
                 },
-                ChunkState::Trailers { line, total } => {
+                ChunkState::Trailers {
+                    line,
+                    total,
+                    seen_cr,
+                } => {
                     if total >= MAX_TRAILERS {
                         return Err("trailers too large");
                     }
                     match byte {
+                        // "\r\r\n" is no empty line: the body must not end there while the
+                        // app reads on (RFC 9112 §2.2, as in the size line).
+                        _ if seen_cr && byte != b'\n' => return Err("bare CR in the trailers"),
                         b'\n' if line == 0 => ChunkState::Done,
                         b'\n' => ChunkState::Trailers {
                             line: 0,
                             total: total + 1,
+                            seen_cr: false,
                         },
                         b'\r' => ChunkState::Trailers {
                             line,
                             total: total + 1,
+                            seen_cr: true,
                         },
                         _ => ChunkState::Trailers {
                             line: line + 1,
                             total: total + 1,
+                            seen_cr: false,
                         },
                     }
                 }
@@ -853,6 +885,53 @@ mod tests {
             Body::new(Framing::Empty).advance(b"GET", None),
             Ok((0, true))
         );
+    }
+
+    #[test]
+    fn a_bare_cr_in_a_chunk_line_is_refused() {
+        // Found by fuzzing (fuzz/corpus/http_head/chunked-bare-cr-*): a CR not followed by LF
+        // was taken as part of the line, so "0\r\n\r\r\n" ended the body where an app that
+        // reads the CR as SP (RFC 9112 §2.2) sees a trailer line and reads on.
+        for body in [
+            &b"3\rX\nabc\r\n0\r\n\r\n"[..],
+            b"3;ext\r\rabc\r\n0\r\n\r\n",
+            b"0\r\n\r\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"0\r\nX-T: a\rb\r\n\r\n",
+        ] {
+            let mut chunked = Chunked::default();
+            assert!(
+                chunked.advance(body, None).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // CR LF and a lone LF still end lines.
+        let body = b"3;ext\r\nabc\n0\nX-T: 1\r\n\n";
+        assert_eq!(
+            Chunked::default().advance(body, None),
+            Ok(Progress {
+                consumed: body.len(),
+                done: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_content_length_named_by_connection_is_passed_on() {
+        // Caught by the fuzz target's framing property (fuzz/corpus/http_head/
+        // *connection-names-cl): the length framed the body here but was dropped from the head
+        // passed on, so the app read the body as a request of its own, never admitted.
+        let (request, out) = rewrite(
+            "POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 23\r\n\r\n",
+        );
+        assert_eq!(request.framing, Framing::Length(23));
+        assert!(out.contains("Content-Length: 23\r\n"), "{out}");
+        let (response, out) = respond(
+            "HTTP/1.1 200 OK\r\nConnection: content-length, x-a\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n",
+            false,
+        );
+        assert_eq!(response.framing, Framing::Length(2));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
     }
 
     #[test]
