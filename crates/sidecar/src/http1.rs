@@ -5,6 +5,8 @@
 
 /// Most headers a head may carry (more is answered 431).
 const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line, extensions included (the fuzz target expects 1 KiB to pass).
+const MAX_CHUNK_LINE: usize = 4096;
 /// Bound on a chunk's trailer section.
 const MAX_TRAILERS: usize = 8 * 1024;
 
@@ -468,12 +470,13 @@ impl Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     /// In a chunk-size line: the size so far, whether past it (in an extension), digits seen,
-    /// and whether a CR came last (only LF may follow it).
+    /// whether a CR came last (only LF may follow it), and the line's length so far.
     Size {
         size: u64,
         in_extension: bool,
         digits: u8,
         seen_cr: bool,
+        length: usize,
     },
     /// In a chunk's data, this much left.
     Data(u64),
@@ -506,6 +509,7 @@ impl Default for Chunked {
                 in_extension: false,
                 digits: 0,
                 seen_cr: false,
+                length: 0,
             },
         }
     }
@@ -534,11 +538,17 @@ impl Chunked {
         while at < input.len() && self.state != ChunkState::Done {
             let byte = input[at];
             self.state = match self.state {
+                // An extension is legal and carries nothing the sidecar uses, but without a bound
+                // a client could stream one forever (hyper allows 16 KiB per body).
+                ChunkState::Size { length, .. } if length >= MAX_CHUNK_LINE => {
+                    return Err("chunk size line too long");
+                }
                 ChunkState::Size {
                     size,
                     in_extension,
                     digits,
                     seen_cr,
+                    length,
                 } => match byte {
                     // A bare CR is invalid (RFC 9112 §2.2): taken as part of the line, it would
                     // end the line elsewhere than an app that refuses it or reads it as SP.
@@ -555,18 +565,21 @@ impl Chunked {
                         in_extension: true,
                         digits,
                         seen_cr: true,
+                        length: length + 1,
                     },
                     _ if in_extension => ChunkState::Size {
                         size,
                         in_extension,
                         digits,
                         seen_cr,
+                        length: length + 1,
                     },
                     b';' | b' ' | b'\t' => ChunkState::Size {
                         size,
                         in_extension: true,
                         digits,
                         seen_cr,
+                        length: length + 1,
                     },
                     _ => {
                         let digit = (byte as char).to_digit(16).ok_or("bad chunk size")?;
@@ -578,6 +591,7 @@ impl Chunked {
                             in_extension,
                             digits: digits + 1,
                             seen_cr,
+                            length: length + 1,
                         }
                     }
                 },
@@ -603,6 +617,7 @@ impl Chunked {
                         in_extension: false,
                         digits: 0,
                         seen_cr: false,
+                        length: 0,
                     },
                     _ => return Err("chunk data longer than its size"),
                 },
@@ -932,6 +947,22 @@ mod tests {
         );
         assert_eq!(response.framing, Framing::Length(2));
         assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+    }
+
+    #[test]
+    fn a_chunk_line_is_bounded_extensions_included() {
+        let mut ok = b"4;".to_vec();
+        ok.extend(std::iter::repeat_n(b'e', 1024));
+        ok.extend_from_slice(b"\r\nabcd\r\n0\r\n\r\n");
+        assert!(Chunked::default().advance(&ok, None).is_ok_and(|p| p.done));
+        let mut endless = b"4;".to_vec();
+        endless.extend(std::iter::repeat_n(b'e', MAX_CHUNK_LINE));
+        let mut chunked = Chunked::default();
+        // Fed in pieces, as it arrives: the bound holds across reads.
+        let refused = endless
+            .chunks(100)
+            .any(|piece| chunked.advance(piece, None).is_err());
+        assert!(refused, "an endless chunk extension was accepted");
     }
 
     #[test]
