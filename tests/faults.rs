@@ -591,12 +591,17 @@ async fn the_pool_loses_no_request_through_faults() {
         "--port",
         "8000"
     ]);
-    let mut template_spec = asyncpool_testkit::real_node::placement();
-    template_spec["containers"] = json!([broken]);
-    suite
-        .pools
-        .patch_spec(POOL, json!({"template": {"spec": template_spec}}))
-        .await;
+    suite.pools.set_app(POOL, broken).await;
+    // The fault is on once the new template's worker has failed at least once.
+    eventually(
+        "a worker of the broken template restarting",
+        Duration::from_secs(60),
+        || async {
+            let workers = suite.pools.workers(POOL).await?;
+            workers.iter().any(|w| w.restarts > 0).then_some(())
+        },
+    )
+    .await;
     sleep(durations.crash_loop).await;
     let serving = suite
         .pools
@@ -610,11 +615,9 @@ async fn the_pool_loses_no_request_through_faults() {
         serving >= AT_REST as usize,
         "a template that cannot boot took serving workers away: {serving} left"
     );
-    let mut fixed = asyncpool_testkit::real_node::placement();
-    fixed["containers"] = json!([asyncpool_testkit::real_node::app_container()]);
     suite
         .pools
-        .patch_spec(POOL, json!({"template": {"spec": fixed}}))
+        .set_app(POOL, asyncpool_testkit::real_node::app_container())
         .await;
     let ended = Instant::now();
     let recovery = suite

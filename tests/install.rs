@@ -15,7 +15,6 @@ use asyncpool::crd::AsyncWorkerPool;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::{Value, json};
@@ -871,24 +870,6 @@ async fn scale_pool(namespace: &str, pool: &str, replicas: i32, deployments: &Ap
     .await;
 }
 
-/// The operator's scale Events on `pool`: (reason, how many times it happened).
-async fn scale_events(events: &Api<Event>, pool: &str) -> Vec<(String, i32)> {
-    let Ok(list) = events.list(&ListParams::default()).await else {
-        return Vec::new();
-    };
-    list.items
-        .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
-        .filter(|e| e.reporting_controller.as_deref() == Some("asyncpool-operator"))
-        .map(|e| {
-            (
-                e.reason.clone().unwrap_or_default(),
-                e.series.as_ref().map_or(1, |s| s.count),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn helm_install_for_one_namespace_runs_the_operator_on_its_rbac_alone() {
     let client = client().await;
@@ -1011,14 +992,13 @@ async fn helm_install_for_one_namespace_runs_the_operator_on_its_rbac_alone() {
     scale_pool(p, "web", 2, &pool_deployments).await;
     scale_pool(p, "web", 1, &pool_deployments).await;
     scale_pool(p, "web", 2, &pool_deployments).await;
-    let events: Api<Event> = Api::namespaced(client.clone(), p);
     let seen = eventually(
         "ScaledUp twice and ScaledDown once",
         Duration::from_secs(20),
         || {
-            let events = events.clone();
+            let client = client.clone();
             async move {
-                let seen = scale_events(&events, "web").await;
+                let seen = support::operator_events(&client, p, "web").await;
                 let up_twice = seen.iter().any(|(r, n)| r == "ScaledUp" && *n == 2);
                 let down = seen.iter().any(|(r, _)| r == "ScaledDown");
                 (up_twice && down).then_some(seen)

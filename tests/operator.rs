@@ -11,6 +11,7 @@ use asyncpool_testkit::fleet::Fleet;
 use asyncpool_testkit::fleet::FleetMode;
 use asyncpool_testkit::fleet::WorkerKind;
 use asyncpool_testkit::operator::OperatorProcess;
+use asyncpool_testkit::real_pool::ReplicaHistory;
 use asyncpool_testkit::redis::RedisServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,43 +21,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{
     TestNamespace, client, eventually, fleet, fleet_of, free_port, install_crd, kubectl,
+    test_pool as pool,
 };
 use tokio::time::Instant;
-
-/// A pool with windows short enough for tests: 1 s panic window, 4 s stable window, 3 s
-/// scale-down delay, 2 s metrics timeout.
-fn pool(name: &str, extra: serde_json::Value) -> AsyncWorkerPool {
-    let mut spec = json!({
-        "minReplicas": 1,
-        "maxReplicas": 6,
-        "concurrency": 10,
-        "queue": {"source": "report", "targetPerWorker": 10},
-        "scaling": {"stableWindow": "4s", "panicWindow": "1s", "scaleDownDelay": "3s", "metricsTimeout": "2s"},
-        "template": {
-            "metadata": {"labels": {"app": name}},
-            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
-        }
-    });
-    merge(&mut spec, extra);
-    serde_json::from_value(json!({
-        "apiVersion": "asyncpool.dev/v1alpha1",
-        "kind": "AsyncWorkerPool",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("pool object")
-}
-
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
-            for (key, value) in extra {
-                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
-            }
-        }
-        (base, extra) => *base = extra,
-    }
-}
 
 struct Setup {
     client: Client,
@@ -137,54 +104,6 @@ impl Setup {
 
 async fn replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
     deployments.get_opt(name).await.ok()??.spec?.replicas
-}
-
-/// Every `spec.replicas` the Deployment goes through, in order, from a watch (so that even a
-/// change that lasts milliseconds is seen).
-struct ReplicaHistory {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReplicaHistory {
-    async fn start(deployments: &Api<Deployment>, name: &str) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(deployments.clone(), config).applied_objects();
-        let record = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Some(replicas) = event.ok().and_then(|d| d.spec?.replicas) {
-                    let mut seen = record.lock().unwrap();
-                    if seen.last() != Some(&replicas) {
-                        seen.push(replicas);
-                    }
-                }
-            }
-        });
-        let history = Self { seen, task };
-        // The watch's initial list records the current size; only then is it following.
-        eventually(
-            "the replica watch is running",
-            Duration::from_secs(10),
-            || async { (!history.values().is_empty()).then_some(()) },
-        )
-        .await;
-        history
-    }
-
-    fn values(&self) -> Vec<i32> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ReplicaHistory {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 async fn wait_replicas(deployments: &Api<Deployment>, name: &str, want: i32, limit: Duration) {
@@ -561,7 +480,7 @@ async fn redis_pool(s: &Setup, name: &str, redis: serde_json::Value, worker_url:
         "queue": {"source": "redis", "redis": {"key": "jobs"}},
         "scaling": {"fallbackReplicas": 1},
     });
-    merge(&mut spec["queue"]["redis"], redis);
+    asyncpool_testkit::merge_patch(&mut spec["queue"]["redis"], &redis);
     s.create_pool(name, spec).await;
     fleet_of(
         &s.client,

@@ -25,12 +25,14 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{TestNamespace, client, eventually, fleet, free_port, install_crd, repo_root};
+use support::{
+    TestNamespace, client, eventually, fleet, free_port, install_crd, operator_events, repo_root,
+    test_pool,
+};
 use tokio::time::Instant;
 
 /// The operator's ServiceAccount in the tests' namespaces.
@@ -254,41 +256,6 @@ fn the_rules_granted_here_are_the_shipped_ones() {
 
 // --- used: the operator through everything it does ----------------------------------------------
 
-/// A pool with windows short enough for a test, as in tests/operator.rs, with `extra` merged
-/// into its spec.
-fn pool(name: &str, extra: Value) -> AsyncWorkerPool {
-    let mut spec = json!({
-        "minReplicas": 1,
-        "maxReplicas": 6,
-        "concurrency": 10,
-        "queue": {"source": "report", "targetPerWorker": 10},
-        "scaling": {"stableWindow": "4s", "panicWindow": "1s", "scaleDownDelay": "3s", "metricsTimeout": "2s"},
-        "template": {
-            "metadata": {"labels": {"app": name}},
-            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
-        }
-    });
-    merge(&mut spec, extra);
-    serde_json::from_value(json!({
-        "apiVersion": "asyncpool.dev/v1alpha1",
-        "kind": "AsyncWorkerPool",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("pool object")
-}
-
-fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(base), Value::Object(extra)) => {
-            for (key, value) in extra {
-                merge(base.entry(key).or_insert(Value::Null), value);
-            }
-        }
-        (base, extra) => *base = extra,
-    }
-}
-
 struct Cluster {
     client: Client,
     namespace: String,
@@ -310,21 +277,8 @@ impl Cluster {
         .await;
     }
 
-    /// The pool's Events from the operator: (reason, how many times it happened).
     async fn events(&self, pool: &str) -> Vec<(String, i32)> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        let Ok(list) = events.list(&ListParams::default()).await else {
-            return Vec::new();
-        };
-        list.items
-            .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
-            .filter(|e| e.reporting_controller.as_deref() == Some("asyncpool-operator"))
-            .map(|e| {
-                let count = e.series.as_ref().map_or(1, |s| s.count);
-                (e.reason.clone().unwrap_or_default(), count)
-            })
-            .collect()
+        operator_events(&self.client, &self.namespace, pool).await
     }
 
     async fn wait_event(&self, pool: &str, reason: &str, at_least: i32) {
@@ -389,7 +343,7 @@ async fn drive_the_operator(cluster: &Cluster, identity: &str) {
     // creates them), both owned by the pool.
     cluster
         .pools
-        .create(&PostParams::default(), &pool(name, json!({})))
+        .create(&PostParams::default(), &test_pool(name, json!({})))
         .await
         .expect("create the pool");
     let fleet = fleet(&cluster.client, &cluster.namespace, name);
@@ -731,7 +685,7 @@ async fn the_redis_password_opt_in_adds_reading_secrets_which_the_operator_uses(
     });
     let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &ns.name);
     pools
-        .create(&PostParams::default(), &pool("jobs", spec))
+        .create(&PostParams::default(), &test_pool("jobs", spec))
         .await
         .expect("create the pool");
     eventually(

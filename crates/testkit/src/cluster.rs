@@ -6,9 +6,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use asyncpool::crd::AsyncWorkerPool;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -257,4 +259,46 @@ pub fn fleet_of(
         log_dir: None,
     };
     crate::fleet::Fleet::start(client, namespace, pool, config)
+}
+
+/// A pool for kwok pods with windows short enough for a test (1 s panic window, 4 s stable
+/// window, 3 s scale-down delay, 2 s metrics timeout), its sidecars in report mode, with `extra`
+/// merged into its spec.
+pub fn test_pool(name: &str, extra: serde_json::Value) -> AsyncWorkerPool {
+    let mut spec = serde_json::json!({
+        "minReplicas": 1,
+        "maxReplicas": 6,
+        "concurrency": 10,
+        "queue": {"source": "report", "targetPerWorker": 10},
+        "scaling": {"stableWindow": "4s", "panicWindow": "1s", "scaleDownDelay": "3s", "metricsTimeout": "2s"},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+        }
+    });
+    crate::merge_patch(&mut spec, &extra);
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("pool object")
+}
+
+/// The operator's Events about `pool` in `namespace`: (reason, how many times it happened).
+pub async fn operator_events(client: &Client, namespace: &str, pool: &str) -> Vec<(String, i32)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = events.list(&ListParams::default()).await else {
+        return Vec::new();
+    };
+    list.items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
+        .filter(|e| e.reporting_controller.as_deref() == Some("asyncpool-operator"))
+        .map(|e| {
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            (e.reason.clone().unwrap_or_default(), count)
+        })
+        .collect()
 }

@@ -27,6 +27,25 @@ pub mod sidecar;
 
 use std::path::PathBuf;
 
+use serde_json::Value;
+
+/// RFC 7386 JSON merge patch: `patch`'s fields replace `target`'s, objects merge field by field,
+/// a `null` removes the field.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
 /// A TCP port that was free a moment ago on 127.0.0.1, for a process about to listen on it.
 pub fn free_loopback_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::merge_patch;
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
@@ -148,22 +149,6 @@ fn failure(status: StatusCode) -> Value {
     })
 }
 
-/// RFC 7386 JSON merge patch.
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                if value.is_null() {
-                    target.remove(key);
-                } else {
-                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, patch) => *target = patch.clone(),
-    }
-}
-
 /// The status and the object of the answer (`None`: a failure `Status`).
 fn answer(state: &mut State, request: &Recorded, is_apply: bool) -> (StatusCode, Option<Value>) {
     let (path, subresource_status) = match request.path.strip_suffix("/status") {
@@ -210,9 +195,9 @@ fn answer(state: &mut State, request: &Recorded, is_apply: bool) -> (StatusCode,
                 None => return (StatusCode::NOT_FOUND, None),
             };
             if subresource_status {
-                merge(&mut object["status"], &request.body["status"]);
+                merge_patch(&mut object["status"], &request.body["status"]);
             } else {
-                merge(&mut object, &request.body);
+                merge_patch(&mut object, &request.body);
             }
             stamp(state, &mut object);
             state.objects.insert(path, object.clone());
@@ -233,7 +218,7 @@ mod tests {
     #[test]
     fn merge_patch_sets_replaces_and_removes() {
         let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}});
-        merge(&mut target, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
+        merge_patch(&mut target, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
         assert_eq!(target, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
     }
 }

@@ -39,6 +39,15 @@ pub struct Worker {
     pub ip: Option<String>,
     /// The real node it runs on (`real-node-I`).
     pub node: Option<String>,
+    /// Restarts of its most restarted container.
+    pub restarts: i32,
+}
+
+/// A pod spec for the real nodes whose one container is `app`.
+pub fn pod_spec_running(app: Value) -> Value {
+    let mut spec = placement();
+    spec["containers"] = json!([app]);
+    spec
 }
 
 impl RealPools {
@@ -101,19 +110,14 @@ impl RealPools {
 
     /// A pool of the test app with the tests' defaults, overridden field by field by `spec`.
     pub async fn create(&self, name: &str, spec: Value) {
-        let mut template_spec = placement();
-        template_spec["containers"] = json!([app_container()]);
+        let template_spec = pod_spec_running(app_container());
         let mut full = json!({
             "concurrency": 20,
             "queue": {"source": "proxy", "targetPerWorker": 20},
             "scaling": {"stableWindow": "4s", "panicWindow": "1s", "scaleDownDelay": "1s", "metricsTimeout": "2s"},
             "template": {"metadata": {"labels": {"app": name}}, "spec": template_spec},
         });
-        if let Some(fields) = spec.as_object() {
-            for (key, value) in fields {
-                full[key] = value.clone();
-            }
-        }
+        crate::merge_patch(&mut full, &spec);
         let pool: AsyncWorkerPool = serde_json::from_value(json!({
             "apiVersion": "asyncpool.dev/v1alpha1",
             "kind": "AsyncWorkerPool",
@@ -139,6 +143,12 @@ impl RealPools {
             .expect("patch pool");
     }
 
+    /// Replaces the pool's template with one whose one container is `app`.
+    pub async fn set_app(&self, name: &str, app: Value) {
+        self.patch_spec(name, json!({"template": {"spec": pod_spec_running(app)}}))
+            .await;
+    }
+
     pub async fn resize(&self, name: &str, replicas: i32) {
         self.patch_spec(
             name,
@@ -162,6 +172,12 @@ impl RealPools {
                     ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
                     deleting: pod.metadata.deletion_timestamp.is_some(),
                     node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    restarts: pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .and_then(|c| c.iter().map(|c| c.restart_count).max())
+                        .unwrap_or(0),
                     name: pod.metadata.name.unwrap_or_default(),
                 })
                 .collect(),
