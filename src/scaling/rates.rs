@@ -52,19 +52,92 @@ impl Counters {
     }
 }
 
-/// Per-pod counter history, about one panic window long, one reading per second.
+/// One pod's readings since it was first read (or since its sidecar restarted): one per second,
+/// trimmed to the newest one at or before the window's start, plus the latest.
+#[derive(Debug, Clone, PartialEq)]
+struct History {
+    readings: VecDeque<Counters>,
+    latest: Counters,
+}
+
+impl History {
+    fn starting_at(reading: Counters) -> Self {
+        Self {
+            readings: VecDeque::from([reading]),
+            latest: reading,
+        }
+    }
+
+    fn record(&mut self, reading: Counters) {
+        if self.latest.at.as_secs() != reading.at.as_secs() {
+            self.readings.push_back(reading);
+        }
+        self.latest = reading;
+    }
+
+    /// Drops readings older than needed to cover a window starting at `start`.
+    fn trim(&mut self, start: Duration) {
+        while self.readings.get(1).is_some_and(|next| next.at <= start) {
+            self.readings.pop_front();
+        }
+    }
+
+    fn first_at(&self) -> Duration {
+        self.readings
+            .front()
+            .map_or(self.latest.at, |first| first.at)
+    }
+
+    /// Arrivals from `start` to the latest reading. The stretch that straddles `start` is
+    /// counted pro rata: arrivals are assumed even within one second's stretch.
+    fn arrivals_since(&self, start: Duration) -> f64 {
+        let mut previous: Option<&Counters> = None;
+        let mut arrivals = 0.0;
+        for reading in self.readings.iter().chain([&self.latest]) {
+            if let Some(earlier) = previous.filter(|earlier| reading.at > earlier.at) {
+                let count = reading.arrived.saturating_sub(earlier.arrived) as f64;
+                let stretch = (reading.at - earlier.at).as_secs_f64();
+                let inside = reading
+                    .at
+                    .saturating_sub(start.max(earlier.at))
+                    .as_secs_f64();
+                arrivals += count * (inside / stretch).min(1.0);
+            }
+            previous = Some(reading);
+        }
+        arrivals
+    }
+
+    /// Arrivals, completions and busy seconds from the oldest reading kept to the latest.
+    fn deltas(&self) -> (u64, u64, f64) {
+        let first = self.readings.front().unwrap_or(&self.latest);
+        (
+            self.latest.arrived.saturating_sub(first.arrived),
+            self.latest.completed.saturating_sub(first.completed),
+            (self.latest.busy_seconds - first.busy_seconds).max(0.0),
+        )
+    }
+}
+
+/// Per-pod counter histories over about one panic window. The arrival rate is what the whole
+/// pool took in the window: a pod that retired or restarted within it still counts up to its
+/// last reading, and a pod first read within it counts from then on (a new pod is read while
+/// it starts, before it takes traffic). Summing per-pod rates instead loses the share of every
+/// pod that joined or left, which read low after each scale step, recycle and restart.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct RateTracker {
-    pods: BTreeMap<String, VecDeque<Counters>>,
+    pods: BTreeMap<String, History>,
+    /// Histories of pods gone or restarted, kept while they overlap the window.
+    ended: Vec<History>,
     /// The service time measured in the last balanced round, used until the next one.
     last_service_seconds: Option<f64>,
 }
 
 impl RateTracker {
     /// Folds in this round's readings (`None` = no usable reading from that pod) and returns
-    /// the pool's rates measured over about `span`. Only pod-scoped readings have rates: a
-    /// pool-wide source has no per-pod counters to add up. Pods absent from `pods` are
-    /// forgotten; a pod that missed one read keeps its history.
+    /// the pool's rates measured over about `span` (over less while the tracker is younger).
+    /// Only pod-scoped readings have rates: a pool-wide source has no per-pod counters to add
+    /// up. A pod that missed one read keeps its history.
     pub(super) fn update<'a>(
         &mut self,
         now: Duration,
@@ -72,53 +145,59 @@ impl RateTracker {
         pods: impl IntoIterator<Item = (&'a str, Option<&'a QueueSnapshot>)>,
     ) -> Option<RateEstimate> {
         let mut present = BTreeSet::new();
-        let mut arrivals_per_second = 0.0;
-        let mut busy_seconds = 0.0;
-        let mut arrived = 0u64;
-        let mut completed = 0u64;
-        let mut measured_pods = 0usize;
         for (name, snapshot) in pods {
             present.insert(name);
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
                 continue;
             };
             let reading = Counters::read(now, snapshot);
-            let history = self.pods.entry(name.to_owned()).or_default();
-            if history
-                .back()
-                .is_some_and(|last| reading.went_back_from(last))
-            {
-                history.clear();
-            }
-            // The anchor is the newest reading at least `span` old, so rates cover the span.
-            if let Some(start) = now.checked_sub(span) {
-                while history.get(1).is_some_and(|next| next.at <= start) {
-                    history.pop_front();
+            match self.pods.get_mut(name) {
+                Some(history) if reading.went_back_from(&history.latest) => {
+                    // The sidecar restarted since its last reading and counted from zero.
+                    let restart = Counters {
+                        at: history.latest.at,
+                        arrived: 0,
+                        completed: 0,
+                        busy_seconds: 0.0,
+                    };
+                    let mut after = History::starting_at(restart);
+                    after.record(reading);
+                    self.ended.push(std::mem::replace(history, after));
                 }
-            }
-            if let Some(anchor) = history.front() {
-                let elapsed = now.saturating_sub(anchor.at);
-                if elapsed >= MIN_RATE_SPAN {
-                    let pod_arrived = reading.arrived.saturating_sub(anchor.arrived);
-                    arrivals_per_second += pod_arrived as f64 / elapsed.as_secs_f64();
-                    arrived = arrived.saturating_add(pod_arrived);
-                    busy_seconds += (reading.busy_seconds - anchor.busy_seconds).max(0.0);
-                    completed = completed
-                        .saturating_add(reading.completed.saturating_sub(anchor.completed));
-                    measured_pods += 1;
+                Some(history) => history.record(reading),
+                None => {
+                    self.pods
+                        .insert(name.to_owned(), History::starting_at(reading));
                 }
-            }
-            if history
-                .back()
-                .is_none_or(|last| last.at.as_secs() != now.as_secs())
-            {
-                history.push_back(reading);
             }
         }
-        self.pods.retain(|name, _| present.contains(name.as_str()));
+        let (kept, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.pods)
+            .into_iter()
+            .partition(|(name, _)| present.contains(name.as_str()));
+        self.pods = kept;
+        self.ended.extend(gone.into_values());
 
-        if measured_pods == 0 {
+        let window_start = now.saturating_sub(span);
+        self.ended
+            .retain(|history| history.latest.at > window_start);
+        for history in self.pods.values_mut().chain(&mut self.ended) {
+            history.trim(window_start);
+        }
+        let histories = || self.pods.values().chain(&self.ended);
+        let oldest = histories().map(History::first_at).min()?;
+        let start = window_start.max(oldest);
+        let measured = now.saturating_sub(start);
+        if measured < MIN_RATE_SPAN {
             return None;
+        }
+        let arrivals: f64 = histories().map(|h| h.arrivals_since(start)).sum();
+        let arrivals_per_second = arrivals / measured.as_secs_f64();
+
+        let (mut arrived, mut completed, mut busy_seconds) = (0u64, 0u64, 0.0);
+        for (a, c, b) in histories().map(History::deltas) {
+            arrived = arrived.saturating_add(a);
+            completed = completed.saturating_add(c);
+            busy_seconds += b;
         }
         // busySecondsTotal also counts the time of requests still running, so busy / completed
         // is the service time only while in-flight work neither grows nor shrinks. On a ramp
@@ -207,22 +286,22 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_reset_skips_that_pod_this_round() {
+    fn a_restarted_sidecar_counts_from_zero_since_its_last_reading() {
         let mut rates = RateTracker::default();
         let (a0, b0) = (snapshot(100, 100, 50.0), snapshot(0, 0, 0.0));
         rates.update(secs(0), SPAN, [("a", Some(&a0)), ("b", Some(&b0))]);
-        // a restarted: its counters start over. Only b is measured.
+        // a restarted: its counters start over, and its 3 arrivals came after its last reading.
         let (a1, b1) = (snapshot(3, 3, 1.0), snapshot(10, 10, 5.0));
         let e = rates
             .update(secs(2), SPAN, [("a", Some(&a1)), ("b", Some(&b1))])
             .unwrap();
-        assert!((e.arrivals_per_second - 5.0).abs() < 1e-9);
-        // Next round a is measured again from its new baseline.
+        assert!((e.arrivals_per_second - 6.5).abs() < 1e-9, "{e:?}");
         let (a2, b2) = (snapshot(13, 13, 6.0), snapshot(20, 20, 10.0));
         let e = rates
             .update(secs(4), SPAN, [("a", Some(&a2)), ("b", Some(&b2))])
             .unwrap();
-        assert!((e.arrivals_per_second - 10.0).abs() < 1e-9);
+        assert!((e.arrivals_per_second - 33.0 / 4.0).abs() < 1e-9, "{e:?}");
+        assert!((e.mean_service_seconds - 16.0 / 33.0).abs() < 1e-9, "{e:?}");
     }
 
     #[test]
@@ -303,12 +382,91 @@ mod tests {
                 assert!((e.unwrap().arrivals_per_second - 10.0).abs() < 1e-9);
             }
         }
-        assert!(rates.pods["a"].len() <= 8);
+        assert!(rates.pods["a"].readings.len() <= 8);
         // A pod that misses a read keeps its history; one that is gone loses it.
         rates.update(secs(41), SPAN, [("a", None)]);
         assert!(rates.pods.contains_key("a"));
         rates.update(secs(42), SPAN, std::iter::empty());
         assert!(rates.pods.is_empty());
+    }
+
+    /// Drives three pods sharing `total` arrivals a second evenly (0.5 s each) for 20 s, then
+    /// changes the set as `change` says, and returns the estimates of every round after it.
+    fn across_a_change(
+        total: u64,
+        change: impl Fn(u64) -> Vec<&'static str>,
+    ) -> Vec<(u64, Option<RateEstimate>)> {
+        let mut rates = RateTracker::default();
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut after = vec![];
+        for t in 0..=40u64 {
+            let serving = change(t);
+            // A new pod is read before it takes traffic (it is listed while it starts).
+            let taking = serving.iter().filter(|p| counts.contains_key(*p)).count();
+            let mut readings = vec![];
+            for pod in &serving {
+                let count = match counts.get_mut(pod) {
+                    Some(count) => {
+                        *count += total / taking as u64;
+                        *count
+                    }
+                    None => *counts.entry(pod).or_default(),
+                };
+                readings.push((*pod, snapshot(count, count, count as f64 * 0.5)));
+            }
+            let e = rates.update(secs(t), SPAN, readings.iter().map(|(p, s)| (*p, Some(s))));
+            if t >= 20 {
+                after.push((t, e));
+            }
+        }
+        after
+    }
+
+    fn assert_steady(total: f64, estimates: &[(u64, Option<RateEstimate>)]) {
+        for (t, e) in estimates {
+            let e = e.unwrap_or_else(|| panic!("t={t}: no estimate"));
+            let off = (e.arrivals_per_second - total).abs() / total;
+            assert!(off <= 0.05, "t={t}: {e:?}, {total}/s arrive");
+        }
+    }
+
+    #[test]
+    fn a_worker_that_retires_takes_no_arrivals_with_it() {
+        // c drains and goes at 20 s; a and b take its share from then on.
+        let estimates = across_a_change(30, |t| {
+            if t < 20 {
+                vec!["a", "b", "c"]
+            } else {
+                vec!["a", "b"]
+            }
+        });
+        assert_steady(30.0, &estimates);
+    }
+
+    #[test]
+    fn a_worker_that_joins_is_counted_from_its_first_reading() {
+        // c starts at 20 s with its counters at zero and takes a third from then on.
+        let estimates = across_a_change(30, |t| {
+            if t < 20 {
+                vec!["a", "b"]
+            } else {
+                vec!["a", "b", "c"]
+            }
+        });
+        assert_steady(30.0, &estimates);
+    }
+
+    #[test]
+    fn a_replaced_worker_leaves_the_rate_whole() {
+        // Recycling: c goes and d comes in the same round.
+        let estimates = across_a_change(30, |t| {
+            if t < 20 {
+                vec!["a", "b", "c"]
+            } else {
+                vec!["a", "b", "d"]
+            }
+        });
+        assert_steady(30.0, &estimates);
     }
 
     #[test]

@@ -1348,3 +1348,78 @@ proptest! {
         }
     }
 }
+
+/// 60 arrivals/s of 0.5 s each (30 busy) spread evenly over the pool's
+/// pods, each pod reporting its own counters. `pods_at(t)` names the pods listed at second t: a
+/// pod first listed starts its counters at zero and takes its share from the next second.
+/// `leader_at` starts a new scaler at that second, as a new leader would. Returns the decisions.
+fn run_counted_pool(
+    policy: &Policy,
+    pods_at: impl Fn(u64) -> Vec<String>,
+    leader_at: Option<u64>,
+    seconds: u64,
+) -> Vec<(u64, Decision)> {
+    let mut scaler = Scaler::new(Duration::ZERO, 3);
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut out = Vec::new();
+    for t in 0..seconds {
+        if leader_at == Some(t) {
+            scaler = Scaler::new(secs(t as f64), 3);
+        }
+        let names = pods_at(t);
+        let taking = names.iter().filter(|n| counts.contains_key(*n)).count() as u64;
+        let pods = names
+            .iter()
+            .map(|name| {
+                let known = counts.contains_key(name);
+                let count = counts.entry(name.clone()).or_default();
+                if known {
+                    *count += 60 / taking;
+                }
+                let mut s = snapshot(0, if known { 30 / taking } else { 0 });
+                s.arrived_total = *count;
+                s.completed_total = *count;
+                s.busy_seconds_total = *count as f64 * 0.5;
+                PodReading {
+                    name: name.clone(),
+                    snapshot: Some(s),
+                    ready: true,
+                }
+            })
+            .collect();
+        let d = scaler.decide(policy, &observe(t as f64, 3, pods));
+        out.push((t, d));
+    }
+    out
+}
+
+#[test]
+fn recycled_workers_and_a_new_leader_do_not_dip_the_rate() {
+    // 30 busy at 14 per worker need 2.1 workers, so 3, and a rate that reads 30 % low 2; a
+    // short scale-down delay shows any round in which it does.
+    let policy = Policy {
+        scale_down_delay: Duration::from_secs(1),
+        target_per_worker: 14.0,
+        concurrency: 20,
+        ..policy(20)
+    };
+    // Every 10 s one worker retires and its replacement is listed the same second.
+    let recycled = |t: u64| -> Vec<String> {
+        let generation = t / 10;
+        (0..3)
+            .map(|slot| {
+                let replaced = generation / 3 + u64::from(slot < generation % 3);
+                format!("w{slot}-{replaced}")
+            })
+            .collect()
+    };
+    for leader_at in [None, Some(95)] {
+        let run = run_counted_pool(&policy, recycled, leader_at, 180);
+        let low: Vec<_> = run[70..]
+            .iter()
+            .filter(|(_, d)| d.replicas < 3)
+            .map(|(t, d)| (t, d.replicas, &d.reason))
+            .collect();
+        assert!(low.is_empty(), "new leader at {leader_at:?}: {low:#?}");
+    }
+}
