@@ -212,7 +212,11 @@ async fn run_controller(
     .touched_objects();
 
     let (changes_tx, changes_rx) = mpsc::unbounded_channel::<PoolKey>();
-    let external = ExternalQueues::new(changes_tx.clone(), client.clone());
+    let external = ExternalQueues::new(
+        changes_tx.clone(),
+        client.clone(),
+        config.settings.redis_tls.clone(),
+    );
     let readers = SidecarReaders::new(config.reader.clone(), changes_tx, metrics.clone());
     let reporter = Reporter {
         controller: "asyncpool-operator".into(),

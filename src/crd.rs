@@ -241,10 +241,12 @@ impl Default for QueueSpec {
 )]
 pub struct RedisQueue {
     /// Redis URL, `redis://[[user]:password@]host[:port][/db]`, e.g.
-    /// `redis://redis.default.svc:6379/0`. Read by every worker's sidecar, and by the operator
-    /// while the pool has no ready worker.
-    #[x_kube(validation = Rule::new("self.startsWith('redis://')")
-        .message("queue.redis.url must start with redis:// (TLS, rediss://, is not supported yet)"))]
+    /// `redis://redis.default.svc:6379/0`, or `rediss://…` for TLS: the certificate must be
+    /// valid for the host and issued by a public root CA or by a CA of the operator's bundle
+    /// (Helm value `redis.caBundle`). Read by every worker's sidecar, and by the operator while
+    /// the pool has no ready worker.
+    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')")
+        .message("queue.redis.url must start with redis:// or rediss://"))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
     /// Key of the list or stream.

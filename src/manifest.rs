@@ -679,6 +679,27 @@ spec:
     }
 
     #[test]
+    fn a_redis_url_is_redis_or_rediss() {
+        for url in ["redis://r:6379/0", "rediss://reader@r:6380/0"] {
+            let pool = with(&format!(
+                "  queue: {{source: redis, redis: {{url: '{url}', key: jobs}}}}"
+            ));
+            let loaded = load_pool(&pool, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(loaded.spec.queue.redis.unwrap().url, url);
+        }
+        let causes = invalid(&with(
+            "  queue: {source: redis, redis: {url: 'http://r:6379', key: jobs}}",
+        ));
+        assert_eq!(
+            causes,
+            [
+                "spec.queue.redis.url: Invalid value: \"http://r:6379\": queue.redis.url must start \
+                 with redis:// or rediss://"
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_fields_and_missing_ones_are_named() {
         let causes = invalid(&VALID.replace("maxReplicas: 8", "maxReplica: 8"));
         assert_eq!(

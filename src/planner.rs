@@ -35,6 +35,8 @@ pub(crate) struct WorkerPod {
     pub(crate) ip: Option<IpAddr>,
     pub(crate) ready: bool,
     pub(crate) crash_looping: bool,
+    /// The Deployment revision the pod was made from (its `pod-template-hash` label).
+    pub(crate) template: Option<String>,
 }
 
 /// Step 3's result.
@@ -43,6 +45,8 @@ pub(crate) struct Plan {
     pub(crate) decision: Option<Decision>,
     pub(crate) handled_request: Option<i32>,
     pub(crate) degraded: Option<String>,
+    /// Whether the crash-looping workers are a template's that cannot stay up (size held).
+    pub(crate) template_crash_loops: bool,
     /// Workers to remove first when the size drops (marked with the lowest deletion cost).
     pub(crate) victims: Vec<String>,
     /// What the scale event says instead of the scaler's reason (recycling).
@@ -90,14 +94,8 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
     let own_read = own_reading
         .as_ref()
         .map(|reading| reading.as_ref().map(|_| ()).map_err(Clone::clone));
-    let crashing: Vec<&str> = workers
-        .iter()
-        .filter(|p| p.crash_looping)
-        .map(|p| p.name.as_str())
-        .collect();
-    let degraded =
-        (!crashing.is_empty()).then(|| format!("crash-looping workers: {}", crashing.join(", ")));
-
+    let crashes = CrashLoops::of(workers);
+    let degraded = crashes.describe();
     let pods: Vec<PodReading> = workers
         .iter()
         .zip(readings)
@@ -143,6 +141,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
             decision: None,
             handled_request: request,
             degraded,
+            template_crash_loops: crashes.template_wide,
             victims: shrink_victims(current, replicas, &candidates, None),
             note: None,
             own_read,
@@ -173,8 +172,8 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
                 "paused: pinned at {replicas} through the scale subresource"
             ));
         }
-    } else if degraded.is_some() {
-        // A crash-looping template only makes more crashing workers: hold the size.
+    } else if crashes.template_wide {
+        // A template that cannot stay up only makes more crashing workers: hold the size.
         replicas = replicas.min(current);
     } else {
         let step = recycle_step(
@@ -182,6 +181,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
             &effective.supervision,
             &pods,
             workers,
+            crashes.alone.first().copied(),
             replicas,
             current,
         );
@@ -194,9 +194,56 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         decision: Some(decision),
         handled_request: request,
         degraded,
+        template_crash_loops: crashes.template_wide,
         victims: shrink_victims(current, replicas, &candidates, retiring.as_deref()),
         note,
         own_read,
+    }
+}
+
+/// The workers that crash-loop, told apart by whether their template serves elsewhere. A
+/// template none of whose workers is up cannot boot, and more of it only makes more crashing
+/// workers (Gunicorn halts on a boot failure for the same reason). A worker that crash-loops
+/// while others of its template serve has trouble of its own (a bad node, a poisoned input, a
+/// leak): the pool must still grow with its load, and the worker is replaced like a worn one.
+struct CrashLoops<'a> {
+    alone: Vec<&'a str>,
+    template_wide: bool,
+    all: Vec<&'a str>,
+}
+
+impl<'a> CrashLoops<'a> {
+    fn of(workers: &'a [WorkerPod]) -> Self {
+        let serving: Vec<&str> = workers
+            .iter()
+            .filter(|p| p.ready && !p.crash_looping)
+            .filter_map(|p| p.template.as_deref())
+            .collect();
+        let crashing: Vec<&WorkerPod> = workers.iter().filter(|p| p.crash_looping).collect();
+        let (alone, wide): (Vec<&WorkerPod>, Vec<&WorkerPod>) = crashing
+            .iter()
+            .partition(|p| p.template.as_deref().is_some_and(|t| serving.contains(&t)));
+        Self {
+            alone: alone.iter().map(|p| p.name.as_str()).collect(),
+            template_wide: !wide.is_empty(),
+            all: crashing.iter().map(|p| p.name.as_str()).collect(),
+        }
+    }
+
+    /// The Degraded condition's message, `None` when nothing crash-loops.
+    fn describe(&self) -> Option<String> {
+        if self.all.is_empty() {
+            return None;
+        }
+        let names = self.all.join(", ");
+        Some(if self.template_wide {
+            format!("crash-looping workers: {names}; scale-up is held")
+        } else {
+            format!(
+                "crash-looping workers: {names}; replaced one at a time, as others of their \
+                 template serve"
+            )
+        })
     }
 }
 
@@ -206,14 +253,15 @@ struct RecycleStep {
     note: Option<String>,
 }
 
-/// One step of recycling a hung or worn-out worker, one at a time and surge first: run one
-/// worker above the decision until every other worker is ready, then drop back with the old
-/// worker as the one to go (its sidecar drains it on the way out).
+/// One step of recycling a hung, worn-out or crash-looping worker, one at a time and surge
+/// first: run one worker above the decision until every other worker is ready, then drop back
+/// with the old worker as the one to go (its sidecar drains it on the way out).
 fn recycle_step(
     memory: &mut PoolMemory,
     supervision: &Supervision,
     readings: &[PodReading],
     pods: &[WorkerPod],
+    crash_looping: Option<&str>,
     decided: i32,
     current: i32,
 ) -> RecycleStep {
@@ -249,8 +297,11 @@ fn recycle_step(
                 let why = supervision.due(&r.name, r.snapshot.as_ref()?)?;
                 Some((r.name.clone(), why))
             });
-            match due {
-                Some((pod, why)) if settled && decided > 0 => {
+            // A crash-looping worker is never ready, so the pool is never settled while it is
+            // there: it goes first, and does not wait for that.
+            let crashed = crash_looping.map(|pod| (pod.to_owned(), "crash-looping".to_owned()));
+            match crashed.or(due.filter(|_| settled)) {
+                Some((pod, why)) if decided > 0 => {
                     memory.recycling = Some((pod, why.clone()));
                     memory.surged = true;
                     RecycleStep {
@@ -306,6 +357,7 @@ mod tests {
             ip: None,
             ready,
             crash_looping: false,
+            template: Some("t1".into()),
         }
     }
 
@@ -421,32 +473,84 @@ spec:
         );
     }
 
-    #[test]
-    fn crash_looping_workers_hold_scale_up() {
+    /// Plans a pool of three at `deployment_replicas` under `load` queued at each of a and b.
+    fn plan_with_crashing_c(
+        workers: &[WorkerPod],
+        deployment_replicas: i32,
+        load: u64,
+        memory: &mut Option<PoolMemory>,
+    ) -> Plan {
         let (pool, effective) = pool_with("");
-        let mut memory = None;
-        let mut workers = [pod("a", true), pod("b", true), pod("c", false)];
-        workers[2].crash_looping = true;
-        let planned = plan(
+        let readings = workers
+            .iter()
+            .map(|w| (!w.crash_looping).then(|| QueueSnapshot::of_pod(load, 5)))
+            .collect();
+        plan(
             PlanInput {
                 pool: &pool,
                 effective: &effective,
-                deployment_replicas: Some(3),
-                pods: &workers,
-                // Far more load than three workers carry: the scaler wants more.
-                readings: vec![
-                    Some(QueueSnapshot::of_pod(200, 10)),
-                    Some(QueueSnapshot::of_pod(200, 10)),
-                    None,
-                ],
+                deployment_replicas: Some(deployment_replicas),
+                pods: workers,
+                readings,
                 own_reading: None,
                 now: Duration::from_secs(100),
             },
-            &mut memory,
-        );
+            memory,
+        )
+    }
+
+    #[test]
+    fn a_template_with_no_worker_up_holds_scale_up() {
+        // The rollout's new template crash-loops; the old one serves. More of the new one would
+        // only crash too.
+        let mut workers = [pod("a", true), pod("b", true), pod("c", false)];
+        workers[2].crash_looping = true;
+        workers[2].template = Some("t2".into());
+        let planned = plan_with_crashing_c(&workers, 3, 200, &mut None);
         assert!(planned.decision.as_ref().is_some_and(|d| d.replicas > 3));
-        assert_eq!(planned.replicas, 3, "a crash-looping template grew");
-        assert!(planned.degraded.as_deref().is_some_and(|d| d.contains('c')));
+        assert_eq!(planned.replicas, 3);
+        assert!(
+            planned
+                .degraded
+                .as_deref()
+                .is_some_and(|d| d.contains("c; scale-up is held")),
+            "{:?}",
+            planned.degraded
+        );
+    }
+
+    #[test]
+    fn one_worker_crash_looping_among_serving_ones_neither_holds_the_pool_nor_stays() {
+        let mut workers = [pod("a", true), pod("b", true), pod("c", false)];
+        workers[2].crash_looping = true;
+        let mut memory = None;
+        // Under load the pool grows as the load asks.
+        let grown = plan_with_crashing_c(&workers, 3, 200, &mut memory);
+        let wanted = grown.decision.as_ref().map(|d| d.replicas).unwrap_or(0);
+        assert!(wanted > 3 && grown.replicas >= i32::try_from(wanted).unwrap_or(0));
+        assert!(
+            grown
+                .degraded
+                .as_deref()
+                .is_some_and(|d| d.contains("replaced")),
+            "{:?}",
+            grown.degraded
+        );
+
+        // At rest (the scaler keeps three), c is replaced surge first, then retired.
+        let mut memory = None;
+        let surge = plan_with_crashing_c(&workers, 3, 0, &mut memory);
+        assert_eq!(surge.replicas, 4, "{:?}", surge.note);
+        assert!(surge.victims.is_empty());
+        let fresh = [
+            workers[0].clone(),
+            workers[1].clone(),
+            workers[2].clone(),
+            pod("d", true),
+        ];
+        let retire = plan_with_crashing_c(&fresh, 4, 0, &mut memory);
+        assert_eq!(retire.replicas, 3);
+        assert_eq!(retire.victims, vec!["c".to_owned()]);
     }
 
     #[test]
@@ -456,19 +560,19 @@ spec:
         let readings = [reading("a", 150), reading("b", 3)];
         let pods = [pod("a", true), pod("b", true)];
 
-        let surge = recycle_step(&mut memory, &rules, &readings, &pods, 2, 2);
+        let surge = recycle_step(&mut memory, &rules, &readings, &pods, None, 2, 2);
         assert_eq!(surge.replicas, 3);
         assert!(memory.surged);
         assert_eq!(memory.recycling.as_ref().map(|r| r.0.as_str()), Some("a"));
 
         // The extra worker is not ready yet: keep the surge.
         let waiting = [pod("a", true), pod("b", true), pod("c", false)];
-        let hold = recycle_step(&mut memory, &rules, &readings, &waiting, 2, 3);
+        let hold = recycle_step(&mut memory, &rules, &readings, &waiting, None, 2, 3);
         assert_eq!((hold.replicas, hold.retiring), (3, None));
 
         // It is ready: drop back with the worn worker as the one to go.
         let settled = [pod("a", true), pod("b", true), pod("c", true)];
-        let retire = recycle_step(&mut memory, &rules, &readings, &settled, 2, 3);
+        let retire = recycle_step(&mut memory, &rules, &readings, &settled, None, 2, 3);
         assert_eq!(retire.replicas, 2);
         assert_eq!(retire.retiring.as_deref(), Some("a"));
         assert!(!memory.surged);
@@ -494,7 +598,15 @@ spec:
             (vec![pod("a", true)], 2, 2),
         ] {
             let mut memory = memory();
-            let step = recycle_step(&mut memory, &rules, &readings, &pods, decided, current);
+            let step = recycle_step(
+                &mut memory,
+                &rules,
+                &readings,
+                &pods,
+                None,
+                decided,
+                current,
+            );
             assert_eq!(step.replicas, decided);
             assert!(memory.recycling.is_none());
         }
@@ -506,6 +618,7 @@ spec:
             &rules,
             &fresh,
             &[pod("a", true), pod("b", true)],
+            None,
             2,
             2,
         );

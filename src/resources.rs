@@ -35,6 +35,10 @@ pub const DEFAULT_OPERATOR_IMAGE: &str =
 pub const FIELD_MANAGER: &str = "asyncpool-operator";
 /// Seconds the sidecar keeps serving after a drain starts, so endpoint removal can propagate.
 pub const DRAIN_GRACE_SECONDS: i64 = 5;
+/// Largest private CA bundle the operator hands on to sidecars: it travels in an environment
+/// variable of every `rediss://` pool's pods (Linux caps one at 128 KiB), and a few private CAs
+/// take a few KiB.
+pub const MAX_SIDECAR_CA_BYTES: usize = 64 * 1024;
 
 /// Why an object cannot be built from a pool.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -72,11 +76,14 @@ fn owned_meta(pool: &AsyncWorkerPool) -> Result<ObjectMeta, BuildError> {
     })
 }
 
-/// The worker Deployment: the user's template plus the sidecar, at `replicas`.
+/// The worker Deployment: the user's template plus the sidecar, at `replicas`. `redis_ca` is
+/// the operator's private CA bundle for `rediss://` queues, which the sidecar of such a pool
+/// gets too.
 pub fn deployment(
     pool: &AsyncWorkerPool,
     effective: &EffectiveSpec,
     sidecar_image: &str,
+    redis_ca: Option<&str>,
     replicas: i32,
 ) -> Result<Deployment, BuildError> {
     let name = pool.name_any();
@@ -144,8 +151,9 @@ pub fn deployment(
     // A template that runs as root (runAsUser 0 for the whole pod) would pass that to the
     // sidecar, which must not run as root: it gets a user of its own then.
     let root_pod = pod.security_context.as_ref().and_then(|c| c.run_as_user) == Some(0);
-    pod.containers
-        .push(sidecar_container(effective, image, resources, root_pod));
+    pod.containers.push(sidecar_container(
+        effective, image, resources, root_pod, redis_ca,
+    ));
     let drain_seconds =
         i64::try_from(effective.sidecar.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2);
     pod.termination_grace_period_seconds = Some(drain_seconds + DRAIN_GRACE_SECONDS + 5);
@@ -186,6 +194,7 @@ fn sidecar_container(
     image: String,
     resources: Option<ResourceRequirements>,
     root_pod: bool,
+    redis_ca: Option<&str>,
 ) -> Container {
     let s = &effective.sidecar;
     let mut vars = vec![
@@ -206,6 +215,13 @@ fn sidecar_container(
         vars.push(env(sidecar_env::REDIS_KIND, redis.kind.as_str()));
         if let Some(group) = &redis.group {
             vars.push(env(sidecar_env::REDIS_GROUP, group.clone()));
+        }
+        // Only to TLS pools: the sidecar refuses a CA with a plain URL, and adding one to the
+        // operator must not roll every other pool's workers.
+        if let Some(pem) = redis_ca
+            && redis.url.starts_with("rediss://")
+        {
+            vars.push(env(sidecar_env::REDIS_CA_PEM, pem));
         }
         if let Some(secret) = &redis.password_secret_ref {
             vars.push(EnvVar {
@@ -353,7 +369,7 @@ spec:
     #[test]
     fn deployment_injects_the_sidecar_and_keeps_the_app() {
         let pool = pool("");
-        let d = deployment(&pool, &effective(&pool), "asyncpool/sidecar:0.1", 3).unwrap();
+        let d = deployment(&pool, &effective(&pool), "asyncpool/sidecar:0.1", None, 3).unwrap();
         assert_eq!(d.metadata.name.as_deref(), Some("chat"));
         assert_eq!(
             d.metadata.owner_references.as_ref().unwrap()[0].kind,
@@ -398,7 +414,7 @@ spec:
     }
 
     fn sidecar_of(pool: &AsyncWorkerPool) -> Container {
-        let d = deployment(pool, &effective(pool), "default", 1).unwrap();
+        let d = deployment(pool, &effective(pool), "default", None, 1).unwrap();
         let pod = d.spec.unwrap().template.spec.unwrap();
         pod.containers
             .into_iter()
@@ -482,7 +498,7 @@ spec:
         let pool = pool(
             "  queue: {source: redis, redis: {url: 'redis://r:6379', key: jobs, kind: stream, group: g}}",
         );
-        let d = deployment(&pool, &effective(&pool), "img", 1).unwrap();
+        let d = deployment(&pool, &effective(&pool), "img", None, 1).unwrap();
         let pod = d.spec.unwrap().template.spec.unwrap();
         let sidecar = pod
             .containers
@@ -504,16 +520,55 @@ spec:
     }
 
     #[test]
+    fn the_operators_ca_bundle_reaches_the_sidecars_of_tls_pools_only() {
+        let ca = "-----BEGIN CERTIFICATE-----\n(a CA)\n-----END CERTIFICATE-----\n";
+        let sidecar = |url: &str, ca: Option<&str>| {
+            let pool = pool(&format!(
+                "  queue: {{source: redis, redis: {{url: '{url}', key: jobs}}}}"
+            ));
+            let d = deployment(&pool, &effective(&pool), "img", ca, 1).unwrap();
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            pod.containers
+                .into_iter()
+                .find(|c| c.name == SIDECAR_CONTAINER)
+                .unwrap()
+        };
+        let tls = sidecar("rediss://cache:6380", Some(ca));
+        assert_eq!(
+            env_of(&tls, sidecar_env::REDIS_URL).as_deref(),
+            Some("rediss://cache:6380")
+        );
+        assert_eq!(env_of(&tls, sidecar_env::REDIS_CA_PEM).as_deref(), Some(ca));
+        let plain = sidecar("redis://cache:6379", Some(ca));
+        assert_eq!(env_of(&plain, sidecar_env::REDIS_CA_PEM), None);
+        let public_roots = sidecar("rediss://cache:6380", None);
+        assert_eq!(env_of(&public_roots, sidecar_env::REDIS_CA_PEM), None);
+        let proxy = {
+            let pool = pool("");
+            let d = deployment(&pool, &effective(&pool), "img", Some(ca), 1).unwrap();
+            d.spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers
+                .pop()
+                .unwrap()
+        };
+        assert_eq!(env_of(&proxy, sidecar_env::REDIS_CA_PEM), None);
+    }
+
+    #[test]
     fn sidecar_image_override_and_clashes() {
         let pool = pool("  sidecar: {image: mirror/sidecar:1}");
-        let d = deployment(&pool, &effective(&pool), "default", 1).unwrap();
+        let d = deployment(&pool, &effective(&pool), "default", None, 1).unwrap();
         let pod = d.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.containers[1].image.as_deref(), Some("mirror/sidecar:1"));
 
         let mut clash = pool.clone();
         clash.spec.template.spec.as_mut().unwrap().containers[0].name = SIDECAR_CONTAINER.into();
         assert_eq!(
-            deployment(&clash, &effective(&clash), "img", 1).unwrap_err(),
+            deployment(&clash, &effective(&clash), "img", None, 1).unwrap_err(),
             BuildError::SidecarNameTaken
         );
         let mut init_clash = pool.clone();
@@ -528,7 +583,7 @@ spec:
             ..Container::default()
         }]);
         assert_eq!(
-            deployment(&init_clash, &effective(&init_clash), "img", 1).unwrap_err(),
+            deployment(&init_clash, &effective(&init_clash), "img", None, 1).unwrap_err(),
             BuildError::SidecarNameTaken
         );
         let mut port = pool.clone();
@@ -537,7 +592,7 @@ spec:
             ..ContainerPort::default()
         }]);
         assert!(matches!(
-            deployment(&port, &effective(&port), "img", 1),
+            deployment(&port, &effective(&port), "img", None, 1),
             Err(BuildError::PortTaken { port: 9090, .. })
         ));
     }

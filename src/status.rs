@@ -17,6 +17,8 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
 /// `Ready=False` reasons that only a change to the pool or the cluster can clear.
+/// Degraded, but the operator is fixing it: not a reason to stall.
+const WORKERS_REPLACED: &str = "WorkerCrashLooping";
 const STALLED_READY_REASONS: [&str; 3] = ["InvalidSpec", "InvalidTemplate", "NotOwned"];
 
 /// One condition as reconcile judged it, before timestamps.
@@ -58,12 +60,20 @@ pub struct Facts<'a> {
     pub decision: Option<(&'a str, MetricsState)>,
     /// How the operator's own read of a Redis queue went, when it read one (no worker ready).
     pub own_read: Option<Result<(), &'a str>>,
-    /// Why workers count as crash-looping, when they do.
-    pub crash_looping: Option<&'a str>,
+    /// Which workers crash-loop, when some do.
+    pub crash_looping: Option<CrashLooping<'a>>,
     /// The API server's reason for refusing worker pods (the Deployment's ReplicaFailure).
     pub refused: Option<String>,
     pub paused: bool,
     pub rollout: Rollout,
+}
+
+/// Workers that crash-loop: a template that cannot stay up (`held`: nothing moves until it is
+/// fixed), or workers that crash alone while others of their template serve (they are replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLooping<'a> {
+    pub message: &'a str,
+    pub held: bool,
 }
 
 /// Every condition of a pool that was planned for: Ready, Scaling, MetricsAvailable, Degraded,
@@ -120,11 +130,15 @@ pub fn judge(facts: &Facts) -> Vec<Judgement> {
         (_, metrics) => worker_metrics(metrics),
     };
     let degraded = match (facts.crash_looping, &facts.refused) {
-        (Some(message), _) => Judgement::new(
+        (Some(crashing), _) => Judgement::new(
             DEGRADED,
             true,
-            "CrashLooping",
-            format!("{message}; scale-up is held"),
+            if crashing.held {
+                "CrashLooping"
+            } else {
+                WORKERS_REPLACED
+            },
+            crashing.message.to_owned(),
         ),
         (None, Some(message)) => Judgement::new(
             DEGRADED,
@@ -233,15 +247,15 @@ pub fn rollout_of(deployment: &Deployment) -> Rollout {
 
 /// The `Reconciling` and `Stalled` conditions that kstatus (Flux, Argo's kstatus-based checks,
 /// `kubectl wait`) reads, derived from the pool's own judgements so the two views never disagree:
-/// stalled when the spec is unusable, the objects are not ours, workers crash-loop or are
-/// refused, or the rollout stopped progressing; reconciling while workers are not ready yet or
+/// stalled when the spec is unusable, the objects are not ours, a template crash-loops, workers
+/// are refused, or the rollout stopped progressing; reconciling while workers are not ready yet or
 /// pods of an older template remain.
 pub fn kstatus_judgements(judgements: &[Judgement], rollout: &Rollout) -> [Judgement; 2] {
     let find = |type_: &str| judgements.iter().find(|j| j.type_ == type_);
     let ready = find(READY);
     let stuck = ready
         .filter(|j| !j.status && STALLED_READY_REASONS.contains(&j.reason))
-        .or_else(|| find(DEGRADED).filter(|j| j.status))
+        .or_else(|| find(DEGRADED).filter(|j| j.status && j.reason != WORKERS_REPLACED))
         .map(|cause| (cause.reason, cause.message.clone()))
         .or_else(|| match rollout {
             Rollout::Stuck(message) => Some((
@@ -347,6 +361,20 @@ pub fn merge_conditions(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn held(message: &str) -> CrashLooping<'_> {
+        CrashLooping {
+            message,
+            held: true,
+        }
+    }
+
+    fn replaced(message: &str) -> CrashLooping<'_> {
+        CrashLooping {
+            message,
+            held: false,
+        }
+    }
 
     /// A healthy pool at its size: one fact at a time is changed from here.
     fn steady() -> Facts<'static> {
@@ -470,10 +498,17 @@ mod tests {
             ("healthy", |_| {}, DEGRADED, false, "Healthy"),
             (
                 "crash-looping",
-                |f| f.crash_looping = Some("web-1 restarted 5 times"),
+                |f| f.crash_looping = Some(held("web-1 restarted 5 times")),
                 DEGRADED,
                 true,
                 "CrashLooping",
+            ),
+            (
+                "one worker crash-looping",
+                |f| f.crash_looping = Some(replaced("web-1")),
+                DEGRADED,
+                true,
+                "WorkerCrashLooping",
             ),
             (
                 "refused",
@@ -485,7 +520,7 @@ mod tests {
             (
                 "both: the crash wins",
                 |f| {
-                    f.crash_looping = Some("x");
+                    f.crash_looping = Some(held("x"));
                     f.refused = Some("y".into())
                 },
                 DEGRADED,
@@ -512,10 +547,17 @@ mod tests {
             ("steady", |_| {}, STALLED, false, "Progressing"),
             (
                 "crash-looping",
-                |f| f.crash_looping = Some("x"),
+                |f| f.crash_looping = Some(held("x")),
                 STALLED,
                 true,
                 "CrashLooping",
+            ),
+            (
+                "one worker crash-looping, being replaced",
+                |f| f.crash_looping = Some(replaced("x")),
+                STALLED,
+                false,
+                "Progressing",
             ),
             (
                 "rollout stuck",

@@ -313,15 +313,15 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
             "passwordSecretRef needs a Secret name and cannot be optional",
         ),
         (
-            "redis over TLS",
+            "redis url of another scheme",
             vec![
                 ("spec/queue/source", json!("redis")),
                 (
                     "spec/queue/redis",
-                    json!({"url": "rediss://r:6380", "key": "jobs"}),
+                    json!({"url": "redis+sentinel://r:26379", "key": "jobs"}),
                 ),
             ],
-            "rediss://, is not supported yet",
+            "queue.redis.url must start with redis:// or rediss://",
         ),
         (
             "replicas outside min and max",
@@ -435,4 +435,19 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
         .create(&PostParams::default(), &base)
         .await
         .expect("the base pool is valid");
+
+    // TLS (rediss://) passes the rule that refuses other schemes above.
+    let mut tls = valid_pool("valid-rediss");
+    set(&mut tls, "spec/queue/source", json!("redis"));
+    set(
+        &mut tls,
+        "spec/queue/redis",
+        json!({"url": "rediss://reader@r:6380/0", "key": "jobs"}),
+    );
+    assert_eq!(asyncpool::manifest::validate(&mut tls.clone()), []);
+    let tls: DynamicObject = serde_json::from_value(tls).expect("pool object");
+    pools
+        .create(&PostParams::default(), &tls)
+        .await
+        .expect("a rediss:// pool is valid");
 }

@@ -37,9 +37,20 @@ spec:
 }
 
 fn sidecar_of(pool: &AsyncWorkerPool) -> Container {
+    sidecar_with_ca(pool, None)
+}
+
+/// The injected sidecar when the operator has `redis_ca` as its private CA bundle.
+fn sidecar_with_ca(pool: &AsyncWorkerPool, redis_ca: Option<&str>) -> Container {
     let effective = EffectiveSpec::from_spec(&pool.spec, false).expect("valid spec");
-    let deployment = resources::deployment(pool, &effective, "ghcr.io/asyncpool/sidecar:test", 2)
-        .expect("build");
+    let deployment = resources::deployment(
+        pool,
+        &effective,
+        "ghcr.io/asyncpool/sidecar:test",
+        redis_ca,
+        2,
+    )
+    .expect("build");
     deployment
         .spec
         .and_then(|s| s.template.spec)
@@ -137,6 +148,27 @@ fn a_redis_stream_pools_environment_with_a_secret_password_configures_the_sideca
     assert_eq!(redis.key, "events");
     assert_eq!(redis.group.as_deref(), Some("workers"));
     assert_eq!(redis.password.as_deref(), Some("from-the-secret"));
+}
+
+#[test]
+fn a_tls_redis_pools_environment_gives_the_sidecar_the_operators_ca() {
+    let ca = include_str!("../crates/contract/testdata/test-ca.pem");
+    let pool =
+        pool("{source: redis, redis: {url: 'rediss://reader@redis.team.svc:6380/0', key: jobs}}");
+    let argv = command_line(&sidecar_with_ca(&pool, Some(ca)));
+    let args = Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let config = args
+        .validate()
+        .unwrap_or_else(|e| panic!("the sidecar refuses {argv:?}: {e:?}"));
+    let redis = config.redis.expect("a Redis target");
+    assert_eq!(redis.url, "rediss://reader@redis.team.svc:6380/0");
+    assert_eq!(config.redis_tls.private_ca_pem(), Some(ca));
+    // Without a bundle at the operator, the sidecar trusts the public roots only.
+    let public = Args::try_parse_from(command_line(&sidecar_of(&pool)))
+        .expect("parse")
+        .validate()
+        .expect("valid");
+    assert_eq!(public.redis_tls.private_ca_pem(), None);
 }
 
 /// The sidecar runs in every worker pod: it must not carry the operator's Kubernetes client,

@@ -241,6 +241,11 @@ fn chart_lints_clean_with_each_mode() {
             "podDisruptionBudget.enabled=false",
         ][..],
         &["rbac.redisPasswordSecrets=true"][..],
+        &["redis.caBundle.secretName=redis-ca"][..],
+        &[
+            "redis.caBundle.configMapName=redis-ca",
+            "redis.caBundle.key=bundle.pem",
+        ][..],
     ] {
         let mut args = vec!["lint", "--strict", CHART, "--kube-version", KUBE_VERSION];
         for set in sets {
@@ -365,7 +370,10 @@ fn every_setting_the_chart_passes_is_one_the_operator_reads() {
             .expect("run asyncpool-operator --help"),
         "asyncpool-operator --help",
     );
-    let objects = render(&["watchNamespace=team-a"]);
+    let objects = render(&[
+        "watchNamespace=team-a",
+        "redis.caBundle.secretName=redis-ca",
+    ]);
     let container = &one(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     let names: Vec<&str> = container["env"]
         .as_array()
@@ -478,6 +486,48 @@ fn reading_redis_password_secrets_is_opt_in_and_get_only() {
 }
 
 #[test]
+fn a_redis_ca_bundle_is_mounted_from_the_named_secret_or_config_map() {
+    let pod = |sets: &[&str]| -> Value {
+        one(&render(sets), "Deployment")["spec"]["template"]["spec"].clone()
+    };
+    let default = pod(&[]);
+    assert!(default["volumes"].is_null(), "{}", default["volumes"]);
+    assert_eq!(
+        env_var(&default["containers"][0], "ASYNCPOOL_REDIS_CA_FILE"),
+        None,
+        "the public roots only by default"
+    );
+    for (sets, source) in [
+        (
+            &["redis.caBundle.secretName=redis-ca"][..],
+            json!({"secret": {"secretName": "redis-ca", "items": [{"key": "ca.crt", "path": "ca.pem"}]}}),
+        ),
+        (
+            &[
+                "redis.caBundle.configMapName=redis-ca",
+                "redis.caBundle.key=bundle.pem",
+            ][..],
+            json!({"configMap": {"name": "redis-ca", "items": [{"key": "bundle.pem", "path": "ca.pem"}]}}),
+        ),
+    ] {
+        let pod = pod(sets);
+        let mut volume = source;
+        volume["name"] = json!("redis-ca");
+        assert_eq!(pod["volumes"], json!([volume]), "{sets:?}");
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["volumeMounts"],
+            json!([{"name": "redis-ca", "mountPath": "/etc/asyncpool/redis-ca", "readOnly": true}])
+        );
+        assert_eq!(
+            env_var(container, "ASYNCPOOL_REDIS_CA_FILE").map(|v| &v["value"]),
+            Some(&json!("/etc/asyncpool/redis-ca/ca.pem")),
+            "the mounted file, under the name the volume gives it"
+        );
+    }
+}
+
+#[test]
 fn bad_values_are_refused_with_a_reason() {
     for (sets, expected) in [
         (&["replicaCont=3"][..], "replicaCont"),
@@ -499,6 +549,14 @@ fn bad_values_are_refused_with_a_reason() {
             "needs serviceMonitor.enabled",
         ),
         (&["networkPolicy.apiServer.ports={}"][..], "ports"),
+        (
+            &[
+                "redis.caBundle.secretName=a",
+                "redis.caBundle.configMapName=b",
+            ][..],
+            "set secretName or configMapName, not both",
+        ),
+        (&["redis.caBundle.sercetName=a"][..], "sercetName"),
     ] {
         let mut args = vec!["template", RELEASE, CHART, "--kube-version", KUBE_VERSION];
         for set in sets {

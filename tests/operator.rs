@@ -513,6 +513,65 @@ async fn push_25_jobs(redis: &RedisServer) {
     assert_eq!(redis.command(&push).await.as_deref(), Ok(":25"));
 }
 
+/// A pool whose Redis speaks TLS only, with a certificate a private CA signed and an ACL user:
+/// the operator, given that CA (`--redis-ca-file`), reads the queue at zero and wakes the pool,
+/// and hands the CA on to the pool's sidecars.
+#[tokio::test]
+async fn a_tls_redis_pool_wakes_from_zero_with_the_operators_ca_bundle() {
+    let redis = RedisServer::start_tls(free_port(), free_port())
+        .await
+        .expect("redis-server with TLS");
+    redis
+        .add_user("reader", "r3ader-pw", &["~jobs", "+llen"])
+        .await
+        .expect("ACL SETUSER");
+    let ca_file = redis.ca_file().expect("the CA of a TLS server");
+    let ca = std::fs::read_to_string(&ca_file).expect("the CA");
+    let s = setup("e2e-tls").await;
+    let _operator = OperatorProcess::start(
+        &s.ns.name,
+        "solo",
+        &[
+            "--leader-elect=false",
+            "--redis-ca-file",
+            ca_file.to_str().expect("a UTF-8 path"),
+        ],
+    )
+    .await;
+    let url = format!("rediss://reader:r3ader-pw@localhost:{}", redis.addr.port());
+    // The fleet's sidecars stand in for the pods' after the wake-up: they read the same list on
+    // the harness's plain port, as only the operator's TLS is under test here.
+    let _fleet = redis_pool(&s, "jobs", json!({"url": url}), redis.plain_url(0)).await;
+    wait_reason(
+        &s,
+        "jobs",
+        "MetricsAvailable",
+        "QueueRead",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(replicas(&s.deployments, "jobs").await, Some(0));
+
+    push_25_jobs(&redis).await;
+    wait_replicas(&s.deployments, "jobs", 3, Duration::from_secs(15)).await;
+    let deployment = s.deployments.get("jobs").await.expect("the Deployment");
+    let sidecar = deployment
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .expect("a pod spec")
+        .containers
+        .into_iter()
+        .find(|c| c.name == asyncpool_contract::pod::SIDECAR_CONTAINER)
+        .expect("the sidecar");
+    let injected = sidecar
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ASYNCPOOL_REDIS_CA_PEM")
+        .and_then(|e| e.value.clone());
+    assert_eq!(injected.as_deref(), Some(ca.as_str()));
+}
+
 #[tokio::test]
 async fn a_redis_pool_scales_from_zero_and_back_to_zero() {
     let mut redis = RedisServer::start_on(free_port())

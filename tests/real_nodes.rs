@@ -5,6 +5,9 @@
 //! promise under test: taking workers away under a steady load loses no request and cuts no
 //! stream, even streams longer than the drain's grace.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncpool_testkit::cluster::eventually;
@@ -92,6 +95,87 @@ async fn a_hung_worker_is_replaced_without_losing_the_load() {
         "the stuck request cannot have completed: {stuck:?}"
     );
     assert_nothing_lost(&report, 200);
+}
+
+#[tokio::test]
+async fn a_worker_that_crash_loops_is_replaced_while_the_pool_serves() {
+    let s = RealPools::setup("rn-crash").await;
+    let _operator = s.operator().await;
+    s.create_pool("api", 3, json!({})).await;
+    s.wait_ready("api", 3, Duration::from_secs(90)).await;
+    let victim = s.workers("api").await.expect("pods")[0].name.clone();
+    let load = s.service_load("api", 30, 0.0).await;
+    eventually("the load flowing", Duration::from_secs(10), || async {
+        (load.so_far().succeeded >= 30).then_some(())
+    })
+    .await;
+
+    // Its app is killed whenever it runs, as an app that dies on a bad node or a poisoned
+    // input would be, until the operator has replaced the worker. Only the first kill can
+    // find requests in the app: later ones come as the restarted app is still importing.
+    let replaced = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (victim, replaced) = (victim.clone(), replaced.clone());
+        std::thread::spawn(move || {
+            let mut kills = 0u32;
+            while !replaced.load(Ordering::SeqCst) {
+                for pid in real_node::app_processes(&victim) {
+                    let killed = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .is_ok_and(|status| status.success());
+                    kills += u32::from(killed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            kills
+        })
+    };
+    let reasons = Mutex::new(BTreeSet::new());
+    eventually(
+        "the crash-looping worker replaced by a fresh one",
+        Duration::from_secs(180),
+        || async {
+            let pool = s.pools.get("api").await.ok()?;
+            if let Some(degraded) = pool.status.and_then(|status| {
+                status
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Degraded")
+            }) {
+                reasons.lock().expect("reasons").insert(degraded.reason);
+            }
+            let workers = s.workers("api").await?;
+            let fresh = workers
+                .iter()
+                .filter(|w| w.ready && !w.deleting && w.name != victim)
+                .count();
+            (fresh == 3 && workers.iter().all(|w| w.name != victim)).then_some(())
+        },
+    )
+    .await;
+    replaced.store(true, Ordering::SeqCst);
+    let kills = killer.join().expect("the killer thread");
+    let report = load.stop().await;
+    let reasons = reasons.into_inner().expect("reasons");
+    println!("{kills} kills; Degraded reasons seen: {reasons:?}; {report}");
+    assert!(
+        kills >= 2,
+        "the app was killed {kills} times: no crash loop"
+    );
+    assert!(
+        reasons.contains("WorkerCrashLooping") && !reasons.contains("CrashLooping"),
+        "one worker crash-looping among serving ones is its own trouble: {reasons:?}"
+    );
+    // What a crash can lose is what was in its app then: short requests at 10 a second per
+    // worker keep well under one worker's concurrency (10) there.
+    assert!(report.sent >= 300, "too few requests to tell: {report}");
+    assert!(report.lost - report.unreachable <= 10, "{report}");
+    // What kube-proxy sent the worker while its app was down got the sidecar's 503 "app
+    // unavailable" (nothing reached the app: safe to retry), until the kubelet's third failed
+    // readiness probe, a second apart, took it out of the endpoints: its share of the load for
+    // a few seconds, once, as later kills came before the restarted app was ready.
+    assert!(report.unreachable <= 60, "{report}");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! queue length their sidecars report. Settings come from flags or the environment.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use asyncpool::leader::LeaseTiming;
 use asyncpool::queue::reader::ReaderConfig;
 use asyncpool::reconcile::Settings;
 use asyncpool_contract::duration::parse_duration;
+use asyncpool_contract::redis::RedisTls;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -72,6 +74,11 @@ struct Args {
     /// Pools reconciled at once.
     #[arg(long, env = "ASYNCPOOL_RECONCILE_CONCURRENCY", default_value_t = 16)]
     reconcile_concurrency: u16,
+    /// PEM bundle of CA certificates to trust, besides the public web roots, for pools whose
+    /// `queue.redis.url` is `rediss://` (a Redis whose certificate a private CA signed). Read at
+    /// start; the sidecars of those pools get it too.
+    #[arg(long, env = "ASYNCPOOL_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "ASYNCPOOL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -93,10 +100,36 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The CAs a `rediss://` queue's certificate may come from, or why the bundle is unusable: a
+/// bad bundle stops the operator at start rather than failing every TLS pool later.
+fn redis_tls(ca_file: Option<&Path>) -> Result<RedisTls, String> {
+    let Some(path) = ca_file else {
+        return Ok(RedisTls::public_roots());
+    };
+    let tls = RedisTls::with_ca_file(path).map_err(|e| format!("--redis-ca-file: {e}"))?;
+    let size = tls.private_ca_pem().map_or(0, str::len);
+    if size > asyncpool::resources::MAX_SIDECAR_CA_BYTES {
+        return Err(format!(
+            "--redis-ca-file: {} is {size} bytes, more than the {} that the sidecars can be \
+             given; keep only the private CAs (the public roots are built in)",
+            path.display(),
+            asyncpool::resources::MAX_SIDECAR_CA_BYTES
+        ));
+    }
+    Ok(tls)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args.log_format);
+    let redis_tls = match redis_tls(args.redis_ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
 
     // An unreachable API server is retried with backoff rather than ending the process.
     let client = loop {
@@ -130,6 +163,7 @@ async fn main() -> ExitCode {
         settings: Settings {
             sidecar_image: args.sidecar_image,
             tick: args.tick,
+            redis_tls,
             ..Settings::default()
         },
         reader: ReaderConfig {
@@ -149,5 +183,48 @@ async fn main() -> ExitCode {
             tracing::error!(%error, "operator stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throwaway CA (P-256, until 2126) for parsing only: nothing it signed is served anywhere.
+    const TEST_CA: &str = include_str!("../../crates/contract/testdata/test-ca.pem");
+
+    #[test]
+    fn the_redis_ca_file_is_read_at_start_and_bounded() {
+        let args = Args::try_parse_from(["asyncpool-operator"]).unwrap();
+        assert_eq!(args.redis_ca_file, None);
+        let public = redis_tls(None).unwrap();
+        assert_eq!(public.private_ca_pem(), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, TEST_CA).unwrap();
+        let args = Args::try_parse_from([
+            "asyncpool-operator",
+            "--redis-ca-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let private = redis_tls(args.redis_ca_file.as_deref()).unwrap();
+        assert_eq!(private.private_ca_pem(), Some(TEST_CA));
+
+        let missing = redis_tls(Some(&dir.path().join("none.pem"))).unwrap_err();
+        assert!(
+            missing.contains("--redis-ca-file") && missing.contains("none.pem"),
+            "{missing}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let junk = redis_tls(Some(&junk)).unwrap_err();
+        assert!(junk.contains("no certificate"), "{junk}");
+        let big = dir.path().join("big.pem");
+        let copies = asyncpool::resources::MAX_SIDECAR_CA_BYTES / TEST_CA.len() + 1;
+        std::fs::write(&big, TEST_CA.repeat(copies)).unwrap();
+        let big = redis_tls(Some(&big)).unwrap_err();
+        assert!(big.contains("more than the 65536"), "{big}");
     }
 }

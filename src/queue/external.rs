@@ -3,7 +3,9 @@
 //! the operator polls the queue in the background, one poller per such pool, and wakes the
 //! pool's reconcile when the reading changes. Reconcile only looks at the latest reading, so a
 //! slow or unreachable Redis never holds up a reconcile. A password kept in a Secret is read
-//! when the poller starts and again every minute, so that a rotated one is picked up.
+//! when the poller starts and again every minute, so that a rotated one is picked up. A
+//! `rediss://` queue's certificate is checked against the public web roots and the operator's
+//! own CA bundle (`--redis-ca-file`), if it has one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,7 +19,7 @@ use tracing::Instrument;
 
 use crate::pool::PoolKey;
 use asyncpool_contract::queue::QueueSnapshot;
-use asyncpool_contract::redis::{RedisError, RedisPoller, RedisTarget};
+use asyncpool_contract::redis::{RedisError, RedisPoller, RedisTarget, RedisTls};
 
 /// How often a password kept in a Secret is read again.
 const SECRET_REFRESH: Duration = Duration::from_secs(60);
@@ -46,15 +48,18 @@ pub struct ExternalQueues {
     changes: mpsc::UnboundedSender<PoolKey>,
     /// Reads the Secrets that hold Redis passwords.
     client: Client,
+    /// Whom a `rediss://` queue's certificate may come from.
+    tls: RedisTls,
 }
 
 impl ExternalQueues {
     /// Pollers that announce every changed reading on `changes`.
-    pub fn new(changes: mpsc::UnboundedSender<PoolKey>, client: Client) -> Self {
+    pub fn new(changes: mpsc::UnboundedSender<PoolKey>, client: Client, tls: RedisTls) -> Self {
         Self {
             polling: Mutex::default(),
             changes,
             client,
+            tls,
         }
     }
 
@@ -97,7 +102,7 @@ impl ExternalQueues {
         password_secret: Option<&SecretKeySelector>,
         capacity: u64,
     ) -> Result<Polling, RedisError> {
-        let poller = Arc::new(RedisPoller::new(target.clone(), capacity)?);
+        let poller = Arc::new(RedisPoller::new(target.clone(), capacity, &self.tls)?);
         let changes = self.changes.clone();
         let key = pool.clone();
         let running = Arc::clone(&poller);

@@ -28,6 +28,7 @@ use crate::queue::external::ExternalQueues;
 use crate::queue::reader::SidecarReaders;
 use asyncpool_contract::pod::POOL_LABEL;
 use asyncpool_contract::queue::QueueSnapshot;
+use asyncpool_contract::redis::RedisTls;
 
 use crate::resources::{self, FIELD_MANAGER};
 use crate::scaling::DecisionKind;
@@ -57,6 +58,9 @@ pub struct Settings {
     pub tick: Duration,
     /// Least time between two status writes that only change the load figure.
     pub status_interval: Duration,
+    /// Whom a `rediss://` queue's certificate may come from: the operator's own reads use it,
+    /// and its private CA bundle, if any, goes to the sidecars of `rediss://` pools.
+    pub redis_tls: RedisTls,
 }
 
 impl Default for Settings {
@@ -65,6 +69,7 @@ impl Default for Settings {
             sidecar_image: crate::resources::DEFAULT_SIDECAR_IMAGE.into(),
             tick: Duration::from_secs(1),
             status_interval: Duration::from_secs(2),
+            redis_tls: RedisTls::public_roots(),
         }
     }
 }
@@ -114,7 +119,7 @@ impl Context {
                 changes.clone(),
                 metrics.clone(),
             ),
-            external: ExternalQueues::new(changes, client.clone()),
+            external: ExternalQueues::new(changes, client.clone(), settings.redis_tls.clone()),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
@@ -308,8 +313,13 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     let own_reading = own_queue_reading(pool, &key, ctx, &observed, &effective);
     let plan = decide(pool, &key, ctx, &observed, &effective, own_reading);
 
-    let deployment =
-        resources::deployment(pool, &effective, &ctx.settings.sidecar_image, plan.replicas);
+    let deployment = resources::deployment(
+        pool,
+        &effective,
+        &ctx.settings.sidecar_image,
+        ctx.settings.redis_tls.private_ca_pem(),
+        plan.replicas,
+    );
     let service = resources::service(pool);
     let (deployment, service) = match (deployment, service) {
         (Ok(d), Ok(s)) => (d, s),
@@ -470,6 +480,7 @@ fn worker_pod(pod: &Pod) -> WorkerPod {
             .and_then(|ip| ip.parse().ok()),
         ready,
         crash_looping,
+        template: pod.labels().get("pod-template-hash").cloned(),
     }
 }
 
@@ -695,7 +706,13 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
             .own_read
             .as_ref()
             .map(|r| r.as_ref().map_err(String::as_str).copied()),
-        crash_looping: plan.degraded.as_deref(),
+        crash_looping: plan
+            .degraded
+            .as_deref()
+            .map(|message| status::CrashLooping {
+                message,
+                held: plan.template_crash_loops,
+            }),
         refused,
         paused: pool.spec.paused,
         rollout: deployment.map_or(status::Rollout::Done, status::rollout_of),

@@ -30,6 +30,9 @@ pub mod env {
     pub const REDIS_KIND: &str = "ASYNCPOOL_REDIS_KIND";
     pub const REDIS_GROUP: &str = "ASYNCPOOL_REDIS_GROUP";
     pub const REDIS_PASSWORD: &str = "ASYNCPOOL_REDIS_PASSWORD";
+    pub const REDIS_CA_FILE: &str = "ASYNCPOOL_REDIS_CA_FILE";
+    /// The operator's private CA bundle itself (PEM text), for a `rediss://` pool.
+    pub const REDIS_CA_PEM: &str = "ASYNCPOOL_REDIS_CA_PEM";
     pub const LOG_FORMAT: &str = "ASYNCPOOL_LOG_FORMAT";
     pub const THREADS: &str = "ASYNCPOOL_THREADS";
     pub const HEADER_TIMEOUT: &str = "ASYNCPOOL_HEADER_TIMEOUT";

@@ -3,17 +3,28 @@
 //! [`RedisPoller`]: the sidecar's `redis` source, and the operator's own reading of a pool that
 //! has no ready worker, which is how a pool at zero replicas sees work arrive. A Redis that
 //! cannot be read is an error, never zeros.
+//!
+//! `rediss://` is the same client over TLS (rustls): the server's certificate is verified for
+//! the URL's host against the public web roots, plus a private CA bundle if one is given
+//! ([`RedisTls`]). Verification cannot be turned off.
 
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
 
 use crate::queue::{CONTRACT_VERSION, QueueSnapshot, Scope};
 
-/// Bound on connecting and on one command, so that a hung Redis turns into an error quickly.
+/// Bound on opening a connection (TCP connect, TLS handshake, AUTH, SELECT) and, separately, on
+/// one reading, so that a hung Redis (or a plain one asked for TLS) turns into an error quickly.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often Redis is read. LLEN and XINFO GROUPS are O(1)-ish, so even many pods polling at
 /// this rate are cheap for Redis, and a change reaches the watch stream within this period.
@@ -26,6 +37,9 @@ const MAX_REPLY_BYTES: usize = 64 * 1024;
 const MAX_ELEMENTS: i64 = 100_000;
 /// Deepest a reply may be nested (the top-level one is at depth 0).
 const MAX_DEPTH: u8 = 4;
+/// Bound on a CA bundle file: a few CAs take a few KiB, and a wrong path (a device, a log)
+/// must not make us buffer it.
+const MAX_CA_BUNDLE_BYTES: u64 = 1024 * 1024;
 
 /// Which queue to read.
 #[derive(Clone, PartialEq, Eq)]
@@ -66,9 +80,12 @@ pub enum RedisError {
     LagUnknown,
     #[error("redis password: {0}")]
     Password(String),
+    #[error("redis tls: {0}")]
+    Tls(String),
 }
 
-/// A parsed `redis://[[user]:password@]host[:port][/db]` URL.
+/// A parsed `redis://[[user]:password@]host[:port][/db]` URL, or the same with `rediss://`
+/// (TLS).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisAddress {
     pub host: String,
@@ -76,6 +93,8 @@ pub struct RedisAddress {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// `rediss://`: TLS, with the certificate verified for `host`.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for RedisAddress {
@@ -86,15 +105,22 @@ impl std::fmt::Debug for RedisAddress {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisAddress {
     pub fn parse(url: &str) -> Result<Self, RedisError> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| RedisError::Url("must start with redis://".into()))?;
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("rediss://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("redis://") {
+            (false, rest)
+        } else {
+            return Err(RedisError::Url(
+                "must start with redis:// or rediss://".into(),
+            ));
+        };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((userinfo, hostport)) => (Some(userinfo), hostport),
@@ -126,6 +152,12 @@ impl RedisAddress {
         if host.is_empty() {
             return Err(RedisError::Url("missing host".into()));
         }
+        // The certificate is verified for this name, so it must be one a certificate can name.
+        if tls && ServerName::try_from(host).is_err() {
+            return Err(RedisError::Url(format!(
+                "{host:?} is not a host name or IP address a certificate can be checked for"
+            )));
+        }
         let port = match port {
             None => 6379,
             Some(port) => port
@@ -149,8 +181,146 @@ impl RedisAddress {
             username,
             password,
             db,
+            tls,
         })
     }
+}
+
+/// The certificate authorities a `rediss://` connection trusts: the public web roots
+/// (Mozilla's, built in), plus the CAs of a PEM bundle, for a Redis whose certificate a private
+/// CA signed. The bundle adds to the public roots rather than replacing them, so that one
+/// setting serves pools on managed Redis and on a self-managed one alike.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    private: Option<Arc<PrivateCa>>,
+}
+
+struct PrivateCa {
+    /// As given: the operator hands it on to the sidecars it injects.
+    pem: String,
+    certs: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field(
+                "private_cas",
+                &self.private.as_ref().map_or(0, |ca| ca.certs.len()),
+            )
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// The public web roots only.
+    pub fn public_roots() -> Self {
+        Self::default()
+    }
+
+    /// The public web roots and the CA certificates of a PEM bundle, which must hold at least
+    /// one usable certificate (anything else in it, a private key say, is ignored).
+    pub fn with_ca_pem(pem: &str) -> Result<Self, RedisError> {
+        let mut certs = Vec::new();
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            certs.push(
+                cert.map_err(|e| RedisError::Tls(format!("the CA bundle is not valid PEM: {e}")))?,
+            );
+        }
+        if certs.is_empty() {
+            return Err(RedisError::Tls(
+                "the CA bundle holds no certificate (no -----BEGIN CERTIFICATE----- block)".into(),
+            ));
+        }
+        // Checked now, so that a bad bundle stops the process at start rather than failing
+        // every connection later.
+        let mut roots = rustls::RootCertStore::empty();
+        for (n, cert) in certs.iter().enumerate() {
+            roots.add(cert.clone()).map_err(|e| {
+                RedisError::Tls(format!(
+                    "certificate {} of the CA bundle is not usable: {e}",
+                    n + 1
+                ))
+            })?;
+        }
+        Ok(RedisTls {
+            private: Some(Arc::new(PrivateCa {
+                pem: pem.to_owned(),
+                certs,
+            })),
+        })
+    }
+
+    /// [`Self::with_ca_pem`] with the bundle read from `path`.
+    pub fn with_ca_file(path: &Path) -> Result<Self, RedisError> {
+        use std::io::Read;
+        let cannot = |e: std::io::Error| {
+            RedisError::Tls(format!("cannot read the CA bundle {}: {e}", path.display()))
+        };
+        let mut pem = String::new();
+        std::fs::File::open(path)
+            .map_err(cannot)?
+            .take(MAX_CA_BUNDLE_BYTES + 1)
+            .read_to_string(&mut pem)
+            .map_err(cannot)?;
+        if pem.len() as u64 > MAX_CA_BUNDLE_BYTES {
+            return Err(RedisError::Tls(format!(
+                "the CA bundle {} is larger than {MAX_CA_BUNDLE_BYTES} bytes",
+                path.display()
+            )));
+        }
+        Self::with_ca_pem(&pem)
+    }
+
+    /// The private CA bundle, as given, if there is one.
+    pub fn private_ca_pem(&self) -> Option<&str> {
+        self.private.as_ref().map(|ca| ca.pem.as_str())
+    }
+
+    fn connector(&self) -> Result<TlsConnector, RedisError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        for cert in self.private.iter().flat_map(|ca| &ca.certs) {
+            roots
+                .add(cert.clone())
+                .map_err(|e| RedisError::Tls(e.to_string()))?;
+        }
+        // The provider named, not the process default: rustls panics on an ambiguous default.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RedisError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+}
+
+/// What a failed handshake means, in words that say what to fix.
+fn handshake_error(host: &str, error: &std::io::Error) -> RedisError {
+    use rustls::{CertificateError, Error};
+    let reason = match error.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "the server's certificate is not trusted: neither a public root CA nor a CA of the \
+             bundle given issued it (a private CA must be given as a CA bundle)"
+                .to_string()
+        }
+        Some(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => format!("the server's certificate is not valid for {host}"),
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "the server's certificate has expired".to_string(),
+        Some(Error::InvalidCertificate(other)) => {
+            format!("the server's certificate is not trusted: {other}")
+        }
+        Some(Error::InvalidMessage(_)) => {
+            "the server does not speak TLS (a plain Redis is redis://, not rediss://)".to_string()
+        }
+        Some(other) => format!("handshake failed: {other}"),
+        None => format!("handshake failed: {error}"),
+    };
+    RedisError::Tls(reason)
 }
 
 /// Decodes `%XX` escapes (RFC 3986), as URLs carry reserved characters in user names and
@@ -300,42 +470,91 @@ pub mod fuzzing {
     }
 }
 
-#[derive(Debug)]
+/// A connection's byte stream, plain TCP or TLS over it: one client for both schemes.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
 struct Connection {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
 }
 
 impl Connection {
-    async fn open(address: &RedisAddress) -> Result<Self, RedisError> {
-        let stream = TcpStream::connect((address.host.as_str(), address.port))
-            .await
-            .map_err(|e| RedisError::Io(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+    /// Connects, shakes hands (with `tls`, for a `rediss://` address), authenticates and
+    /// selects the database, all by `deadline`.
+    async fn open(
+        address: &RedisAddress,
+        tls: Option<&TlsConnector>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self, RedisError> {
+        let tcp = tokio::time::timeout_at(
+            deadline,
+            TcpStream::connect((address.host.as_str(), address.port)),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout)?
+        .map_err(|e| RedisError::Io(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match (address.tls, tls) {
+            (false, _) => Box::new(tcp),
+            (true, Some(connector)) => {
+                let name = ServerName::try_from(address.host.clone())
+                    .map_err(|e| RedisError::Url(e.to_string()))?;
+                let handshake = connector.connect(name, tcp);
+                let stream = tokio::time::timeout_at(deadline, handshake)
+                    .await
+                    .map_err(|_| {
+                        RedisError::Tls(format!(
+                            "no TLS handshake within {IO_TIMEOUT:?} (does the server speak TLS?)"
+                        ))
+                    })?
+                    .map_err(|e| handshake_error(&address.host, &e))?;
+                Box::new(stream)
+            }
+            (true, None) => return Err(RedisError::Tls("no TLS configuration".into())),
+        };
         let mut connection = Connection {
             reader: BufReader::new(stream),
         };
-        if let Some(password) = &address.password {
-            let reply = match &address.username {
-                Some(user) => {
-                    connection
-                        .command(&[b"AUTH", user.as_bytes(), password.as_bytes()])
-                        .await?
-                }
-                None => connection.command(&[b"AUTH", password.as_bytes()]).await?,
-            };
-            expect_ok(reply)?;
-        }
-        if address.db != 0 {
-            let db = address.db.to_string();
-            expect_ok(connection.command(&[b"SELECT", db.as_bytes()]).await?)?;
-        }
+        let setup = async {
+            if let Some(password) = &address.password {
+                let reply = match &address.username {
+                    Some(user) => {
+                        connection
+                            .command(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                            .await?
+                    }
+                    None => connection.command(&[b"AUTH", password.as_bytes()]).await?,
+                };
+                expect_ok(reply)?;
+            }
+            if address.db != 0 {
+                let db = address.db.to_string();
+                expect_ok(connection.command(&[b"SELECT", db.as_bytes()]).await?)?;
+            }
+            Ok::<(), RedisError>(())
+        };
+        tokio::time::timeout_at(deadline, setup)
+            .await
+            .map_err(|_| RedisError::Timeout)??;
         Ok(connection)
     }
 
     async fn command(&mut self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        self.reader
-            .get_mut()
+        let stream = self.reader.get_mut();
+        stream
             .write_all(&encode(args))
+            .await
+            .map_err(|e| RedisError::Io(e.to_string()))?;
+        // TLS buffers what is written; a plain socket's flush does nothing.
+        stream
+            .flush()
             .await
             .map_err(|e| RedisError::Io(e.to_string()))?;
         match read_reply(&mut self.reader, 0).await? {
@@ -422,33 +641,49 @@ async fn read_once(
 }
 
 /// Reads one queue, keeping its connection between reads and starting afresh after an error.
-#[derive(Debug)]
 struct RedisReader {
     target: RedisTarget,
     address: RedisAddress,
+    /// For a `rediss://` address.
+    tls: Option<TlsConnector>,
     connection: Option<Connection>,
 }
 
+impl std::fmt::Debug for RedisReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisReader")
+            .field("target", &self.target)
+            .field("address", &self.address)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RedisReader {
-    /// Fails only on a URL that cannot be parsed; Redis itself is first contacted by `read`.
-    fn new(target: RedisTarget) -> Result<Self, RedisError> {
+    /// Fails only on a URL that cannot be parsed (or a TLS setup that cannot be built); Redis
+    /// itself is first contacted by `read`.
+    fn new(target: RedisTarget, tls: &RedisTls) -> Result<Self, RedisError> {
         let mut address = RedisAddress::parse(&target.url)?;
         if let Some(password) = &target.password {
             address.password = Some(password.clone());
         }
+        let tls = if address.tls {
+            Some(tls.connector()?)
+        } else {
+            None
+        };
         Ok(RedisReader {
             target,
             address,
+            tls,
             connection: None,
         })
     }
 
-    /// One reading, `(queued, in_flight)`, within [`IO_TIMEOUT`].
+    /// One reading, `(queued, in_flight)`: opening a connection if there is none takes at
+    /// most [`IO_TIMEOUT`], and so does the reading on it.
     async fn read(&mut self) -> Result<Reading, RedisError> {
-        let reading = match tokio::time::timeout(IO_TIMEOUT, self.read_on_connection()).await {
-            Ok(reading) => reading,
-            Err(_) => Err(RedisError::Timeout),
-        };
+        let reading = self.read_on_connection().await;
         if reading.is_err() {
             // The connection may be mid-reply or dead: start afresh next time.
             self.connection = None;
@@ -459,11 +694,16 @@ impl RedisReader {
     async fn read_on_connection(&mut self) -> Result<Reading, RedisError> {
         let open = match &mut self.connection {
             Some(open) => open,
-            None => self
-                .connection
-                .insert(Connection::open(&self.address).await?),
+            None => {
+                let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+                let opened = Connection::open(&self.address, self.tls.as_ref(), deadline).await?;
+                self.connection.insert(opened)
+            }
         };
-        read_once(open, &self.target).await
+        match tokio::time::timeout(IO_TIMEOUT, read_once(open, &self.target)).await {
+            Ok(reading) => reading,
+            Err(_) => Err(RedisError::Timeout),
+        }
     }
 }
 
@@ -502,9 +742,10 @@ pub struct RedisPoller {
 }
 
 impl RedisPoller {
-    pub fn new(target: RedisTarget, capacity: u64) -> Result<Self, RedisError> {
+    /// A poller of `target`; `tls` says whom a `rediss://` URL's certificate may come from.
+    pub fn new(target: RedisTarget, capacity: u64, tls: &RedisTls) -> Result<Self, RedisError> {
         Ok(RedisPoller {
-            reader: tokio::sync::Mutex::new(RedisReader::new(target)?),
+            reader: tokio::sync::Mutex::new(RedisReader::new(target, tls)?),
             capacity,
             latest: Mutex::new(None),
             changed: watch::channel(0).0,
@@ -606,8 +847,16 @@ mod tests {
         );
         let leaky = RedisAddress::parse("redis://:top/secret@h").unwrap_err();
         assert!(!leaky.to_string().contains("secret"), "{leaky}");
+        assert!(!a.tls && !b.tls && !c.tls && !d.tls);
         for bad in [
             "http://x",
+            "redis:/h",
+            "rediss:h",
+            "REDISS://h",
+            "rediss://",
+            "rediss://h:port",
+            "rediss://[::1",
+            "rediss://bad host",
             "redis://:bad%zz@h",
             "redis://:cut%4@h",
             "redis://",
@@ -618,6 +867,108 @@ mod tests {
         ] {
             assert!(RedisAddress::parse(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn parses_tls_urls_with_the_same_grammar() {
+        let a = RedisAddress::parse("rediss://cache.example.com").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.db, a.tls, a.username, a.password),
+            ("cache.example.com", 6379, 0, true, None, None)
+        );
+        let b = RedisAddress::parse("rediss://reader:p%40ss@10.0.0.7:6380/4").unwrap();
+        assert_eq!(
+            (
+                b.host.as_str(),
+                b.port,
+                b.db,
+                b.tls,
+                b.username.as_deref(),
+                b.password.as_deref()
+            ),
+            ("10.0.0.7", 6380, 4, true, Some("reader"), Some("p@ss"))
+        );
+        let c = RedisAddress::parse("rediss://:pw@[::1]:7000").unwrap();
+        assert_eq!((c.host.as_str(), c.port, c.tls), ("::1", 7000, true));
+        let printed = format!("{b:?}");
+        assert!(
+            printed.contains("tls: true") && !printed.contains("p@ss"),
+            "{printed}"
+        );
+        let leaky = RedisAddress::parse("rediss://:top/secret@h").unwrap_err();
+        assert!(!leaky.to_string().contains("secret"), "{leaky}");
+        let scheme = RedisAddress::parse("http://x").unwrap_err().to_string();
+        assert!(scheme.contains("redis:// or rediss://"), "{scheme}");
+    }
+
+    /// A throwaway CA (P-256, until 2126) for parsing only: nothing it signed is served anywhere.
+    const TEST_CA: &str = include_str!("../testdata/test-ca.pem");
+
+    #[test]
+    fn a_ca_bundle_needs_a_usable_certificate() {
+        let tls = RedisTls::with_ca_pem(TEST_CA).unwrap();
+        assert_eq!(tls.private_ca_pem(), Some(TEST_CA));
+        assert!(format!("{tls:?}").contains("private_cas: 1"), "{tls:?}");
+        assert!(tls.connector().is_ok());
+        let two = RedisTls::with_ca_pem(&format!("{TEST_CA}{TEST_CA}")).unwrap();
+        assert!(format!("{two:?}").contains("private_cas: 2"), "{two:?}");
+        assert_eq!(RedisTls::public_roots().private_ca_pem(), None);
+        assert!(RedisTls::public_roots().connector().is_ok());
+
+        let empty = RedisTls::with_ca_pem("").unwrap_err().to_string();
+        assert!(empty.contains("no certificate"), "{empty}");
+        let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let key_only = RedisTls::with_ca_pem(key_only).unwrap_err().to_string();
+        assert!(key_only.contains("no certificate"), "{key_only}");
+        let cut = RedisTls::with_ca_pem(&TEST_CA[..200])
+            .unwrap_err()
+            .to_string();
+        assert!(cut.contains("not valid PEM"), "{cut}");
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let garbage = RedisTls::with_ca_pem(garbage).unwrap_err().to_string();
+        assert!(
+            garbage.contains("certificate 1 of the CA bundle"),
+            "{garbage}"
+        );
+
+        let missing = RedisTls::with_ca_file(Path::new("/nonexistent/ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("cannot read the CA bundle /nonexistent/ca.pem"),
+            "{missing}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_with_a_silent_server_ends_within_the_timeout() {
+        // Accepts and never answers: the handshake would wait for ever without the bound.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let target = RedisTarget {
+            url: format!("rediss://127.0.0.1:{port}"),
+            key: "jobs".into(),
+            group: None,
+            password: None,
+        };
+        let mut reader = RedisReader::new(target, &RedisTls::public_roots()).unwrap();
+        let started = Instant::now();
+        let error = reader.read().await.unwrap_err();
+        assert!(
+            started.elapsed() < 2 * IO_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(&error, RedisError::Tls(message) if message.contains("no TLS handshake")),
+            "{error}"
+        );
     }
 
     async fn parse_reply(bytes: &[u8]) -> Result<Reply, RedisError> {
@@ -695,7 +1046,7 @@ mod tests {
             !printed.contains("in-url") && !printed.contains("from-secret"),
             "{printed}"
         );
-        let poller = RedisPoller::new(target, 10).unwrap();
+        let poller = RedisPoller::new(target, 10, &RedisTls::public_roots()).unwrap();
         let printed = format!("{poller:?}");
         assert!(printed.contains("6379"), "{printed}");
         assert!(

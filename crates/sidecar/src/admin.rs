@@ -315,7 +315,7 @@ impl Admin {
         metric(
             "upstream_errors_total",
             "counter",
-            "Requests answered 502 because the app could not be reached.",
+            "Requests the app could not take: unreachable (503) or closed without a response (502).",
             &[(
                 "",
                 self.stats.upstream_errors.load(Ordering::Relaxed) as f64,

@@ -2,13 +2,14 @@
 //! validation: a bad value stops the sidecar at start with a message that names the flag.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use asyncpool_contract::duration::parse_duration;
 use asyncpool_contract::pod::{ADMIN_PORT, SERVE_PORT, env};
-use asyncpool_contract::redis::RedisTarget;
+use asyncpool_contract::redis::{RedisAddress, RedisTarget, RedisTls};
 pub use asyncpool_contract::{RedisKind, SourceKind};
 
 /// Upper bound on `--concurrency`: far above any sane pod, low enough to catch a typo.
@@ -67,7 +68,8 @@ pub struct Args {
     #[arg(long, env = env::SOURCE, value_enum, default_value = "proxy")]
     pub source: SourceKind,
 
-    /// Redis to read (`redis://[:password@]host[:port][/db]`), for `--source redis`.
+    /// Redis to read (`redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS),
+    /// for `--source redis`.
     #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -87,6 +89,16 @@ pub struct Args {
     /// pool's Secret).
     #[arg(long, env = env::REDIS_PASSWORD, hide_env_values = true)]
     pub redis_password: Option<String>,
+
+    /// PEM bundle of CA certificates to trust, besides the public web roots, for a `rediss://`
+    /// `--redis-url` whose certificate a private CA signed.
+    #[arg(long, env = env::REDIS_CA_FILE, conflicts_with = "redis_ca_pem")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// The same bundle as PEM text (the operator injects its own bundle so).
+    // A PEM starts with "-----": a value, not a flag.
+    #[arg(long, env = env::REDIS_CA_PEM, hide_env_values = true, allow_hyphen_values = true)]
+    pub redis_ca_pem: Option<String>,
 
     /// Log format on stderr.
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "text")]
@@ -140,6 +152,8 @@ pub struct Config {
     pub drain_token: Option<String>,
     pub source: SourceKind,
     pub redis: Option<RedisTarget>,
+    /// Whom a `rediss://` certificate may come from.
+    pub redis_tls: RedisTls,
     pub log_format: LogFormat,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -208,13 +222,31 @@ impl Args {
         {
             return Err(invalid("--drain-token", "must not be empty when set"));
         }
+        let mut redis_tls = RedisTls::public_roots();
         let redis = match self.source {
             SourceKind::Redis => {
                 let url = self
                     .redis_url
                     .ok_or_else(|| invalid("--redis-url", "required with --source redis"))?;
-                asyncpool_contract::redis::RedisAddress::parse(&url)
-                    .map_err(|e| invalid("--redis-url", e.to_string()))?;
+                let address =
+                    RedisAddress::parse(&url).map_err(|e| invalid("--redis-url", e.to_string()))?;
+                // A CA with a plain URL would be ignored: refused, as the TLS meant is not on.
+                let ca_flag = if self.redis_ca_file.is_some() {
+                    "--redis-ca-file"
+                } else {
+                    "--redis-ca-pem"
+                };
+                if let Some(path) = &self.redis_ca_file {
+                    redis_tls = RedisTls::with_ca_file(path)
+                        .map_err(|e| invalid("--redis-ca-file", e.to_string()))?;
+                }
+                if let Some(pem) = &self.redis_ca_pem {
+                    redis_tls = RedisTls::with_ca_pem(pem)
+                        .map_err(|e| invalid("--redis-ca-pem", e.to_string()))?;
+                }
+                if redis_tls.private_ca_pem().is_some() && !address.tls {
+                    return Err(invalid(ca_flag, "only for a rediss:// --redis-url"));
+                }
                 let key = self
                     .redis_key
                     .filter(|key| !key.is_empty())
@@ -247,6 +279,8 @@ impl Args {
                     (self.redis_key.is_some(), "--redis-key"),
                     (self.redis_group.is_some(), "--redis-group"),
                     (self.redis_password.is_some(), "--redis-password"),
+                    (self.redis_ca_file.is_some(), "--redis-ca-file"),
+                    (self.redis_ca_pem.is_some(), "--redis-ca-pem"),
                 ] {
                     if set {
                         return Err(invalid(flag, "only for --source redis"));
@@ -267,6 +301,7 @@ impl Args {
             drain_token: self.drain_token,
             source: self.source,
             redis,
+            redis_tls,
             log_format: self.log_format,
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
@@ -336,6 +371,103 @@ mod tests {
                 password: None,
             })
         );
+    }
+
+    /// A throwaway CA (P-256, until 2126) for parsing only: nothing it signed is served anywhere.
+    const TEST_CA: &str = include_str!("../../contract/testdata/test-ca.pem");
+
+    #[test]
+    fn redis_over_tls_with_a_ca_bundle() {
+        let redis = ["--source", "redis", "--redis-key", "jobs"];
+        let public = parse(
+            &[
+                &redis[..],
+                &["--redis-url", "rediss://reader:pw@cache:6380"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(public.redis.unwrap().url, "rediss://reader:pw@cache:6380");
+        assert_eq!(public.redis_tls.private_ca_pem(), None);
+
+        let dir = std::env::temp_dir().join(format!("asyncpool-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, TEST_CA).unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = parse(
+            &[
+                &redis[..],
+                &["--redis-url", "rediss://cache", "--redis-ca-file", path],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(from_file.redis_tls.private_ca_pem(), Some(TEST_CA));
+        let from_text = parse(
+            &[
+                &redis[..],
+                &["--redis-url", "rediss://cache", "--redis-ca-pem", TEST_CA],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(from_text.redis_tls.private_ca_pem(), Some(TEST_CA));
+
+        let refused: &[(&[&str], &str, &str)] = &[
+            (
+                &["--redis-url", "redis://cache", "--redis-ca-file", path],
+                "--redis-ca-file",
+                "rediss://",
+            ),
+            (
+                &["--redis-url", "redis://cache", "--redis-ca-pem", TEST_CA],
+                "--redis-ca-pem",
+                "rediss://",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "rediss://cache",
+                    "--redis-ca-pem",
+                    "not a pem",
+                ],
+                "--redis-ca-pem",
+                "no certificate",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "rediss://cache",
+                    "--redis-ca-file",
+                    "/nonexistent.pem",
+                ],
+                "--redis-ca-file",
+                "/nonexistent.pem",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "rediss://cache",
+                    "--redis-ca-file",
+                    path,
+                    "--redis-ca-pem",
+                    TEST_CA,
+                ],
+                "--redis-ca-file",
+                "cannot be used with",
+            ),
+        ];
+        for (args, flag, why) in refused {
+            let error = parse(&[&redis[..], args].concat()).expect_err(&format!("{args:?}"));
+            assert!(
+                error.contains(flag) && error.contains(why),
+                "{args:?}: {error}"
+            );
+        }
+        let error = parse(&["--redis-ca-file", path]).unwrap_err();
+        assert!(error.contains("only for --source redis"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -421,6 +553,8 @@ mod tests {
             "ASYNCPOOL_REDIS_KEY",
             "ASYNCPOOL_REDIS_KIND",
             "ASYNCPOOL_REDIS_GROUP",
+            "ASYNCPOOL_REDIS_CA_FILE",
+            "ASYNCPOOL_REDIS_CA_PEM",
             "ASYNCPOOL_LOG_FORMAT",
         ] {
             assert!(envs.iter().any(|e| e == env), "{env} is not wired");

@@ -88,7 +88,9 @@ pub async fn run(config: Config) -> Result<Outcome, SidecarError> {
                 .clone()
                 .ok_or(asyncpool_contract::redis::RedisError::Url("missing".into()))?;
             let redis = Arc::new(asyncpool_contract::redis::RedisPoller::new(
-                target, capacity,
+                target,
+                capacity,
+                &config.redis_tls,
             )?);
             let poller = Arc::clone(&redis);
             tokio::spawn(async move { poller.run().await });

@@ -28,7 +28,7 @@ use crate::http1::{self, Body, Framing, HeadError};
 use crate::limiter::{Limiter, Refused};
 use crate::{MAX_HEADER_BYTES, MAX_READ_BUFFER};
 
-/// Bound on connecting to the app; a dead app must turn into a quick 502, not a hung request.
+/// Bound on connecting to the app; a dead app must turn into a quick 503, not a hung request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pooled app connections idle longer than this are dropped rather than reused: uvicorn closes
 /// idle keep-alive connections after 5 s, and reusing one as it closes fails the request.
@@ -105,6 +105,10 @@ const fn unavailable(body: &'static str) -> OwnReply {
 const QUEUE_FULL: OwnReply = unavailable("queue full\n");
 const DRAINING: OwnReply = unavailable("draining\n");
 const QUEUE_TIMEOUT: OwnReply = unavailable("queue timeout\n");
+/// The app could not be reached (it crashed, or is restarting): nothing of the request reached
+/// it, so the client may safely send it again, elsewhere, whatever its method. A 503, as Envoy
+/// answers an upstream connect failure, so that clients and load balancers retry it.
+const APP_UNREACHABLE: OwnReply = unavailable("app unavailable\n");
 const BAD_GATEWAY: OwnReply = OwnReply {
     status: "502 Bad Gateway",
     body: "upstream unavailable\n",
@@ -412,7 +416,7 @@ impl Proxy {
                     self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, upstream = %self.pool.upstream, "upstream request failed");
                     drop(permit);
-                    let bytes = own(&BAD_GATEWAY, !keep_after_own);
+                    let bytes = own(&APP_UNREACHABLE, !keep_after_own);
                     return reply(client, &bytes, keep_after_own).await;
                 }
             };

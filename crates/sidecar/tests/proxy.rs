@@ -671,7 +671,7 @@ async fn bad_input_gets_clean_errors_and_others_are_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_app_gives_502_and_the_sidecar_stays_healthy() {
+async fn a_dead_app_gives_a_503_to_retry_and_the_sidecar_stays_healthy() {
     let dead = free_port().to_string();
     let upstream = format!("127.0.0.1:{dead}");
     let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "2"]).await;
@@ -679,7 +679,10 @@ async fn a_dead_app_gives_502_and_the_sidecar_stays_healthy() {
         .map(|_| tokio::spawn(get(sidecar.addr, "/")))
         .collect();
     for reply in replies {
-        assert_eq!(reply.await.unwrap().unwrap().status, 502);
+        let reply = reply.await.unwrap().unwrap();
+        // Nothing reached the app: a refusal the client may retry elsewhere, not a failure.
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.headers.get("retry-after").unwrap(), "1");
     }
     let queue = sidecar.queue().await;
     assert_eq!(

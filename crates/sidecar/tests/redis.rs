@@ -225,3 +225,219 @@ async fn the_password_flag_authenticates_and_its_absence_is_missing_data() {
     })
     .await;
 }
+
+// --- TLS (rediss://) ------------------------------------------------------------------------
+
+/// The ACL user of the TLS tests: the two reads on the tests' keys, nothing else.
+const READER: (&str, &str) = ("reader", "r3ader-pw");
+
+/// A redis-server whose clients' port speaks TLS only, with the [`READER`] user.
+async fn tls_redis() -> RedisServer {
+    let redis = RedisServer::start_tls(free_port(), free_port())
+        .await
+        .expect("redis-server with TLS");
+    redis
+        .add_user(
+            READER.0,
+            READER.1,
+            &["~jobs", "~tasks", "+llen", "+xinfo|groups"],
+        )
+        .await
+        .expect("ACL SETUSER");
+    redis
+}
+
+/// `rediss://user:password@host:port` of `redis`'s TLS port.
+fn tls_url(redis: &RedisServer, host: &str, password: &str) -> String {
+    format!(
+        "rediss://{}:{password}@{host}:{}",
+        READER.0,
+        redis.addr.port()
+    )
+}
+
+/// The sidecar's error once it has read (not the "not read yet" of one that has not).
+async fn read_error(sidecar: &Sidecar) -> Option<String> {
+    let reply = get(sidecar.admin, "/queue").await.ok()?;
+    if reply.status != 503 {
+        return None;
+    }
+    let error = reply.json()["error"].as_str()?.to_owned();
+    (error != "redis not read yet").then_some(error)
+}
+
+/// Waits for [`read_error`], naming `what` if it does not come.
+async fn wait_for_error(what: &str, sidecar: &Sidecar) -> String {
+    asyncpool_testkit::poll_until(what, WAIT, Duration::from_millis(10), || {
+        read_error(sidecar)
+    })
+    .await
+    .unwrap_or_else(|timeout| panic!("{timeout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_an_acl_user_and_the_ca_reads_a_list_and_a_stream_group() {
+    let redis = tls_redis().await;
+    let ca_file = redis.ca_file().expect("the CA of a TLS server");
+    let ca_pem = std::fs::read_to_string(&ca_file).expect("the CA");
+    redis
+        .command(&["RPUSH", "jobs", "a", "b", "c"])
+        .await
+        .unwrap();
+    assert_eq!(
+        redis
+            .command(&["XGROUP", "CREATE", "tasks", "workers", "$", "MKSTREAM"])
+            .await
+            .unwrap(),
+        "+OK"
+    );
+    for i in 0..4 {
+        redis
+            .command(&["XADD", "tasks", "*", "n", &i.to_string()])
+            .await
+            .unwrap();
+    }
+    redis
+        .command(&[
+            "XREADGROUP",
+            "GROUP",
+            "workers",
+            "w1",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "tasks",
+            ">",
+        ])
+        .await
+        .unwrap();
+
+    // The list by IP address (the certificate's IP SAN), with the CA from a file.
+    let list = redis_sidecar(
+        &tls_url(&redis, "127.0.0.1", READER.1),
+        "jobs",
+        &["--redis-ca-file", ca_file.to_str().unwrap()],
+    )
+    .await;
+    // The stream by name (its DNS SAN, and the SNI), with the CA as text, as the operator
+    // injects it.
+    let stream_url = tls_url(&redis, "localhost", READER.1);
+    let stream = Sidecar::start_on(
+        "127.0.0.1".parse().unwrap(),
+        &[
+            "--source",
+            "redis",
+            "--redis-url",
+            &stream_url,
+            "--redis-key",
+            "tasks",
+            "--redis-kind",
+            "stream",
+            "--redis-group",
+            "workers",
+        ],
+        &[("ASYNCPOOL_REDIS_CA_PEM", &ca_pem)],
+    )
+    .await;
+    wait_until("3 queued in the list, over TLS", WAIT, || async {
+        figures(&list).await == Some((3, 0))
+    })
+    .await;
+    wait_until(
+        "3 queued and 1 in flight in the stream, over TLS",
+        WAIT,
+        || async { figures(&stream).await == Some((3, 1)) },
+    )
+    .await;
+    // Live readings, not a first one kept.
+    redis.command(&["RPUSH", "jobs", "d"]).await.unwrap();
+    wait_until("4 queued in the list", WAIT, || async {
+        figures(&list).await == Some((4, 0))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_the_ca_is_an_untrusted_certificate_not_zeros() {
+    let redis = tls_redis().await;
+    redis.command(&["RPUSH", "jobs", "a"]).await.unwrap();
+    // The public web roots only: the throwaway CA is not among them.
+    let sidecar = redis_sidecar(&tls_url(&redis, "127.0.0.1", READER.1), "jobs", &[]).await;
+    let error = wait_for_error("the certificate refused", &sidecar).await;
+    assert!(error.contains("not trusted"), "{error}");
+    let metrics =
+        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("asyncpool_sidecar_source_up 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("asyncpool_sidecar_queued"),
+        "figures served without data:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_wrong_password_or_a_key_outside_the_acl_is_an_error() {
+    let redis = tls_redis().await;
+    let ca_file = redis.ca_file().expect("the CA of a TLS server");
+    let ca = ["--redis-ca-file", ca_file.to_str().unwrap()];
+    let wrong = redis_sidecar(&tls_url(&redis, "127.0.0.1", "not-it"), "jobs", &ca).await;
+    let other_key = redis_sidecar(&tls_url(&redis, "127.0.0.1", READER.1), "other", &ca).await;
+    let error = wait_for_error("the password refused", &wrong).await;
+    assert!(error.contains("WRONGPASS"), "{error}");
+    let error = wait_for_error("the key refused", &other_key).await;
+    assert!(error.contains("NOPERM"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_to_a_plain_redis_is_an_error_within_the_timeout() {
+    let redis = Redis::start_on(free_port()).await;
+    redis.command(&["RPUSH", "jobs", "a"]).await;
+    let url = format!("rediss://{}", redis.addr);
+    let sidecar = redis_sidecar(&url, "jobs", &[]).await;
+    let started = std::time::Instant::now();
+    let error = wait_for_error("an error, not a hang", &sidecar).await;
+    // The handshake is bounded by the 1 s I/O timeout; the poll interval and a busy machine
+    // take the rest.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.contains("redis tls"), "{error}");
+    assert!(figures(&sidecar).await.is_none());
+}
+
+/// The poller as the operator runs it for a pool at zero (`ExternalQueues`), in-process: the
+/// operator's CA bundle is what lets it read a TLS queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_poller_reads_over_tls_with_its_ca_bundle_only() {
+    use asyncpool_contract::redis::{RedisPoller, RedisTarget, RedisTls};
+    use std::sync::Arc;
+
+    let redis = tls_redis().await;
+    redis.command(&["RPUSH", "jobs", "a", "b"]).await.unwrap();
+    let target = RedisTarget {
+        url: tls_url(&redis, "localhost", "from-the-url-replaced"),
+        key: "jobs".into(),
+        group: None,
+        password: Some(READER.1.into()),
+    };
+    let ca = RedisTls::with_ca_file(&redis.ca_file().expect("the CA")).expect("a CA bundle");
+    let with_ca = Arc::new(RedisPoller::new(target.clone(), 5, &ca).expect("a poller"));
+    let without =
+        Arc::new(RedisPoller::new(target, 5, &RedisTls::public_roots()).expect("a poller"));
+    let _runs = [Arc::clone(&with_ca), Arc::clone(&without)]
+        .map(|poller| tokio::spawn(async move { poller.run().await }));
+    wait_until("2 queued, read with the CA", WAIT, || async {
+        with_ca
+            .snapshot()
+            .is_ok_and(|s| (s.queued, s.in_flight, s.capacity) == (2, 0, 5))
+    })
+    .await;
+    wait_until("the certificate refused without it", WAIT, || async {
+        without.snapshot().is_err_and(|e| e.contains("not trusted"))
+    })
+    .await;
+}

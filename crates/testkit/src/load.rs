@@ -27,13 +27,17 @@ pub struct LoadSpec {
 }
 
 /// Every request's outcome. `refused` counts only the sidecar's documented answer to a full queue
-/// (503 "queue full"); any other failure, including a 503 "draining", is `lost`.
+/// (503 "queue full"); any other failure, including a 503 "draining", is `lost`. `unreachable`
+/// tells how many of the lost were the sidecar's 503 "app unavailable" (its app could not be
+/// reached: nothing of the request reached it), which only a dead app excuses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
     pub sent: u64,
     pub succeeded: u64,
     pub refused: u64,
     pub lost: u64,
+    /// Of `lost`, the 503 "app unavailable" answers.
+    pub unreachable: u64,
     pub streams_sent: u64,
     pub streams_whole: u64,
     pub streams_cut: u64,
@@ -45,11 +49,12 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "requests sent {} / succeeded {} / refused with 503 {} / lost {}; streams sent {} / whole {} / cut {}",
+            "requests sent {} / succeeded {} / refused with 503 {} / lost {} ({} of them 503 app unavailable); streams sent {} / whole {} / cut {}",
             self.sent,
             self.succeeded,
             self.refused,
             self.lost,
+            self.unreachable,
             self.streams_sent,
             self.streams_whole,
             self.streams_cut
@@ -67,6 +72,8 @@ pub enum Ending {
     Succeeded,
     /// The documented 503 for a full queue.
     Refused,
+    /// The sidecar's 503 "app unavailable": lost, but nothing reached the app.
+    Unreachable,
     /// Anything else: no answer, an error, a wrong status, a cut stream.
     Lost,
 }
@@ -90,6 +97,10 @@ impl LoadReport {
                     match ending {
                         Ending::Succeeded => report.succeeded += 1,
                         Ending::Refused => report.refused += 1,
+                        Ending::Unreachable => {
+                            report.lost += 1;
+                            report.unreachable += 1;
+                        }
                         Ending::Lost => report.lost += 1,
                     }
                 }
@@ -97,7 +108,9 @@ impl LoadReport {
                     report.streams_sent += 1;
                     match ending {
                         Ending::Succeeded => report.streams_whole += 1,
-                        Ending::Refused | Ending::Lost => report.streams_cut += 1,
+                        Ending::Refused | Ending::Unreachable | Ending::Lost => {
+                            report.streams_cut += 1
+                        }
                     }
                 }
             }
@@ -225,6 +238,15 @@ async fn one(
         {
             r.refused += 1;
             (Ending::Refused, None)
+        }
+        (Kind::Short, Ok(Ok(reply)))
+            if reply.status == 503 && &reply.body[..] == b"app unavailable\n" =>
+        {
+            r.unreachable += 1;
+            (
+                Ending::Unreachable,
+                Some(format!("{path}: 503 app unavailable")),
+            )
         }
         (Kind::Stream, Ok(Ok(reply)))
             if reply.status == 200

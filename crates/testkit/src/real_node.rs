@@ -101,3 +101,26 @@ pub async fn service_address(client: &Client, namespace: &str, name: &str) -> Op
     let port = u16::try_from(spec.ports?.first()?.port).ok()?;
     Some(SocketAddr::new(ip, port))
 }
+
+/// The host's process ids of a pod's app container on a real node: its uvicorn processes, told
+/// apart by the `HOSTNAME` the kubelet gives every container of the pod. (Real nodes share the
+/// host's kernel, so their containers' processes are the host's too.)
+pub fn app_processes(pod: &str) -> Vec<i32> {
+    let hostname = format!("HOSTNAME={pod}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let read =
+                |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+            let cmdline = read("cmdline");
+            let is_app = cmdline.split(|b| *b == 0).any(|arg| arg == b"slow_app:app");
+            is_app
+                && read("environ")
+                    .split(|b| *b == 0)
+                    .any(|var| var == hostname.as_bytes())
+        })
+        .collect()
+}

@@ -253,9 +253,30 @@ impl Sidecar {
     }
 
     pub async fn start_on(ip: std::net::IpAddr, args: &[&str], envs: &[(&str, &str)]) -> Sidecar {
+        Self::start_wrapped(&[], ip, args, envs).await
+    }
+
+    /// As [`Sidecar::start_on`], run through `wrapper` (e.g. `ip netns exec NAME`), which must
+    /// exec the sidecar in its own process so that the kill on drop reaches it. The ports are
+    /// free on the host's loopback, so `ip` must be one that no process of the wrapper's network
+    /// namespace listens on (any port, in a fresh namespace).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        ip: std::net::IpAddr,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Sidecar {
         let addr = SocketAddr::new(ip, free_port());
         let admin = SocketAddr::new(ip, free_port());
-        let mut command = Command::new(crate::binary("asyncpool-sidecar"));
+        let binary = crate::binary("asyncpool-sidecar");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .args([
                 "--listen",
