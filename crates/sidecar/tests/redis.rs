@@ -144,16 +144,7 @@ async fn a_redis_that_is_down_or_wrong_is_missing_data_not_zero() {
             .is_ok_and(|r| r.status == 503 && r.json()["error"].is_string())
     })
     .await;
-    let metrics =
-        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
-    assert!(
-        metrics.contains("asyncpool_sidecar_source_up 0"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("asyncpool_sidecar_queued"),
-        "figures served without data:\n{metrics}"
-    );
+    assert_no_figures(&sidecar).await;
 
     // Back on the same port: readings resume.
     let redis = Redis::start_on(port).await;
@@ -365,16 +356,7 @@ async fn tls_without_the_ca_is_an_untrusted_certificate_not_zeros() {
     let sidecar = redis_sidecar(&tls_url(&redis, "127.0.0.1", READER.1), "jobs", &[]).await;
     let error = wait_for_error("the certificate refused", &sidecar).await;
     assert!(error.contains("not trusted"), "{error}");
-    let metrics =
-        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
-    assert!(
-        metrics.contains("asyncpool_sidecar_source_up 0"),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("asyncpool_sidecar_queued"),
-        "figures served without data:\n{metrics}"
-    );
+    assert_no_figures(&sidecar).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,4 +422,18 @@ async fn the_operators_poller_reads_over_tls_with_its_ca_bundle_only() {
         without.snapshot().is_err_and(|e| e.contains("not trusted"))
     })
     .await;
+}
+
+/// The sidecar says its source is down and serves no queue figures: missing data, not zeros.
+async fn assert_no_figures(sidecar: &Sidecar) {
+    let metrics =
+        String::from_utf8(get(sidecar.admin, "/metrics").await.unwrap().body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("asyncpool_sidecar_source_up 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("asyncpool_sidecar_queued"),
+        "figures served without data:\n{metrics}"
+    );
 }
