@@ -18,7 +18,7 @@ pub const STALLED: &str = "Stalled";
 
 /// `Ready=False` reasons that only a change to the pool or the cluster can clear.
 /// Degraded, but the operator is fixing it: not a reason to stall.
-const WORKERS_REPLACED: &str = "WorkerCrashLooping";
+const WORKER_CRASH_LOOPING: &str = "WorkerCrashLooping";
 const STALLED_READY_REASONS: [&str; 3] = ["InvalidSpec", "InvalidTemplate", "NotOwned"];
 
 /// One condition as reconcile judged it, before timestamps.
@@ -136,7 +136,7 @@ pub fn judge(facts: &Facts) -> Vec<Judgement> {
             if crashing.held {
                 "CrashLooping"
             } else {
-                WORKERS_REPLACED
+                WORKER_CRASH_LOOPING
             },
             crashing.message.to_owned(),
         ),
@@ -255,7 +255,7 @@ pub fn kstatus_judgements(judgements: &[Judgement], rollout: &Rollout) -> [Judge
     let ready = find(READY);
     let stuck = ready
         .filter(|j| !j.status && STALLED_READY_REASONS.contains(&j.reason))
-        .or_else(|| find(DEGRADED).filter(|j| j.status && j.reason != WORKERS_REPLACED))
+        .or_else(|| find(DEGRADED).filter(|j| j.status && j.reason != WORKER_CRASH_LOOPING))
         .map(|cause| (cause.reason, cause.message.clone()))
         .or_else(|| match rollout {
             Rollout::Stuck(message) => Some((

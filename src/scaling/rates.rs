@@ -171,11 +171,16 @@ impl RateTracker {
                 }
             }
         }
-        let (kept, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.pods)
-            .into_iter()
-            .partition(|(name, _)| present.contains(name.as_str()));
-        self.pods = kept;
-        self.ended.extend(gone.into_values());
+        // Usually nobody left: only the names of those who did are collected.
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|name| !present.contains(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.ended.extend(self.pods.remove(&name));
+        }
 
         let window_start = now.saturating_sub(span);
         self.ended
