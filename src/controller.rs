@@ -1,12 +1,13 @@
 //! Wiring: leader election, the caches, the controller, the sidecar readers and the operator's
 //! own HTTP endpoints (served by `endpoints`). Behaviour lives in `reconcile`.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{ReaderConfig, SidecarReaders};
-use crate::reconcile::{self, Caches, Context, PoolStore, Settings};
+use crate::reconcile::{self, Caches, Context, PodIndex, PoolStore, Settings};
 use asyncpool_contract::pod::POOL_LABEL;
 
 /// Leader election settings.
@@ -186,10 +187,13 @@ async fn run_controller(
     let pools: Api<AsyncWorkerPool> = api(&client, namespace);
     let pods: Api<Pod> = api(&client, namespace);
 
-    let (pod_store, pod_writer) = reflector::store();
+    let pod_index = PodIndex::default();
     let pod_events = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
         .modify(trim_pod)
-        .reflect(pod_writer)
+        .inspect_ok({
+            let index = pod_index.clone();
+            move |event| index.apply(event)
+        })
         .default_backoff()
         .touched_objects();
     let (deployment_store, deployment_writer) = reflector::store();
@@ -224,7 +228,7 @@ async fn run_controller(
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let caches = Caches {
-        pods: pod_store.clone(),
+        pods: pod_index.clone(),
         deployments: deployment_store.clone(),
         services: service_store.clone(),
     };
@@ -259,7 +263,7 @@ async fn run_controller(
         let ready = ready.clone();
         async move {
             if synced(&pool_store).await
-                && synced(&pod_store).await
+                && pod_index.wait_until_ready().await
                 && synced(&deployment_store).await
                 && synced(&service_store).await
             {
@@ -278,7 +282,7 @@ async fn run_controller(
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 every.tick().await;
-                let live: Vec<PoolKey> = pool_store
+                let live: HashSet<PoolKey> = pool_store
                     .state()
                     .iter()
                     .filter_map(|p| PoolKey::of(p))

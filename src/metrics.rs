@@ -202,7 +202,7 @@ impl Metrics {
     }
 
     /// Drops the series of every pool not in `live`.
-    pub fn forget_pools_except(&self, live: &[PoolKey]) {
+    pub fn forget_pools_except(&self, live: &HashSet<PoolKey>) {
         let gone: Vec<PoolKey> = {
             let mut recorded = self
                 .recorded_pools
@@ -291,12 +291,12 @@ mod tests {
             text.contains(r#"asyncpool_pool_replicas{namespace="team",pool="chat",kind="max"} 10"#),
             "{text}"
         );
-        metrics.forget_pools_except(std::slice::from_ref(&pool));
+        metrics.forget_pools_except(&HashSet::from([pool.clone()]));
         assert!(
             metrics.encode().contains(r#"pool="chat""#),
             "a live pool lost its series"
         );
-        metrics.forget_pools_except(&[]);
+        metrics.forget_pools_except(&HashSet::new());
         assert!(!metrics.encode().contains(r#"pool="chat""#));
     }
 }

@@ -3,18 +3,17 @@
 //! covers what only the end-to-end tests covered before, without a cluster: the writes the
 //! operator makes, and their order.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
 use asyncpool::leader::{LeaderElector, LeaseTiming};
-use asyncpool::reconcile::{Context, Settings, reconcile};
+use asyncpool::reconcile::{Context, PodIndex, Settings, reconcile};
 use asyncpool_contract::pod::POOL_LABEL;
 use asyncpool_testkit::mock_api::{MockApi, Recorded};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
@@ -170,21 +169,17 @@ fn worker(name: &str) -> Pod {
 async fn victims_are_marked_before_replicas_drop() {
     let api = MockApi::default();
     // The pod cache as the controller's watch would keep it: a marked pod shows there.
-    let (pods, writer) = reflector::store::<Pod>();
-    let writer: Arc<Mutex<Writer<Pod>>> = Arc::new(Mutex::new(writer));
-    let watch = writer.clone();
+    let pods = PodIndex::default();
+    let watch = pods.clone();
     let client = api.client_with_hook(Box::new(move |request, object| {
         if request.path.starts_with(PODS)
             && let Some(pod) = object.and_then(|o| serde_json::from_value::<Pod>(o.clone()).ok())
         {
-            watch
-                .lock()
-                .unwrap()
-                .apply_watcher_event(&watcher::Event::Apply(pod));
+            watch.apply(&watcher::Event::Apply(pod));
         }
     }));
     let mut context = Context::for_tests(client, Settings::default());
-    context.caches.pods = pods;
+    context.caches.pods = pods.clone();
     let ctx = Arc::new(context);
 
     // `kubectl scale --replicas 3`, handled: the Deployment runs three workers.
@@ -203,10 +198,7 @@ async fn victims_are_marked_before_replicas_drop() {
             &format!("{PODS}/{name}"),
             serde_json::to_value(&pod).unwrap(),
         );
-        writer
-            .lock()
-            .unwrap()
-            .apply_watcher_event(&watcher::Event::Apply(pod));
+        pods.apply(&watcher::Event::Apply(pod));
     }
 
     // Then `kubectl scale --replicas 1`.

@@ -18,12 +18,12 @@ use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
 use asyncpool_testkit::bench::{BenchResult, Namespaces, Operator, output_dir, poll_until};
 
-use crate::deployments::{Change, Deployments};
 use crate::pool::pool_object;
 use crate::stats::ms;
 use crate::workers::{Workers, report_load, watch_stream_open};
 use crate::writes::{KindWrites, writes_in};
 use crate::{BENCH, Mode, REST_LOAD, SETTLE_TIMEOUT, TRIAL_LOAD, TRIAL_TIMEOUT};
+use asyncpool_testkit::deployments::{Change, Deployments};
 
 #[derive(Debug, Clone)]
 pub struct Trial {

@@ -28,7 +28,6 @@
 //! Under `cargo test --all-targets` (which runs bench targets without `--bench`) it only says
 //! how to run it: a run takes many minutes and a whole cluster.
 
-mod deployments;
 mod harness;
 mod pool;
 mod stats;

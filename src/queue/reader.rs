@@ -126,7 +126,8 @@ struct Running {
 pub struct SidecarReaders {
     config: ReaderConfig,
     readings: Arc<Mutex<HashMap<PodKey, Reading>>>,
-    running: Mutex<HashMap<PodKey, Running>>,
+    /// Each pool's readers by pod name: a pool's sync touches its own readers only.
+    running: Mutex<HashMap<PoolKey, HashMap<String, Running>>>,
     changes: mpsc::UnboundedSender<PoolKey>,
     polls: Arc<Semaphore>,
     observer: Arc<dyn ReadObserver>,
@@ -159,28 +160,32 @@ impl SidecarReaders {
     /// for new pods or new addresses, stops the ones for pods that are gone.
     pub fn sync_pool(&self, pool: &PoolKey, pods: &[(String, IpAddr)]) {
         let mut running = lock(&self.running);
+        if pods.is_empty() && !running.contains_key(pool) {
+            return;
+        }
         let wanted: HashMap<&str, IpAddr> = pods.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
-        running.retain(|key, reader| {
-            if &key.pool != pool {
-                return true;
-            }
-            let keep = wanted.get(key.pod.as_str()) == Some(&reader.address);
+        let readers = running.entry(pool.clone()).or_default();
+        readers.retain(|pod, reader| {
+            let keep = wanted.get(pod.as_str()) == Some(&reader.address);
             if !keep {
                 reader.task.abort();
-                lock(&self.readings).remove(key);
+                lock(&self.readings).remove(&PodKey {
+                    pool: pool.clone(),
+                    pod: pod.clone(),
+                });
             }
             keep
         });
         for (name, address) in pods {
+            if readers.contains_key(name) {
+                continue;
+            }
             let key = PodKey {
                 pool: pool.clone(),
                 pod: name.clone(),
             };
-            if running.contains_key(&key) {
-                continue;
-            }
             let task = tokio::spawn(read_pod(
-                key.clone(),
+                key,
                 SocketAddr::new(*address, self.config.port),
                 self.config.clone(),
                 self.readings.clone(),
@@ -189,13 +194,16 @@ impl SidecarReaders {
                 self.observer.clone(),
             ))
             .abort_handle();
-            running.insert(
-                key,
+            readers.insert(
+                name.clone(),
                 Running {
                     address: *address,
                     task,
                 },
             );
+        }
+        if readers.is_empty() {
+            running.remove(pool);
         }
     }
 
@@ -239,7 +247,7 @@ impl SidecarReaders {
 
 impl Drop for SidecarReaders {
     fn drop(&mut self) {
-        for reader in lock(&self.running).values() {
+        for reader in lock(&self.running).values().flat_map(HashMap::values) {
             reader.task.abort();
         }
     }
@@ -579,6 +587,26 @@ mod tests {
         // At most the poll of the round in which the sidecar came up; the watch was retried
         // at the next one (not ten polls later, as after a refused stream).
         assert!(polls.load(std::sync::atomic::Ordering::SeqCst) <= 1);
+    }
+
+    #[tokio::test]
+    async fn syncing_one_pool_leaves_the_others_readers_alone() {
+        let address = serve(http("200 OK", SNAPSHOT)).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let readers = SidecarReaders::new(config(address.port()), tx, Arc::new(NoMetrics));
+        let pool = |name: &str| PoolKey {
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        readers.sync_pool(&pool("a"), &[("a-1".into(), address.ip())]);
+        readers.sync_pool(&pool("b"), &[("b-1".into(), address.ip())]);
+        for _ in 0..2 {
+            timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+        }
+        readers.sync_pool(&pool("a"), &[]);
+        assert!(readers.snapshots(&pool("a"), &["a-1".into()])[0].1.is_err());
+        assert!(readers.snapshots(&pool("b"), &["b-1".into()])[0].1.is_ok());
+        assert_eq!(lock(&readers.running).len(), 1, "pool a keeps no entry");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! up in the pool's conditions (for problems a user must fix) or in a `ReconcileError` (for
 //! problems that a retry can fix).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,6 @@ use crate::pool::EffectiveSpec;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::SidecarReaders;
-use asyncpool_contract::pod::POOL_LABEL;
 use asyncpool_contract::queue::QueueSnapshot;
 use asyncpool_contract::redis::RedisTls;
 
@@ -34,7 +34,9 @@ use crate::resources::{self, FIELD_MANAGER};
 use crate::scaling::DecisionKind;
 use crate::status::{self, Judgement, merge_conditions};
 
+mod pod_index;
 mod pool_store;
+pub use pod_index::PodIndex;
 pub use pool_store::PoolStore;
 
 /// Annotation holding a hash of what the operator last applied, so that an unchanged pool
@@ -77,7 +79,7 @@ impl Default for Settings {
 /// Shared state of all reconciles.
 /// Label-scoped caches of what the pools own, kept by the controller's watches.
 pub struct Caches {
-    pub pods: Store<Pod>,
+    pub pods: PodIndex,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
 }
@@ -110,7 +112,7 @@ impl Context {
         };
         Self {
             caches: Caches {
-                pods: kube::runtime::reflector::store().0,
+                pods: PodIndex::default(),
                 deployments: kube::runtime::reflector::store().0,
                 services: kube::runtime::reflector::store().0,
             },
@@ -129,7 +131,7 @@ impl Context {
     }
 
     /// Drops everything kept for pools that no longer exist.
-    pub fn forget_pools_except(&self, live: &[PoolKey]) {
+    pub fn forget_pools_except(&self, live: &HashSet<PoolKey>) {
         for pool in self.pools.forget_except(live) {
             self.readers.forget_pool(&pool);
             self.external.stop(&pool);
@@ -408,10 +410,8 @@ async fn observe(
     let pods: Vec<WorkerPod> = ctx
         .caches
         .pods
-        .state()
+        .pods_of(key)
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(key.namespace.as_str()))
-        .filter(|p| p.labels().get(POOL_LABEL) == Some(&key.name))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             !matches!(
@@ -662,8 +662,7 @@ async fn mark_victims(
 
 /// Whether the pod cache shows `pod` marked to go first (or no longer holds it: it is gone).
 fn marked_in_cache(ctx: &Context, namespace: &str, pod: &str) -> bool {
-    let reference = ObjectRef::new(pod).within(namespace);
-    ctx.caches.pods.get(&reference).is_none_or(|cached| {
+    ctx.caches.pods.get(namespace, pod).is_none_or(|cached| {
         cached.annotations().get(DELETION_COST).map(String::as_str) == Some(VICTIM_COST)
     })
 }

@@ -3,7 +3,7 @@
 //! retry backs off with. Kept apart from the shared infrastructure in `reconcile::Context`, and
 //! forgotten when the pool is deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -75,7 +75,7 @@ impl PoolStore {
     }
 
     /// Drops what is kept for pools not in `live`; returns those that had a memory.
-    pub fn forget_except(&self, live: &[PoolKey]) -> Vec<PoolKey> {
+    pub fn forget_except(&self, live: &HashSet<PoolKey>) -> Vec<PoolKey> {
         lock(&self.failures).retain(|k, _| live.contains(k));
         let mut memory = lock(&self.memory);
         let gone: Vec<PoolKey> = memory
@@ -120,7 +120,10 @@ mod tests {
         });
         assert!(store.with_memory(&key("a"), |memory| memory.is_some()));
         assert!(store.with_memory(&key("b"), |memory| memory.is_none()));
-        assert_eq!(store.forget_except(&[key("b")]), vec![key("a")]);
+        assert_eq!(
+            store.forget_except(&HashSet::from([key("b")])),
+            vec![key("a")]
+        );
         assert!(store.with_memory(&key("a"), |memory| memory.is_none()));
     }
 
@@ -132,7 +135,7 @@ mod tests {
         assert_eq!(store.record_failure(key("b")), 1);
         store.record_success(|| Some(key("a")));
         assert_eq!(store.record_failure(key("a")), 1);
-        store.forget_except(&[key("a")]);
+        store.forget_except(&HashSet::from([key("a")]));
         assert_eq!(store.record_failure(key("b")), 1, "b was forgotten");
     }
 }

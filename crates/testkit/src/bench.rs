@@ -210,6 +210,11 @@ impl Operator {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// User plus system CPU time the process has used so far.
     pub fn cpu(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()?)).ok()?;
@@ -231,6 +236,16 @@ impl Operator {
 pub struct Metrics(String);
 
 impl Metrics {
+    /// How many series of `name` have labels that contain `labels`.
+    pub fn series(&self, name: &str, labels: &str) -> usize {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once('{'))
+            .filter(|(metric, rest)| *metric == name && rest.contains(labels))
+            .count()
+    }
+
     /// Sum of the samples of `name` whose labels contain `labels` (empty: all of them).
     pub fn sum(&self, name: &str, labels: &str) -> f64 {
         self.0

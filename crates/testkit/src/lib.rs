@@ -5,6 +5,9 @@
 //!   namespace per test, the CRD), and [`operator`], the operator binary run against it;
 //! - [`fleet`]: kwok pods have addresses but no containers, so the fleet runs the worker side
 //!   (sidecars, optionally a real uvicorn app) as local processes on the pods' 127.x addresses;
+//! - [`fake_sidecars`]: the sidecar contract of thousands of pods from one listener, for the
+//!   scale benchmark, and [`deployments`]: Deployments followed with the arrival time of every
+//!   change, for the benchmarks' reaction times;
 //! - [`sidecar`]: the sidecar binary, a uvicorn app and child processes on loopback ports;
 //! - [`redis`]: a real redis-server on a free port; [`http`]: a loopback HTTP client;
 //! - [`identity`]: a ServiceAccount's kubeconfig, to run a process with that account's rights
@@ -13,6 +16,8 @@
 pub mod audit;
 pub mod bench;
 pub mod cluster;
+pub mod deployments;
+pub mod fake_sidecars;
 pub mod fleet;
 pub mod helm;
 pub mod http;

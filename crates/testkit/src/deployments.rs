@@ -55,6 +55,14 @@ impl Deployments {
         while self.changes.try_recv().is_ok() {}
     }
 
+    /// The next change of any Deployment, before `deadline`.
+    pub async fn next(&mut self, deadline: Instant) -> Option<Change> {
+        timeout_at(deadline, self.changes.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The first change of `name` away from `from`, before `deadline`.
     pub async fn next_change(
         &mut self,

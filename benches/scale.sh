@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The operator at cluster scale (benches/scale/main.rs): 100 and 1,000 pools of about ten
+# worker pods each on the local cluster's kwok nodes, one fake-sidecar listener for every pod
+# address, one operator. Start-up, the cost at rest, the reaction time while a tenth of the
+# pools change, and memory. The cluster's controller-manager and scheduler are started with a
+# higher client QPS (ASYNCPOOL_CLUSTER_API_QPS, 200 here) so that ten thousand pods are created
+# in minutes rather than most of an hour; a running cluster started without it is restarted.
+# The output is kept in target/scale/run-<time>.txt.
+#
+#   benches/scale.sh                        # 100 and 1,000 pools
+#   benches/scale.sh --pools 100 --rounds 2 # any arguments replace the defaults
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+export ASYNCPOOL_CLUSTER_API_QPS=${ASYNCPOOL_CLUSTER_API_QPS:-200}
+state=${ASYNCPOOL_CLUSTER_DIR:-/tmp/asyncpool-cluster}
+if scripts/cluster status >/dev/null 2>&1 && [ "$(cat "$state/api-qps" 2>/dev/null)" != "$ASYNCPOOL_CLUSTER_API_QPS" ]; then
+    echo "scale: restarting the cluster with client QPS $ASYNCPOOL_CLUSTER_API_QPS" >&2
+    scripts/cluster down
+fi
+scripts/cluster up
+export ASYNCPOOL_TEST_KUBECONFIG="${ASYNCPOOL_TEST_KUBECONFIG:-$state/kubeconfig}"
+
+args=("$@")
+mkdir -p target/scale
+out="target/scale/run-$(date +%Y%m%d-%H%M%S).txt"
+{
+    echo "# $(date)"
+    echo "# $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), open files $(ulimit -n), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
+    echo "# cargo bench --bench scale -- ${args[*]}"
+} | tee "$out"
+# The operator under test, in the profile the benchmark runs in.
+cargo build --release --quiet --workspace --bins
+cargo bench --bench scale -- "${args[@]}" 2>&1 | tee -a "$out"
+echo "saved: $out"

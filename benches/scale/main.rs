@@ -1,0 +1,521 @@
+//! The operator at cluster scale: N pools on the local cluster's kwok nodes, most of a few worker
+//! pods and one in fifty with a hundred or three hundred (about ten pods a pool on average),
+//! their sidecar contract served by one listener for every pod address
+//! (`asyncpool_testkit::fake_sidecars`), and one operator process reading them all with watch
+//! streams. For each pool count it measures:
+//!
+//! - start-up: from the operator's process start to ready (caches synced) and to every pool
+//!   reconciled once, with the API requests made meanwhile (the API server's own counters);
+//! - the cost at rest: CPU share of one core, RSS, reconciles, and API writes to Deployments
+//!   and pools (which only the operator writes) while no load changes;
+//! - reaction: a tenth of the pools change load at once (each pod from 5 to 25, at 10 per
+//!   worker); from that instant to each pool's Deployment showing its new `spec.replicas`
+//!   (median, p99), and the Deployment writes per scaling decision;
+//! - the operator's peak RSS over the whole run.
+//!
+//! ```sh
+//! benches/scale.sh                         # 100 and 1,000 pools
+//! benches/scale.sh --pools 100 --rounds 2  # any arguments replace the defaults
+//! ```
+//!
+//! Under `cargo test --all-targets` it only says how to run it.
+
+mod fleet;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use asyncpool::crd::AsyncWorkerPool;
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::time::{Instant, sleep};
+
+use asyncpool_testkit::bench::{
+    BenchResult, Namespaces, Operator, ReadMode, output_dir, poll_until, warn_about_leftovers,
+};
+use asyncpool_testkit::cluster::{install_crd, kubeconfig_path, try_client};
+use asyncpool_testkit::deployments::Deployments;
+use fleet::Fleet;
+
+const BENCH: &str = "scale";
+/// Load per pod at rest (below a worker's target of 10: every pool stays at its minimum) and
+/// while a pool changes (2.5 times its minimum, under its maximum of three times).
+const REST_LOAD: u64 = 5;
+const BURST_LOAD: u64 = 25;
+/// Longest a pool may take to react before it counts as a timeout.
+const REACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Args {
+    bench: bool,
+    pools: Vec<usize>,
+    rounds: usize,
+    rest: Duration,
+}
+
+const USAGE: &str =
+    "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] [--rest-seconds 30]";
+
+fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut args = Args {
+        bench: false,
+        pools: vec![100, 1000],
+        rounds: 3,
+        rest: Duration::from_secs(30),
+    };
+    let mut raw = raw.into_iter();
+    while let Some(flag) = raw.next() {
+        if flag == "--bench" {
+            args.bench = true;
+            continue;
+        }
+        let value = raw
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let count = |text: &str| match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{flag} takes positive whole numbers, not {text:?}")),
+        };
+        match flag.as_str() {
+            "--pools" => {
+                args.pools = value.split(',').map(count).collect::<Result<_, _>>()?;
+            }
+            "--rounds" => args.rounds = count(&value)?,
+            "--rest-seconds" => args.rest = Duration::from_secs(count(&value)? as u64),
+            _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Pool `index`'s size (its minimum): most pools have 6 or 7 pods, one in a hundred 300 and one
+/// in a hundred 100, about 10.4 pods a pool on average.
+fn pool_size(index: usize) -> i32 {
+    match index % 100 {
+        0 => 300,
+        50 => 100,
+        i => 6 + (i % 2) as i32,
+    }
+}
+
+fn pool_name(index: usize) -> String {
+    format!("p{index:04}")
+}
+
+fn pool_object(index: usize) -> BenchResult<AsyncWorkerPool> {
+    let name = pool_name(index);
+    let size = pool_size(index);
+    // The reaction benchmark's windows: a step in the load is a decision at the next reconcile.
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "metadata": {"name": name},
+        "spec": {
+            "minReplicas": size,
+            "maxReplicas": size * 3,
+            "concurrency": 10,
+            "queue": {"source": "report", "targetPerWorker": 10},
+            "scaling": {
+                "tolerancePercent": 0,
+                "panicWindow": "1s",
+                "stableWindow": "4s",
+                "scaleDownDelay": "3s",
+                "metricsTimeout": "2s"
+            },
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+            }
+        }
+    }))?)
+}
+
+/// The API server's request counters, summed by the labels that `keep` picks.
+async fn api_requests(client: &Client) -> BenchResult<HashMap<String, f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let mut sums = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        let (verb, resource, subresource) =
+            (label("verb"), label("resource"), label("subresource"));
+        *sums.entry("all".to_owned()).or_insert(0.0) += value;
+        *sums
+            .entry(format!(
+                "{verb} {resource}{}",
+                if subresource.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{subresource}")
+                }
+            ))
+            .or_insert(0.0) += value;
+    }
+    Ok(sums)
+}
+
+fn delta(after: &HashMap<String, f64>, before: &HashMap<String, f64>, key: &str) -> f64 {
+    after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+}
+
+/// Writes that only the operator makes: Deployment specs, pools and their status.
+fn operator_writes(after: &HashMap<String, f64>, before: &HashMap<String, f64>) -> (f64, f64) {
+    let sum = |keys: &[&str]| keys.iter().map(|k| delta(after, before, k)).sum::<f64>();
+    (
+        sum(&[
+            "PATCH deployments",
+            "UPDATE deployments",
+            "APPLY deployments",
+        ]),
+        sum(&[
+            "PATCH asyncworkerpools/status",
+            "UPDATE asyncworkerpools/status",
+            "APPLY asyncworkerpools/status",
+            "PATCH asyncworkerpools",
+            "UPDATE asyncworkerpools",
+        ]),
+    )
+}
+
+/// Resident and peak resident memory of a process, in MiB.
+fn memory_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0)
+}
+
+#[derive(Default)]
+struct Row {
+    pools: usize,
+    pods: usize,
+    ready: Duration,
+    all_reconciled: Duration,
+    startup_requests: f64,
+    rest_cpu_percent: f64,
+    rest_rss: f64,
+    rest_reconciles_per_s: f64,
+    rest_deployment_writes: f64,
+    rest_status_writes: f64,
+    reactions: Vec<Duration>,
+    timeouts: usize,
+    deployment_writes_per_decision: f64,
+    peak_rss: f64,
+}
+
+async fn run_count(
+    client: &Client,
+    kubeconfig: &Path,
+    namespaces: &Namespaces,
+    count: usize,
+    args: &Args,
+) -> BenchResult<Row> {
+    println!("\n== {count} pools ==");
+    let namespace = namespaces.create(client, &format!("{count}")).await?;
+    let logs = output_dir(BENCH).join(&namespace);
+    std::fs::create_dir_all(&logs)?;
+    let fleet = Fleet::start(client, &namespace, REST_LOAD).await?;
+    let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &namespace);
+    let total: usize = (0..count).map(|i| pool_size(i) as usize).sum();
+    println!(
+        "namespace {namespace}: {count} pools, {total} worker pods; logs in {}",
+        logs.display()
+    );
+
+    // The cluster as a platform team's would be when the operator (re)starts: pools, their
+    // Deployments and every worker running.
+    let started = Instant::now();
+    let mut creates = futures::stream::iter(0..count)
+        .map(|i| {
+            let pools = pools.clone();
+            async move {
+                pools
+                    .create(&PostParams::default(), &pool_object(i)?)
+                    .await?;
+                BenchResult::Ok(())
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(created) = creates.next().await {
+        created?;
+    }
+    let builder = Operator::start(
+        kubeconfig,
+        &namespace,
+        ReadMode::Watch,
+        logs.join("operator-build.log"),
+    )
+    .await?;
+    poll_until(
+        "every worker pod running and served",
+        Duration::from_secs(3600),
+        Duration::from_secs(2),
+        || async { (fleet.pods() >= total).then_some(()) },
+    )
+    .await?;
+    builder.stop().await;
+    println!("built in {:.0} s", started.elapsed().as_secs_f64());
+
+    // Start-up.
+    let before = api_requests(client).await?;
+    let began = Instant::now();
+    let operator = Operator::start(
+        kubeconfig,
+        &namespace,
+        ReadMode::Watch,
+        logs.join("operator.log"),
+    )
+    .await?;
+    let ready = began.elapsed();
+    poll_until(
+        "every pool reconciled once",
+        Duration::from_secs(600),
+        Duration::from_millis(100),
+        || async {
+            let metrics = operator.metrics().await.ok()?;
+            (metrics.series("asyncpool_pool_replicas", "kind=\"desired\"") >= count).then_some(())
+        },
+    )
+    .await?;
+    let all_reconciled = began.elapsed();
+    let after = api_requests(client).await?;
+    let startup_requests = delta(&after, &before, "all");
+    println!(
+        "start-up: ready in {:.2} s, every pool reconciled in {:.2} s, {startup_requests:.0} API requests (all clients)",
+        ready.as_secs_f64(),
+        all_reconciled.as_secs_f64()
+    );
+
+    // At rest.
+    sleep(Duration::from_secs(10)).await;
+    let pid = operator.pid().ok_or("the operator has no pid")?;
+    let (cpu0, metrics0, writes0, served0) = (
+        operator.cpu(),
+        operator.metrics().await?,
+        api_requests(client).await?,
+        fleet.served(),
+    );
+    let rest_began = Instant::now();
+    sleep(args.rest).await;
+    let rest_wall = rest_began.elapsed();
+    let (cpu1, metrics1, writes1, served1) = (
+        operator.cpu(),
+        operator.metrics().await?,
+        api_requests(client).await?,
+        fleet.served(),
+    );
+    let rest_lines_per_s = (served1.lines - served0.lines) as f64 / rest_wall.as_secs_f64();
+    let rest_polls_per_s = (served1.polls - served0.polls) as f64 / rest_wall.as_secs_f64();
+    let rest_cpu_percent = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64() / rest_wall.as_secs_f64() * 100.0,
+        _ => f64::NAN,
+    };
+    let (rest_deployment_writes, rest_status_writes) = operator_writes(&writes1, &writes0);
+    let rest_reconciles_per_s = (metrics1.sum("asyncpool_reconciles_total", "")
+        - metrics0.sum("asyncpool_reconciles_total", ""))
+        / rest_wall.as_secs_f64();
+    let rest_rss = memory_mib(pid).map_or(f64::NAN, |m| m.0);
+    println!(
+        "at rest: CPU {rest_cpu_percent:.1} % of a core, RSS {rest_rss:.1} MiB, {rest_reconciles_per_s:.0} reconciles/s, \
+         writes: {rest_deployment_writes:.0} Deployment, {rest_status_writes:.0} pool; \
+         the sidecars sent {rest_lines_per_s:.0} watch lines/s and answered {rest_polls_per_s:.0} polls/s"
+    );
+
+    // Reaction: a tenth of the pools change at once, a different tenth each round.
+    let mut deployments = Deployments::start(client, &namespace);
+    poll_until(
+        "the Deployments followed",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || async {
+            (0..count)
+                .all(|i| deployments.replicas(&pool_name(i)) == Some(pool_size(i)))
+                .then_some(())
+        },
+    )
+    .await?;
+    let mut reactions = Vec::new();
+    let mut timeouts = 0;
+    let (mut deployment_writes, mut decisions) = (0.0, 0.0);
+    for round in 0..args.rounds {
+        let sample: Vec<usize> = (0..count).filter(|i| i % 10 == round % 10).collect();
+        let before_writes = api_requests(client).await?;
+        let before_metrics = operator.metrics().await?;
+        deployments.drain();
+        let t0 = Instant::now();
+        for &i in &sample {
+            fleet.set_pool_load(&pool_name(i), BURST_LOAD);
+        }
+        let mut waiting: HashMap<String, i32> = sample
+            .iter()
+            .map(|&i| (pool_name(i), pool_size(i)))
+            .collect();
+        let deadline = t0 + REACTION_TIMEOUT;
+        while !waiting.is_empty() {
+            let Some(change) = deployments.next(deadline).await else {
+                break;
+            };
+            if waiting
+                .get(&change.name)
+                .is_some_and(|from| change.replicas != Some(*from))
+            {
+                waiting.remove(&change.name);
+                reactions.push(change.at.duration_since(t0));
+            }
+        }
+        timeouts += waiting.len();
+        let after_metrics = operator.metrics().await?;
+        let after_writes = api_requests(client).await?;
+        deployment_writes += operator_writes(&after_writes, &before_writes).0;
+        decisions += after_metrics.sum("asyncpool_decisions_total", "")
+            - before_metrics.sum("asyncpool_decisions_total", "");
+        // Back to rest, and settled, before the next round.
+        for &i in &sample {
+            fleet.set_pool_load(&pool_name(i), REST_LOAD);
+        }
+        poll_until(
+            "the changed pools back at their minimum",
+            Duration::from_secs(300),
+            Duration::from_millis(200),
+            || async {
+                sample
+                    .iter()
+                    .all(|&i| deployments.replicas(&pool_name(i)) == Some(pool_size(i)))
+                    .then_some(())
+            },
+        )
+        .await?;
+        println!(
+            "round {round}: {} pools changed, {} reacted in time",
+            sample.len(),
+            sample.len() - waiting.len()
+        );
+    }
+    reactions.sort();
+    let peak_rss = memory_mib(pid).map_or(f64::NAN, |m| m.1);
+    operator.stop().await;
+    drop(fleet);
+    namespaces.delete(client, &namespace).await;
+    Ok(Row {
+        pools: count,
+        pods: total,
+        ready,
+        all_reconciled,
+        startup_requests,
+        rest_cpu_percent,
+        rest_rss,
+        rest_reconciles_per_s,
+        rest_deployment_writes,
+        rest_status_writes,
+        reactions,
+        timeouts,
+        deployment_writes_per_decision: if decisions > 0.0 {
+            deployment_writes / decisions
+        } else {
+            f64::NAN
+        },
+        peak_rss,
+    })
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| pools | pods | ready s | all reconciled s | API requests at start | CPU at rest % | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per decision |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} |",
+            r.pools,
+            r.pods,
+            r.ready.as_secs_f64(),
+            r.all_reconciled.as_secs_f64(),
+            r.startup_requests,
+            r.rest_cpu_percent,
+            r.rest_rss,
+            r.peak_rss,
+            r.rest_reconciles_per_s,
+            r.rest_deployment_writes,
+            r.rest_status_writes,
+            fmt(percentile(&r.reactions, 50.0)),
+            fmt(percentile(&r.reactions, 99.0)),
+            r.timeouts,
+            r.deployment_writes_per_decision,
+        );
+    }
+    out
+}
+
+async fn run(args: Args) -> BenchResult<()> {
+    let kubeconfig = kubeconfig_path();
+    let client = try_client(kubeconfig).await?;
+    install_crd(&client).await;
+    warn_about_leftovers(&client, BENCH).await;
+    let namespaces = Namespaces::new(BENCH);
+    let mut rows = Vec::new();
+    for &count in &args.pools {
+        match run_count(&client, kubeconfig, &namespaces, count, &args).await {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                namespaces.delete_all(&client).await;
+                return Err(error);
+            }
+        }
+    }
+    println!("\n{}", table(&rows));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !args.bench {
+        println!("the scale benchmark needs the local cluster and many minutes: benches/scale.sh");
+        return ExitCode::SUCCESS;
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("scale: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

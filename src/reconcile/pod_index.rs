@@ -1,0 +1,256 @@
+//! The worker pods the operator watches, indexed by pool: a reconcile reads its own pool's pods
+//! without scanning every worker pod of the cluster (at 1,000 pools of 10,000 pods, a scan per
+//! reconcile was 10,000 pods looked at to find ten). Fed by the pod watcher's events, as kube's
+//! reflector store is, and read by reconciles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::pool::PoolKey;
+use asyncpool_contract::pod::POOL_LABEL;
+
+/// A pod's namespace and name.
+type PodName = (String, String);
+
+#[derive(Default)]
+struct Pods {
+    /// Each pool's pods by name.
+    by_pool: HashMap<PoolKey, BTreeMap<String, Arc<Pod>>>,
+    /// The pool each pod is filed under, so that a pod whose label changes leaves its old pool.
+    pool_of: HashMap<PodName, PoolKey>,
+}
+
+impl Pods {
+    fn insert(&mut self, pod: &Pod) {
+        let Some((name, pool)) = keys(pod) else {
+            return;
+        };
+        if let Some(previous) = self.pool_of.get(&name)
+            && previous != &pool
+        {
+            let previous = previous.clone();
+            self.remove_from(&previous, &name.1);
+        }
+        self.by_pool
+            .entry(pool.clone())
+            .or_default()
+            .insert(name.1.clone(), Arc::new(pod.clone()));
+        self.pool_of.insert(name, pool);
+    }
+
+    fn remove(&mut self, pod: &Pod) {
+        let name = (pod.namespace().unwrap_or_default(), pod.name_any());
+        if let Some(pool) = self.pool_of.remove(&name) {
+            self.remove_from(&pool, &name.1);
+        }
+    }
+
+    fn remove_from(&mut self, pool: &PoolKey, pod: &str) {
+        if let Some(pods) = self.by_pool.get_mut(pool) {
+            pods.remove(pod);
+            if pods.is_empty() {
+                self.by_pool.remove(pool);
+            }
+        }
+    }
+}
+
+/// The pod's own key and its pool's; `None` for a pod that names no pool (the watch selects on
+/// the label, so only an object without a namespace or with an empty label).
+fn keys(pod: &Pod) -> Option<(PodName, PoolKey)> {
+    let namespace = pod.namespace()?;
+    let pool = pod.labels().get(POOL_LABEL).filter(|p| !p.is_empty())?;
+    Some((
+        (namespace.clone(), pod.name_any()),
+        PoolKey {
+            namespace,
+            name: pool.clone(),
+        },
+    ))
+}
+
+/// Worker pods by pool; cheap to clone (every clone reads and writes the same index).
+#[derive(Clone)]
+pub struct PodIndex {
+    pods: Arc<RwLock<Pods>>,
+    /// What a relist has delivered so far; swapped in whole when it is done, so that a reader
+    /// never sees half a list.
+    relist: Arc<RwLock<Option<Pods>>>,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for PodIndex {
+    fn default() -> Self {
+        Self {
+            pods: Arc::default(),
+            relist: Arc::default(),
+            ready: watch::channel(false).0,
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Writers only insert or remove whole entries, so a panicking holder left nothing half-done.
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PodIndex {
+    /// Applies one event of the pod watcher.
+    pub fn apply(&self, event: &watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Apply(pod) => write(&self.pods).insert(pod),
+            watcher::Event::Delete(pod) => write(&self.pods).remove(pod),
+            watcher::Event::Init => *write(&self.relist) = Some(Pods::default()),
+            watcher::Event::InitApply(pod) => {
+                write(&self.relist)
+                    .get_or_insert_with(Pods::default)
+                    .insert(pod);
+            }
+            watcher::Event::InitDone => {
+                let listed = write(&self.relist).take().unwrap_or_default();
+                *write(&self.pods) = listed;
+                self.ready.send_replace(true);
+            }
+        }
+    }
+
+    /// The pods of `pool`, by name.
+    pub fn pods_of(&self, pool: &PoolKey) -> Vec<Arc<Pod>> {
+        read(&self.pods)
+            .by_pool
+            .get(pool)
+            .map(|pods| pods.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One pod, wherever it is filed.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        let pods = read(&self.pods);
+        let key = (namespace.to_owned(), name.to_owned());
+        let pool = pods.pool_of.get(&key)?;
+        pods.by_pool.get(pool)?.get(name).cloned()
+    }
+
+    /// How many pods the index holds.
+    pub fn len(&self) -> usize {
+        read(&self.pods).pool_of.len()
+    }
+
+    /// Whether the index holds no pod.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once the first full list has been applied; `false` if the writer side is gone
+    /// first (which, holding a sender, it never is while `self` lives).
+    pub async fn wait_until_ready(&self) -> bool {
+        let mut ready = self.ready.subscribe();
+        ready.wait_for(|ready| *ready).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use watcher::Event;
+
+    fn pod(namespace: &str, name: &str, pool: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                labels: Some([(POOL_LABEL.to_owned(), pool.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    fn key(namespace: &str, name: &str) -> PoolKey {
+        PoolKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn names(index: &PodIndex, pool: &PoolKey) -> Vec<String> {
+        index.pods_of(pool).iter().map(|p| p.name_any()).collect()
+    }
+
+    #[test]
+    fn each_pool_sees_its_own_pods_only() {
+        let index = PodIndex::default();
+        index.apply(&Event::Apply(pod("a", "web-1", "web")));
+        index.apply(&Event::Apply(pod("a", "web-2", "web")));
+        index.apply(&Event::Apply(pod("a", "api-1", "api")));
+        // The same pool name in another namespace is another pool.
+        index.apply(&Event::Apply(pod("b", "web-9", "web")));
+        assert_eq!(names(&index, &key("a", "web")), ["web-1", "web-2"]);
+        assert_eq!(names(&index, &key("a", "api")), ["api-1"]);
+        assert_eq!(names(&index, &key("b", "web")), ["web-9"]);
+        assert!(index.pods_of(&key("c", "web")).is_empty());
+        assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn an_update_replaces_and_a_delete_removes() {
+        let index = PodIndex::default();
+        index.apply(&Event::Apply(pod("a", "web-1", "web")));
+        let mut updated = pod("a", "web-1", "web");
+        updated.metadata.resource_version = Some("2".into());
+        index.apply(&Event::Apply(updated));
+        let stored = index.get("a", "web-1").expect("the pod");
+        assert_eq!(stored.metadata.resource_version.as_deref(), Some("2"));
+        assert_eq!(index.len(), 1);
+
+        index.apply(&Event::Delete(pod("a", "web-1", "web")));
+        assert!(index.get("a", "web-1").is_none());
+        assert!(index.pods_of(&key("a", "web")).is_empty());
+        assert!(index.is_empty());
+        // A delete of something never seen changes nothing.
+        index.apply(&Event::Delete(pod("a", "ghost", "web")));
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_pod_relabelled_to_another_pool_leaves_the_first() {
+        let index = PodIndex::default();
+        index.apply(&Event::Apply(pod("a", "w-1", "web")));
+        index.apply(&Event::Apply(pod("a", "w-1", "api")));
+        assert!(index.pods_of(&key("a", "web")).is_empty());
+        assert_eq!(names(&index, &key("a", "api")), ["w-1"]);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_whole_index_at_once_and_makes_it_ready() {
+        let index = PodIndex::default();
+        assert!(still_waiting(&index), "ready before the first list");
+        index.apply(&Event::Apply(pod("a", "old-1", "web")));
+        index.apply(&Event::Init);
+        index.apply(&Event::InitApply(pod("a", "new-1", "web")));
+        // Until the list is done, readers see what was there before.
+        assert_eq!(names(&index, &key("a", "web")), ["old-1"]);
+        index.apply(&Event::InitApply(pod("a", "new-2", "api")));
+        index.apply(&Event::InitDone);
+        assert_eq!(names(&index, &key("a", "web")), ["new-1"]);
+        assert_eq!(names(&index, &key("a", "api")), ["new-2"]);
+        assert!(index.get("a", "old-1").is_none());
+        assert!(!still_waiting(&index), "not ready after the first list");
+    }
+
+    /// Whether waiting for readiness would block now.
+    fn still_waiting(index: &PodIndex) -> bool {
+        futures::FutureExt::now_or_never(index.wait_until_ready()).is_none()
+    }
+}
