@@ -16,9 +16,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
-use asyncpool_testkit::bench::{BenchResult, Namespaces, Operator, output_dir, poll_until};
+use asyncpool_testkit::bench::{
+    BenchResult, Namespaces, Operator, output_dir, poll_until, reaction_pool,
+};
 
-use crate::pool::pool_object;
 use crate::stats::ms;
 use crate::workers::{Workers, report_load, watch_stream_open};
 use crate::writes::{KindWrites, writes_in};
@@ -114,7 +115,7 @@ impl Bench {
         let names: Vec<String> = (0..count).map(|i| format!("p{i:03}")).collect();
         for name in &names {
             pools
-                .create(&PostParams::default(), &pool_object(name)?)
+                .create(&PostParams::default(), &reaction_pool(name, 1, 10)?)
                 .await?;
         }
         let workers = Workers::start(

@@ -29,7 +29,6 @@
 //! how to run it: a run takes many minutes and a whole cluster.
 
 mod harness;
-mod pool;
 mod stats;
 mod workers;
 mod writes;

@@ -32,11 +32,11 @@ use asyncpool::crd::AsyncWorkerPool;
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use serde_json::json;
 use tokio::time::{Instant, sleep};
 
 use asyncpool_testkit::bench::{
-    BenchResult, Namespaces, Operator, ReadMode, output_dir, poll_until, warn_about_leftovers,
+    BenchResult, Namespaces, Operator, ReadMode, output_dir, poll_until, reaction_pool,
+    warn_about_leftovers,
 };
 use asyncpool_testkit::cluster::{install_crd, kubeconfig_path, try_client};
 use asyncpool_testkit::deployments::Deployments;
@@ -107,31 +107,8 @@ fn pool_name(index: usize) -> String {
 }
 
 fn pool_object(index: usize) -> BenchResult<AsyncWorkerPool> {
-    let name = pool_name(index);
     let size = pool_size(index);
-    // The reaction benchmark's windows: a step in the load is a decision at the next reconcile.
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "asyncpool.dev/v1alpha1",
-        "kind": "AsyncWorkerPool",
-        "metadata": {"name": name},
-        "spec": {
-            "minReplicas": size,
-            "maxReplicas": size * 3,
-            "concurrency": 10,
-            "queue": {"source": "report", "targetPerWorker": 10},
-            "scaling": {
-                "tolerancePercent": 0,
-                "panicWindow": "1s",
-                "stableWindow": "4s",
-                "scaleDownDelay": "3s",
-                "metricsTimeout": "2s"
-            },
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
-            }
-        }
-    }))?)
+    reaction_pool(&pool_name(index), size, size * 3)
 }
 
 /// The API server's request counters, summed by the labels that `keep` picks.

@@ -263,3 +263,36 @@ impl Metrics {
             .fold(0.0, |sum, value| sum + value)
     }
 }
+
+/// A pool of the benchmarks that time reactions: between `min` and `max` workers of 10
+/// concurrent requests, each targeted at 10, read from sidecars in `report` mode, with the
+/// shortest windows the API allows (a 1 s panic window makes a step in the load a decision at
+/// the next reconcile, so what is measured is the pipeline, not the smoothing).
+pub fn reaction_pool(
+    name: &str,
+    min: i32,
+    max: i32,
+) -> BenchResult<asyncpool::crd::AsyncWorkerPool> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "metadata": {"name": name},
+        "spec": {
+            "minReplicas": min,
+            "maxReplicas": max,
+            "concurrency": 10,
+            "queue": {"source": "report", "targetPerWorker": 10},
+            "scaling": {
+                "tolerancePercent": 0,
+                "panicWindow": "1s",
+                "stableWindow": "4s",
+                "scaleDownDelay": "3s",
+                "metricsTimeout": "2s"
+            },
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}
+            }
+        }
+    }))?)
+}
