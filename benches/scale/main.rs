@@ -35,7 +35,7 @@ use kube::api::{Api, PostParams};
 use tokio::time::{Instant, sleep};
 
 use asyncpool_testkit::bench::{
-    BenchResult, Namespaces, Operator, ReadMode, output_dir, poll_until, reaction_pool,
+    BenchResult, Metrics, Namespaces, Operator, ReadMode, output_dir, poll_until, reaction_pool,
     warn_about_leftovers,
 };
 use asyncpool_testkit::cluster::{install_crd, kubeconfig_path, try_client};
@@ -170,6 +170,13 @@ fn operator_writes(after: &HashMap<String, f64>, before: &HashMap<String, f64>) 
             "UPDATE asyncworkerpools",
         ]),
     )
+}
+
+/// Scaling decisions that change a pool's size (a reconcile decides every time; most decisions
+/// hold).
+fn resizes(metrics: &Metrics) -> f64 {
+    metrics.sum("asyncpool_decisions_total", "kind=\"scale_up\"")
+        + metrics.sum("asyncpool_decisions_total", "kind=\"scale_down\"")
 }
 
 /// Resident and peak resident memory of a process, in MiB.
@@ -375,8 +382,7 @@ async fn run_count(
         let after_metrics = operator.metrics().await?;
         let after_writes = api_requests(client).await?;
         deployment_writes += operator_writes(&after_writes, &before_writes).0;
-        decisions += after_metrics.sum("asyncpool_decisions_total", "")
-            - before_metrics.sum("asyncpool_decisions_total", "");
+        decisions += resizes(&after_metrics) - resizes(&before_metrics);
         // Back to rest, and settled, before the next round.
         for &i in &sample {
             fleet.set_pool_load(&pool_name(i), REST_LOAD);
