@@ -4,7 +4,8 @@
 # address, one operator. Start-up, the cost at rest, the reaction time while a tenth of the
 # pools change, and memory. The cluster's controller-manager and scheduler are started with a
 # higher client QPS (ASYNCPOOL_CLUSTER_API_QPS, 200 here) so that ten thousand pods are created
-# in minutes rather than most of an hour; a running cluster started without it is restarted.
+# in minutes rather than most of an hour, and with 30 kwok nodes (ASYNCPOOL_CLUSTER_NODES); a
+# running cluster started otherwise is restarted.
 # The output is kept in target/scale/run-<time>.txt.
 #
 #   benches/scale.sh                        # 100 and 1,000 pools
@@ -15,9 +16,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 export ASYNCPOOL_CLUSTER_API_QPS=${ASYNCPOOL_CLUSTER_API_QPS:-200}
+# kwok nodes hold 1,000 pods each: room for 30,000 worker pods.
+export ASYNCPOOL_CLUSTER_NODES=${ASYNCPOOL_CLUSTER_NODES:-30}
 state=${ASYNCPOOL_CLUSTER_DIR:-/tmp/asyncpool-cluster}
-if scripts/cluster status >/dev/null 2>&1 && [ "$(cat "$state/api-qps" 2>/dev/null)" != "$ASYNCPOOL_CLUSTER_API_QPS" ]; then
-    echo "scale: restarting the cluster with client QPS $ASYNCPOOL_CLUSTER_API_QPS" >&2
+if scripts/cluster status >/dev/null 2>&1 && {
+    [ "$(cat "$state/api-qps" 2>/dev/null)" != "$ASYNCPOOL_CLUSTER_API_QPS" ] ||
+        [ "$(cat "$state/kwok-nodes" 2>/dev/null || echo 0)" -lt "$ASYNCPOOL_CLUSTER_NODES" ]
+}; then
+    echo "scale: restarting the cluster with client QPS $ASYNCPOOL_CLUSTER_API_QPS and $ASYNCPOOL_CLUSTER_NODES kwok nodes" >&2
     scripts/cluster down
 fi
 scripts/cluster up

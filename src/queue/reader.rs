@@ -22,6 +22,8 @@ use asyncpool_contract::queue::QueueSnapshot;
 
 /// Largest body or line accepted from a sidecar; anything longer is garbage.
 const MAX_BODY: usize = 64 * 1024;
+/// Bytes read from a sidecar at a time.
+const READ_BUFFER: usize = 1024;
 
 /// How sidecars are read.
 #[derive(Debug, Clone)]
@@ -342,10 +344,13 @@ async fn connect(address: SocketAddr, config: &ReaderConfig) -> Result<Sender, R
         .map_err(|_| ReadError::Timeout)?
         .map_err(|e| ReadError::Connect(address, e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| ReadError::Http(e.to_string()))?;
+    // A snapshot line is a few hundred bytes: reads of 1 KiB instead of hyper's adaptive buffer
+    // (8 KiB and up) keep a stream per pod cheap at ten thousand pods.
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUFFER))
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| ReadError::Http(e.to_string()))?;
     tokio::spawn(connection);
     Ok(sender)
 }
