@@ -4,3 +4,4 @@
 
 pub mod external;
 pub mod reader;
+mod sidecar_http;

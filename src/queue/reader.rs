@@ -9,21 +9,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
+use bytes::{Buf, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout};
 
+use super::sidecar_http;
 use crate::pool::PoolKey;
 use asyncpool_contract::queue::QueueSnapshot;
 
 /// Largest body or line accepted from a sidecar; anything longer is garbage.
 const MAX_BODY: usize = 64 * 1024;
-/// Bytes read from a sidecar at a time.
-const READ_BUFFER: usize = 1024;
 
 /// How sidecars are read.
 #[derive(Debug, Clone)]
@@ -336,48 +333,45 @@ async fn read_pod(
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(address: SocketAddr, config: &ReaderConfig) -> Result<Sender, ReadError> {
+async fn connect(address: SocketAddr, config: &ReaderConfig) -> Result<TcpStream, ReadError> {
     let stream = timeout(config.request_timeout, TcpStream::connect(address))
         .await
         .map_err(|_| ReadError::Timeout)?
         .map_err(|e| ReadError::Connect(address, e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    // A snapshot line is a few hundred bytes: reads of 1 KiB instead of hyper's adaptive buffer
-    // (8 KiB and up) keep a stream per pod cheap at ten thousand pods.
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .read_buf_exact_size(Some(READ_BUFFER))
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| ReadError::Http(e.to_string()))?;
-    tokio::spawn(connection);
-    Ok(sender)
+    Ok(stream)
 }
 
-fn request(address: SocketAddr, path: &str) -> Result<Request<Empty<Bytes>>, ReadError> {
-    Request::get(path)
-        .header(hyper::header::HOST, address.to_string())
-        .body(Empty::new())
+/// `GET path`, and the response once its head has arrived.
+async fn get(
+    address: SocketAddr,
+    path: &str,
+    config: &ReaderConfig,
+) -> Result<sidecar_http::Response<TcpStream>, ReadError> {
+    let stream = connect(address, config).await?;
+    sidecar_http::get(stream, &address.to_string(), path)
+        .await
         .map_err(|e| ReadError::Http(e.to_string()))
 }
 
 /// One `GET /queue`.
 async fn poll_once(address: SocketAddr, config: &ReaderConfig) -> Result<QueueSnapshot, ReadError> {
     let work = async {
-        let mut sender = connect(address, config).await?;
-        let response = sender
-            .send_request(request(address, "/queue")?)
-            .await
-            .map_err(|e| ReadError::Http(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(ReadError::Status(response.status().as_u16()));
+        let mut response = get(address, "/queue", config).await?;
+        if !(200..300).contains(&response.status) {
+            return Err(ReadError::Status(response.status));
         }
-        let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
-            .collect()
+        let mut body = BytesMut::new();
+        while let Some(piece) = response
+            .data()
             .await
             .map_err(|e| ReadError::Invalid(e.to_string()))?
-            .to_bytes();
+        {
+            body.extend_from_slice(&piece);
+            if body.len() > MAX_BODY {
+                return Err(ReadError::Invalid("body too long".into()));
+            }
+        }
         QueueSnapshot::parse(&body).map_err(|e| ReadError::Invalid(e.to_string()))
     };
     timeout(config.request_timeout, work)
@@ -393,30 +387,24 @@ async fn watch_stream(
     mut on_snapshot: impl FnMut(QueueSnapshot, Duration),
 ) -> Result<(), ReadError> {
     let started = Instant::now();
-    let mut sender = connect(address, config).await?;
-    let response = timeout(
+    let mut response = timeout(
         config.request_timeout,
-        sender.send_request(request(address, "/queue?watch=true")?),
+        get(address, "/queue?watch=true", config),
     )
     .await
-    .map_err(|_| ReadError::Timeout)?
-    .map_err(|e| ReadError::Http(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(ReadError::Status(response.status().as_u16()));
+    .map_err(|_| ReadError::Timeout)??;
+    if !(200..300).contains(&response.status) {
+        return Err(ReadError::Status(response.status));
     }
-    let mut body = response.into_body();
     let mut buffer = BytesMut::new();
     let mut first = true;
     loop {
-        let frame = timeout(config.watch_idle_timeout, body.frame())
+        let data = timeout(config.watch_idle_timeout, response.data())
             .await
-            .map_err(|_| ReadError::Timeout)?;
-        let Some(frame) = frame else {
+            .map_err(|_| ReadError::Timeout)?
+            .map_err(|e| ReadError::Http(e.to_string()))?;
+        let Some(data) = data else {
             return Err(ReadError::Http("stream closed".into()));
-        };
-        let frame = frame.map_err(|e| ReadError::Http(e.to_string()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
         };
         buffer.extend_from_slice(&data);
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {

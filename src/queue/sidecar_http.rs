@@ -1,0 +1,305 @@
+//! The few bytes of HTTP/1.1 the operator speaks to sidecars: one `GET`, a response head parsed
+//! with httparse, then the body framed by Content-Length, chunked encoding or the connection's
+//! end, read 1 KiB at a time. A general client holds buffers of 8 KiB and more per connection;
+//! at one watch stream per worker pod that was most of the operator's memory at ten thousand
+//! pods. Anything malformed or oversized is an error, never a guess.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes read at a time.
+const READ_SIZE: usize = 1024;
+/// Longest response head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Headers parsed at most.
+const MAX_HEADERS: usize = 32;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HttpError {
+    #[error("connection failed: {0}")]
+    Io(String),
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("connection closed early")]
+    Closed,
+}
+
+impl From<std::io::Error> for HttpError {
+    fn from(error: std::io::Error) -> Self {
+        HttpError::Io(error.to_string())
+    }
+}
+
+enum Framing {
+    Length(u64),
+    /// Data left in the current chunk; `None` between chunks (a size line comes next).
+    Chunked(Option<u64>),
+    UntilClose,
+    Done,
+}
+
+/// A response whose body is read piece by piece.
+pub struct Response<S> {
+    pub status: u16,
+    stream: S,
+    buffer: BytesMut,
+    framing: Framing,
+}
+
+/// Sends `GET path` on `stream` and reads the response head.
+pub async fn get<S>(mut stream: S, host: &str, path: &str) -> Result<Response<S>, HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: */*\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut buffer = BytesMut::with_capacity(READ_SIZE);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut head = httparse::Response::new(&mut headers);
+        match head.parse(&buffer) {
+            Ok(httparse::Status::Complete(length)) => {
+                let status = head.code.ok_or(HttpError::Malformed("no status"))?;
+                let framing = framing(head.headers)?;
+                buffer.advance(length);
+                return Ok(Response {
+                    status,
+                    stream,
+                    buffer,
+                    framing,
+                });
+            }
+            Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD => {
+                if read_more(&mut stream, &mut buffer).await? == 0 {
+                    return Err(HttpError::Closed);
+                }
+            }
+            Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("head too long")),
+            Err(_) => return Err(HttpError::Malformed("not an HTTP/1.1 response head")),
+        }
+    }
+}
+
+/// The values of the headers called `name`, in order.
+fn values<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| std::str::from_utf8(h.value).unwrap_or("").trim())
+}
+
+fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HttpError> {
+    if let Some(coding) = values(headers, "transfer-encoding").last() {
+        // Chunked must be the final coding (RFC 9112 6.1); no other coding is expected here.
+        return if coding.eq_ignore_ascii_case("chunked") {
+            Ok(Framing::Chunked(None))
+        } else {
+            Err(HttpError::Malformed("unsupported transfer-encoding"))
+        };
+    }
+    let mut lengths = values(headers, "content-length");
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(Framing::UntilClose),
+        (Some(length), None) => length
+            .parse()
+            .map(Framing::Length)
+            .map_err(|_| HttpError::Malformed("invalid content-length")),
+        (Some(_), Some(_)) => Err(HttpError::Malformed("more than one content-length")),
+    }
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut BytesMut,
+) -> Result<usize, HttpError> {
+    buffer.reserve(READ_SIZE);
+    Ok(stream.read_buf(buffer).await?)
+}
+
+impl<S: AsyncRead + Unpin> Response<S> {
+    /// The next piece of the body; `None` once it has all arrived.
+    pub async fn data(&mut self) -> Result<Option<Bytes>, HttpError> {
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(None),
+                Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    return Ok(None);
+                }
+                Framing::Length(left) | Framing::Chunked(Some(left)) if !self.buffer.is_empty() => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buffer.len());
+                    let piece = self.buffer.split_to(take).freeze();
+                    let left = left - take as u64;
+                    let chunked = matches!(self.framing, Framing::Chunked(_));
+                    self.framing = if !chunked {
+                        Framing::Length(left)
+                    } else if left == 0 {
+                        self.expect_crlf().await?;
+                        Framing::Chunked(None)
+                    } else {
+                        Framing::Chunked(Some(left))
+                    };
+                    return Ok(Some(piece));
+                }
+                Framing::Chunked(None) => {
+                    let line = self.line(MAX_CHUNK_LINE).await?;
+                    let size = chunk_size(&line)?;
+                    if size == 0 {
+                        // Trailers, up to the empty line that ends the message.
+                        while !self.line(MAX_CHUNK_LINE).await?.is_empty() {}
+                        self.framing = Framing::Done;
+                        return Ok(None);
+                    }
+                    self.framing = Framing::Chunked(Some(size));
+                }
+                Framing::UntilClose if !self.buffer.is_empty() => {
+                    return Ok(Some(self.buffer.split().freeze()));
+                }
+                Framing::UntilClose => {
+                    if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+                        self.framing = Framing::Done;
+                        return Ok(None);
+                    }
+                }
+                Framing::Length(_) | Framing::Chunked(Some(_)) => {
+                    if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+                        return Err(HttpError::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One CRLF-terminated line (without its end), at most `max` bytes long.
+    async fn line(&mut self, max: usize) -> Result<BytesMut, HttpError> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let mut line = self.buffer.split_to(end + 2);
+                line.truncate(end);
+                return Ok(line);
+            }
+            if self.buffer.len() > max {
+                return Err(HttpError::Malformed("line too long"));
+            }
+            if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+                return Err(HttpError::Closed);
+            }
+        }
+    }
+
+    async fn expect_crlf(&mut self) -> Result<(), HttpError> {
+        if self.line(2).await?.is_empty() {
+            Ok(())
+        } else {
+            Err(HttpError::Malformed("chunk data longer than its size"))
+        }
+    }
+}
+
+/// The size of a chunk-size line: hex digits, then optional extensions after `;`.
+fn chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+    let digits = std::str::from_utf8(digits)
+        .map_err(|_| HttpError::Malformed("invalid chunk size"))?
+        .trim_end_matches([' ', '\t']);
+    if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(HttpError::Malformed("invalid chunk size"));
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| HttpError::Malformed("invalid chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The response to one GET, from `wire` as the server sent it (the request goes nowhere).
+    async fn exchange(wire: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        server.write_all(wire).await.expect("write");
+        drop(server.shutdown().await);
+        let mut response = get(client, "pod", "/queue").await?;
+        let mut body = Vec::new();
+        while let Some(piece) = response.data().await? {
+            body.extend_from_slice(&piece);
+        }
+        Ok((response.status, body))
+    }
+
+    #[tokio::test]
+    async fn bodies_by_length_by_chunks_and_until_close() {
+        let length = exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloEXTRA").await;
+        assert_eq!(length, Ok((200, b"hello".to_vec())));
+        let chunked = exchange(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n",
+        )
+        .await;
+        assert_eq!(chunked, Ok((200, b"abcde".to_vec())));
+        let until_close = exchange(b"HTTP/1.1 503 Service Unavailable\r\n\r\ndraining\n").await;
+        assert_eq!(until_close, Ok((503, b"draining\n".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_errors() {
+        for wire in [
+            &b"garbage\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n11111111111111111\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+            // Cut short: the body, a chunk, the head.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\ncontent-",
+        ] {
+            assert!(
+                exchange(wire).await.is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let mut huge = b"HTTP/1.1 200 OK\r\nx-padding: ".to_vec();
+        huge.resize(MAX_HEAD + 100, b'a');
+        huge.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            exchange(&huge).await,
+            Err(HttpError::Malformed("head too long"))
+        );
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(exchange(&many).await.is_err(), "accepted too many headers");
+    }
+
+    #[tokio::test]
+    async fn a_stream_hands_over_each_piece_as_it_arrives() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let reading = tokio::spawn(async move {
+            let mut response = get(client, "pod", "/queue?watch=true").await?;
+            let first = response.data().await?;
+            let second = response.data().await?;
+            Ok::<_, HttpError>((response.status, first, second))
+        });
+        let mut request = [0u8; 256];
+        let n = server.read(&mut request).await.expect("the request");
+        assert!(request[..n].starts_with(b"GET /queue?watch=true HTTP/1.1\r\nhost: pod\r\n"));
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\none\n\r\n")
+            .await
+            .expect("write");
+        // Each chunk's data is its own piece, whenever it arrives.
+        server.write_all(b"4\r\ntwo\n\r\n").await.expect("write");
+        let (status, first, second) = reading.await.expect("task").expect("pieces");
+        assert_eq!(status, 200);
+        assert_eq!(first.as_deref(), Some(&b"one\n"[..]));
+        assert_eq!(second.as_deref(), Some(&b"two\n"[..]));
+    }
+}
