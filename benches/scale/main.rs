@@ -214,7 +214,7 @@ struct Row {
     rest_status_writes: f64,
     reactions: Vec<Duration>,
     timeouts: usize,
-    deployment_writes_per_decision: f64,
+    deployment_writes_per_resize: f64,
     peak_rss: f64,
 }
 
@@ -351,7 +351,7 @@ async fn run_count(
     .await?;
     let mut reactions = Vec::new();
     let mut timeouts = 0;
-    let (mut deployment_writes, mut decisions) = (0.0, 0.0);
+    let (mut deployment_writes, mut resized) = (0.0, 0.0);
     for round in 0..args.rounds {
         let sample: Vec<usize> = (0..count).filter(|i| i % 10 == round % 10).collect();
         let before_writes = api_requests(client).await?;
@@ -382,7 +382,7 @@ async fn run_count(
         let after_metrics = operator.metrics().await?;
         let after_writes = api_requests(client).await?;
         deployment_writes += operator_writes(&after_writes, &before_writes).0;
-        decisions += resizes(&after_metrics) - resizes(&before_metrics);
+        resized += resizes(&after_metrics) - resizes(&before_metrics);
         // Back to rest, and settled, before the next round.
         for &i in &sample {
             fleet.set_pool_load(&pool_name(i), REST_LOAD);
@@ -423,8 +423,8 @@ async fn run_count(
         rest_status_writes,
         reactions,
         timeouts,
-        deployment_writes_per_decision: if decisions > 0.0 {
-            deployment_writes / decisions
+        deployment_writes_per_resize: if resized > 0.0 {
+            deployment_writes / resized
         } else {
             f64::NAN
         },
@@ -434,7 +434,7 @@ async fn run_count(
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| pools | pods | ready s | all reconciled s | API requests at start | CPU at rest % | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per decision |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| pools | pods | ready s | all reconciled s | API requests at start | CPU at rest % | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
@@ -455,7 +455,7 @@ fn table(rows: &[Row]) -> String {
             fmt(percentile(&r.reactions, 50.0)),
             fmt(percentile(&r.reactions, 99.0)),
             r.timeouts,
-            r.deployment_writes_per_decision,
+            r.deployment_writes_per_resize,
         );
     }
     out
