@@ -10,6 +10,9 @@
 #
 #   benches/scale.sh                        # 100 and 1,000 pools
 #   benches/scale.sh --pools 100 --rounds 2 # any arguments replace the defaults
+#   benches/scale.sh --pools 3000 --pods-per-pool 3
+#                                           # every pool 3 pods: 3,000 pools within the open-file
+#                                           # limit (the operator holds a watch stream per pod)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

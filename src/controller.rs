@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{ReaderConfig, SidecarReaders};
-use crate::reconcile::{self, Caches, Context, PodIndex, PoolStore, Settings};
+use crate::reconcile::{self, Caches, Context, PodIndex, PoolStore, Round, Settings};
 use asyncpool_contract::pod::POOL_LABEL;
 
 /// Leader election settings.
@@ -71,14 +71,23 @@ where
     }
 }
 
+/// The operator's API clients.
+pub struct Clients {
+    /// Everything but the lease; rate-limited (`api_rate`).
+    pub api: Client,
+    /// The leader lease alone, outside the rate limit: a backlog must never cost the lease.
+    pub lease: Client,
+}
+
 /// Runs until `shutdown` resolves (then stops gracefully and releases the lease) or the lease
 /// is lost.
 pub async fn run(
-    client: Client,
+    clients: Clients,
     config: OperatorConfig,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), OperatorError> {
-    let metrics = Arc::new(Metrics::default());
+    let Clients { api: client, lease } = clients;
     let ready = Arc::new(AtomicBool::new(false));
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -92,7 +101,7 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let (leading_tx, mut leading) = watch::channel(config.leader.is_none());
     let elector = config.leader.as_ref().map(|leader| {
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &leader.lease_namespace);
+        let leases: Api<Lease> = Api::namespaced(lease.clone(), &leader.lease_namespace);
         Arc::new(LeaderElector::new(
             leases,
             &leader.lease_name,
@@ -135,44 +144,12 @@ pub async fn run(
     result
 }
 
-/// The trimmed form of a pod that the cache keeps: what reconcile reads and nothing else, so
-/// memory stays flat as pods grow.
-fn trim_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
-    // The one annotation reconcile reads: whether a worker is already marked to go first.
-    pod.annotations_mut()
-        .retain(|key, _| key == crate::reconcile::DELETION_COST);
-    pod.metadata.owner_references = None;
-    pod.spec = None;
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            conditions: status.conditions.map(|conditions| {
-                conditions
-                    .into_iter()
-                    .filter(|c| c.type_ == "Ready")
-                    .map(|mut c| {
-                        c.message = None;
-                        c
-                    })
-                    .collect()
-            }),
-            container_statuses: status.container_statuses.map(|containers| {
-                containers
-                    .into_iter()
-                    .map(|mut c| {
-                        c.last_state = None;
-                        c.image_id = String::new();
-                        c.container_id = None;
-                        c.resources = None;
-                        c.volume_mounts = None;
-                        c
-                    })
-                    .collect()
-            }),
-            ..PodStatus::default()
-        });
+/// What the Deployment cache keeps: reconcile reads a Deployment's owner, annotations, replicas
+/// and status, and builds the desired one afresh, so its pod template (most of it) is left out.
+fn trim_deployment(deployment: &mut Deployment) {
+    deployment.managed_fields_mut().clear();
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template = Default::default();
     }
 }
 
@@ -188,8 +165,8 @@ async fn run_controller(
     let pods: Api<Pod> = api(&client, namespace);
 
     let pod_index = PodIndex::default();
+    // The index keeps a few facts of each pod; the objects themselves pass through.
     let pod_events = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
-        .modify(trim_pod)
         .inspect_ok({
             let index = pod_index.clone();
             move |event| index.apply(event)
@@ -201,7 +178,7 @@ async fn run_controller(
         api::<Deployment>(&client, namespace),
         watcher::Config::default().labels(POOL_LABEL),
     )
-    .modify(|d: &mut Deployment| d.managed_fields_mut().clear())
+    .modify(trim_deployment)
     .reflect(deployment_writer)
     .default_backoff()
     .touched_objects();
@@ -216,6 +193,7 @@ async fn run_controller(
     .touched_objects();
 
     let (changes_tx, changes_rx) = mpsc::unbounded_channel::<PoolKey>();
+    let due = changes_tx.clone();
     let external = ExternalQueues::new(
         changes_tx.clone(),
         client.clone(),
@@ -292,6 +270,7 @@ async fn run_controller(
         }
     };
     let sweeper = tokio::spawn(sweeper);
+    let rounds = tokio::spawn(decision_rounds(context.clone(), pool_store.clone(), due));
 
     controller
         .run(reconcile::reconcile, reconcile::error_policy, context)
@@ -302,7 +281,43 @@ async fn run_controller(
         })
         .await;
     sweeper.abort();
+    rounds.abort();
     ready.store(false, Ordering::SeqCst);
+}
+
+/// Every tick, a decision round for every pool (`reconcile::decision_round`): the scalers
+/// sample and plan from memory, and only the pools whose plan moved are reconciled. A pool at
+/// rest costs a round, not a reconcile; a change a sidecar reports wakes its pool at once and
+/// does not wait for a round.
+async fn decision_rounds(
+    context: Arc<Context>,
+    pools: reflector::Store<AsyncWorkerPool>,
+    due: mpsc::UnboundedSender<PoolKey>,
+) {
+    /// Pools per slice of a round between yields, so a round over thousands of pools does not
+    /// hold a runtime thread that sidecar readers need.
+    const SLICE: usize = 64;
+    let mut every = tokio::time::interval(context.settings.tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let started = std::time::Instant::now();
+        for slice in pools.state().chunks(SLICE) {
+            for pool in slice {
+                if reconcile::decision_round(pool, &context) == Round::ReconcileDue
+                    && let Some(key) = PoolKey::of(pool)
+                {
+                    // The receiver is gone only while the operator shuts down.
+                    let _ = due.send(key);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        context
+            .metrics
+            .decision_round_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 /// Whether a cache has received its first full list. The controller waits on the pool cache

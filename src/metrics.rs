@@ -54,6 +54,10 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_errors: Family<CategoryLabel, Counter>,
     pub reconcile_seconds: Histogram,
+    /// One decision round over every pool.
+    pub decision_round_seconds: Histogram,
+    /// Each API request's wait for the client's rate limit (`api_rate`).
+    pub api_wait_seconds: Histogram,
     pub decisions: Family<KindLabel, Counter>,
     pub pool_load: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     pub pool_replicas: Family<PoolReplicaLabels, Gauge>,
@@ -87,8 +91,26 @@ impl Default for Metrics {
             "Time one reconcile took",
             reconcile_seconds.clone(),
         );
+        let decision_round_seconds = latency_histogram();
+        registry.register(
+            "decision_round_duration_seconds",
+            "Time one decision round over every pool took",
+            decision_round_seconds.clone(),
+        );
+        // From 10 µs: almost every request waits not at all.
+        let api_wait_seconds = Histogram::new(exponential_buckets(0.00001, 4.0, 10));
+        registry.register(
+            "api_client_wait_duration_seconds",
+            "Time an API request waited for the client's rate limit (--kube-api-qps, \
+             --kube-api-burst)",
+            api_wait_seconds.clone(),
+        );
         let decisions = Family::<KindLabel, Counter>::default();
-        registry.register("decisions", "Scaling decisions by kind", decisions.clone());
+        registry.register(
+            "decisions",
+            "Scaling decisions carried out by a reconcile, by kind",
+            decisions.clone(),
+        );
         let pool_load = Family::<PoolLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "pool_load",
@@ -126,6 +148,8 @@ impl Default for Metrics {
             reconciles,
             reconcile_errors,
             reconcile_seconds,
+            decision_round_seconds,
+            api_wait_seconds,
             decisions,
             pool_load,
             pool_replicas,

@@ -153,7 +153,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
     let observation = Observation {
         now,
         current_replicas: u32::try_from(scaler_current).unwrap_or(0),
-        pods: pods.clone(),
+        pods,
         external: match own_reading {
             None => ExternalReading::NotConfigured,
             Some(Ok(snapshot)) => ExternalReading::Reading(snapshot),
@@ -179,7 +179,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         let step = recycle_step(
             entry,
             &effective.supervision,
-            &pods,
+            &observation.pods,
             workers,
             crashes.alone.first().copied(),
             replicas,

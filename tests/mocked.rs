@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
 use asyncpool::leader::{LeaderElector, LeaseTiming};
-use asyncpool::reconcile::{Context, PodIndex, Settings, reconcile};
+use asyncpool::reconcile::{Context, PodIndex, Round, Settings, decision_round, reconcile};
 use asyncpool_contract::pod::POOL_LABEL;
 use asyncpool_testkit::mock_api::{MockApi, Recorded};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -370,4 +370,105 @@ async fn a_write_that_loses_the_race_leaves_the_replica_a_follower() {
     );
     assert_eq!(holder(&api).as_deref(), Some("operator-b"));
     task.abort();
+}
+
+/// A context whose Deployment and Service caches are filled from the mocked API on demand, as
+/// the controller's watches would keep them.
+struct CachedContext {
+    ctx: Arc<Context>,
+    deployments: kube::runtime::reflector::store::Writer<k8s_openapi::api::apps::v1::Deployment>,
+    services: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Service>,
+}
+
+impl CachedContext {
+    fn new(api: &MockApi) -> Self {
+        let mut context = Context::for_tests(api.client(), Settings::default());
+        let (deployment_store, deployments) = kube::runtime::reflector::store();
+        let (service_store, services) = kube::runtime::reflector::store();
+        context.caches.deployments = deployment_store;
+        context.caches.services = service_store;
+        Self {
+            ctx: Arc::new(context),
+            deployments,
+            services,
+        }
+    }
+
+    /// The watches deliver what the API holds now.
+    fn sync(&mut self, api: &MockApi) {
+        if let Some(deployment) = api.object(DEPLOYMENT) {
+            let deployment = serde_json::from_value(deployment).expect("a Deployment");
+            self.deployments
+                .apply_watcher_event(&watcher::Event::Apply(deployment));
+        }
+        if let Some(service) = api.object(SERVICE) {
+            let service = serde_json::from_value(service).expect("a Service");
+            self.services
+                .apply_watcher_event(&watcher::Event::Apply(service));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_decision_round_asks_for_a_reconcile_only_when_the_plan_moved() {
+    let api = MockApi::default();
+    let mut cached = CachedContext::new(&api);
+    api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
+    assert_eq!(
+        decision_round(&stored_pool(&api), &cached.ctx),
+        Round::NotCarriedOut,
+        "a pool the controller has not reconciled yet is not the rounds' business"
+    );
+
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    cached.sync(&api);
+    // A second reconcile sees its own status (the first may settle once).
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    api.clear_requests();
+    for _ in 0..3 {
+        assert_eq!(
+            decision_round(&stored_pool(&api), &cached.ctx),
+            Round::InSync,
+            "a pool at rest needs no reconcile"
+        );
+    }
+    assert!(
+        api.requests().is_empty(),
+        "a decision round made API calls: {}",
+        describe(&api.requests())
+    );
+
+    // Someone scales the Deployment behind the operator's back: what the pool shows no longer
+    // matches (with nothing to read, the scaler holds the size it finds).
+    let mut deployment = api.object(DEPLOYMENT).expect("the Deployment");
+    deployment["spec"]["replicas"] = json!(4);
+    api.insert(DEPLOYMENT, deployment);
+    cached.sync(&api);
+    assert_eq!(
+        decision_round(&stored_pool(&api), &cached.ctx),
+        Round::ReconcileDue
+    );
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    cached.sync(&api);
+    assert_eq!(
+        stored_pool(&api).status.expect("a status").desired_replicas,
+        4,
+        "the reconcile reported the size it now plans"
+    );
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    assert_eq!(
+        decision_round(&stored_pool(&api), &cached.ctx),
+        Round::InSync
+    );
+
+    // A spec the operator refuses takes the pool out of the rounds until it is fixed.
+    let mut refused = stored_pool(&api);
+    refused.spec.min_replicas = 5;
+    refused.spec.max_replicas = 2;
+    api.insert(POOL, serde_json::to_value(&refused).unwrap());
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    assert_eq!(
+        decision_round(&stored_pool(&api), &cached.ctx),
+        Round::NotCarriedOut
+    );
 }

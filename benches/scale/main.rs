@@ -55,10 +55,13 @@ struct Args {
     pools: Vec<usize>,
     rounds: usize,
     rest: Duration,
+    /// Every pool this size instead of the mix (more pools within the open-file limit: the
+    /// operator holds a watch stream per pod).
+    pods_per_pool: Option<i32>,
 }
 
-const USAGE: &str =
-    "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] [--rest-seconds 30]";
+const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
+                     [--rest-seconds 30] [--pods-per-pool N]";
 
 fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -66,6 +69,7 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         pools: vec![100, 1000],
         rounds: 3,
         rest: Duration::from_secs(30),
+        pods_per_pool: None,
     };
     let mut raw = raw.into_iter();
     while let Some(flag) = raw.next() {
@@ -86,6 +90,10 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--rounds" => args.rounds = count(&value)?,
             "--rest-seconds" => args.rest = Duration::from_secs(count(&value)? as u64),
+            "--pods-per-pool" => {
+                let size = i32::try_from(count(&value)?).map_err(|e| e.to_string())?;
+                args.pods_per_pool = Some(size);
+            }
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
         }
     }
@@ -93,12 +101,13 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
 }
 
 /// Pool `index`'s size (its minimum): most pools have 6 or 7 pods, one in a hundred 300 and one
-/// in a hundred 100, about 10.4 pods a pool on average.
-fn pool_size(index: usize) -> i32 {
-    match index % 100 {
-        0 => 300,
-        50 => 100,
-        i => 6 + (i % 2) as i32,
+/// in a hundred 100, about 10.4 pods a pool on average; or `every` pods each.
+fn pool_size(index: usize, every: Option<i32>) -> i32 {
+    match (every, index % 100) {
+        (Some(size), _) => size,
+        (None, 0) => 300,
+        (None, 50) => 100,
+        (None, i) => 6 + (i % 2) as i32,
     }
 }
 
@@ -106,8 +115,7 @@ fn pool_name(index: usize) -> String {
     format!("p{index:04}")
 }
 
-fn pool_object(index: usize) -> BenchResult<AsyncWorkerPool> {
-    let size = pool_size(index);
+fn pool_object(index: usize, size: i32) -> BenchResult<AsyncWorkerPool> {
     reaction_pool(&pool_name(index), size, size * 3)
 }
 
@@ -205,7 +213,7 @@ struct Row {
     pools: usize,
     pods: usize,
     ready: Duration,
-    all_reconciled: Duration,
+    all_read: Duration,
     startup_requests: f64,
     rest_cpu_percent: f64,
     rest_rss: f64,
@@ -215,8 +223,15 @@ struct Row {
     reactions: Vec<Duration>,
     timeouts: usize,
     deployment_writes_per_resize: f64,
+    /// Time the operator's requests waited for its client's rate limit: during start-up, and
+    /// during the reaction rounds.
+    startup_client_wait: f64,
+    change_client_wait: f64,
     peak_rss: f64,
 }
+
+/// Seconds the operator's API requests have waited for its rate limit so far.
+const CLIENT_WAIT: &str = "asyncpool_api_client_wait_duration_seconds_sum";
 
 async fn run_count(
     client: &Client,
@@ -231,6 +246,7 @@ async fn run_count(
     std::fs::create_dir_all(&logs)?;
     let fleet = Fleet::start(client, &namespace, REST_LOAD).await?;
     let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &namespace);
+    let pool_size = |index| pool_size(index, args.pods_per_pool);
     let total: usize = (0..count).map(|i| pool_size(i) as usize).sum();
     println!(
         "namespace {namespace}: {count} pools, {total} worker pods; logs in {}",
@@ -245,7 +261,7 @@ async fn run_count(
             let pools = pools.clone();
             async move {
                 pools
-                    .create(&PostParams::default(), &pool_object(i)?)
+                    .create(&PostParams::default(), &pool_object(i, pool_size(i))?)
                     .await?;
                 BenchResult::Ok(())
             }
@@ -282,23 +298,49 @@ async fn run_count(
     )
     .await?;
     let ready = began.elapsed();
+    // Observed: every pod's watch stream has sent its first line, and every pool has planned
+    // with readings (its load figure is set).
     poll_until(
-        "every pool reconciled once",
+        "every pool read",
         Duration::from_secs(600),
         Duration::from_millis(100),
         || async {
             let metrics = operator.metrics().await.ok()?;
-            (metrics.series("asyncpool_pool_replicas", "kind=\"desired\"") >= count).then_some(())
+            let streams = metrics.sum(
+                "asyncpool_sidecar_read_duration_seconds_count",
+                "mode=\"watch\"",
+            );
+            (streams >= total as f64 && metrics.series("asyncpool_pool_load", "") >= count)
+                .then_some(())
         },
     )
     .await?;
-    let all_reconciled = began.elapsed();
+    let all_read = began.elapsed();
+    let startup_client_wait = operator.metrics().await?.sum(CLIENT_WAIT, "");
     let after = api_requests(client).await?;
     let startup_requests = delta(&after, &before, "all");
     println!(
-        "start-up: ready in {:.2} s, every pool reconciled in {:.2} s, {startup_requests:.0} API requests (all clients)",
+        "start-up: ready in {:.2} s, every pool read in {:.2} s, {startup_requests:.0} API requests (all clients)",
         ready.as_secs_f64(),
-        all_reconciled.as_secs_f64()
+        all_read.as_secs_f64()
+    );
+    // Settled: three seconds in a row without a reconcile (the first readings' status writes
+    // are done).
+    let mut quiet = 0;
+    let mut last = f64::NAN;
+    let settling = Instant::now();
+    while quiet < 3 && settling.elapsed() < Duration::from_secs(300) {
+        sleep(Duration::from_secs(1)).await;
+        let reconciles = operator
+            .metrics()
+            .await?
+            .sum("asyncpool_reconciles_total", "");
+        quiet = if reconciles == last { quiet + 1 } else { 0 };
+        last = reconciles;
+    }
+    println!(
+        "settled {:.1} s after every pool was read",
+        settling.elapsed().as_secs_f64()
     );
 
     // At rest.
@@ -351,7 +393,7 @@ async fn run_count(
     .await?;
     let mut reactions = Vec::new();
     let mut timeouts = 0;
-    let (mut deployment_writes, mut resized) = (0.0, 0.0);
+    let (mut deployment_writes, mut resized, mut change_client_wait) = (0.0, 0.0, 0.0);
     for round in 0..args.rounds {
         let sample: Vec<usize> = (0..count).filter(|i| i % 10 == round % 10).collect();
         let before_writes = api_requests(client).await?;
@@ -383,6 +425,8 @@ async fn run_count(
         let after_writes = api_requests(client).await?;
         deployment_writes += operator_writes(&after_writes, &before_writes).0;
         resized += resizes(&after_metrics) - resizes(&before_metrics);
+        change_client_wait +=
+            after_metrics.sum(CLIENT_WAIT, "") - before_metrics.sum(CLIENT_WAIT, "");
         // Back to rest, and settled, before the next round.
         for &i in &sample {
             fleet.set_pool_load(&pool_name(i), REST_LOAD);
@@ -414,7 +458,7 @@ async fn run_count(
         pools: count,
         pods: total,
         ready,
-        all_reconciled,
+        all_read,
         startup_requests,
         rest_cpu_percent,
         rest_rss,
@@ -428,23 +472,25 @@ async fn run_count(
         } else {
             f64::NAN
         },
+        startup_client_wait,
+        change_client_wait,
         peak_rss,
     })
 }
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| pools | pods | ready s | all reconciled s | API requests at start | CPU at rest % | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {:.2} / {:.2} |",
             r.pools,
             r.pods,
             r.ready.as_secs_f64(),
-            r.all_reconciled.as_secs_f64(),
+            r.all_read.as_secs_f64(),
             r.startup_requests,
             r.rest_cpu_percent,
             r.rest_rss,
@@ -456,6 +502,8 @@ fn table(rows: &[Row]) -> String {
             fmt(percentile(&r.reactions, 99.0)),
             r.timeouts,
             r.deployment_writes_per_resize,
+            r.startup_client_wait,
+            r.change_client_wait,
         );
     }
     out

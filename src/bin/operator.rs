@@ -4,10 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use asyncpool::controller::{LeaderConfig, OperatorConfig};
+use asyncpool::api_rate::{ApiRate, ThrottleLayer};
+use asyncpool::controller::{Clients, LeaderConfig, OperatorConfig};
 use asyncpool::leader::LeaseTiming;
+use asyncpool::metrics::Metrics;
 use asyncpool::queue::reader::ReaderConfig;
 use asyncpool::reconcile::Settings;
 use asyncpool_contract::duration::parse_duration;
@@ -68,11 +71,19 @@ struct Args {
     /// Sidecar reads in flight at once.
     #[arg(long, env = "ASYNCPOOL_MAX_CONCURRENT_READS", default_value_t = 64)]
     max_concurrent_reads: usize,
-    /// Reconcile every pool at least this often, so time windows advance.
+    /// How often every pool's plan is looked at from memory, so time windows advance; a pool is
+    /// reconciled only when its plan moved (or its objects or sidecars changed).
     #[arg(long, env = "ASYNCPOOL_TICK", default_value = "1s", value_parser = parse_duration)]
     tick: Duration,
+    /// Requests per second the operator sends the API server, past its burst (0: no limit).
+    /// The lease is renewed outside this limit.
+    #[arg(long, env = "ASYNCPOOL_KUBE_API_QPS", default_value_t = ApiRate::DEFAULT.qps)]
+    kube_api_qps: f64,
+    /// Requests the operator may send at once after a quiet spell.
+    #[arg(long, env = "ASYNCPOOL_KUBE_API_BURST", default_value_t = ApiRate::DEFAULT.burst)]
+    kube_api_burst: u32,
     /// Pools reconciled at once.
-    #[arg(long, env = "ASYNCPOOL_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "ASYNCPOOL_RECONCILE_CONCURRENCY", default_value_t = 64)]
     reconcile_concurrency: u16,
     /// PEM bundle of CA certificates to trust, besides the public web roots, for pools whose
     /// `queue.redis.url` is `rediss://` (a Redis whose certificate a private CA signed). Read at
@@ -119,6 +130,19 @@ fn redis_tls(ca_file: Option<&Path>) -> Result<RedisTls, String> {
     Ok(tls)
 }
 
+/// The rate-limited client for everything, and one for the lease, from the same configuration
+/// (in-cluster or kubeconfig, as `kubectl` finds it).
+async fn clients(rate: ApiRate, metrics: &Metrics) -> Result<Clients, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let api = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&ThrottleLayer::new(rate, metrics.api_wait_seconds.clone()))
+        .build();
+    let lease = kube::Client::try_from(config)?;
+    Ok(Clients { api, lease })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -131,10 +155,15 @@ async fn main() -> ExitCode {
         }
     };
 
+    let metrics = Arc::new(Metrics::default());
+    let rate = ApiRate {
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+    };
     // An unreachable API server is retried with backoff rather than ending the process.
-    let client = loop {
-        match kube::Client::try_default().await {
-            Ok(client) => break client,
+    let clients = loop {
+        match clients(rate, &metrics).await {
+            Ok(clients) => break clients,
             Err(error) => {
                 tracing::error!(%error, "cannot build a Kubernetes client; retrying in 2s");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -177,7 +206,7 @@ async fn main() -> ExitCode {
         http_listen: args.listen,
         concurrency: args.reconcile_concurrency,
     };
-    match asyncpool::controller::run(client, config, shutdown_signal()).await {
+    match asyncpool::controller::run(clients, config, metrics, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "operator stopped");

@@ -121,10 +121,14 @@ struct Running {
     task: AbortHandle,
 }
 
+/// The latest reading of each pod, by pool, so that a pool's readings are found without
+/// building a key per pod.
+type Readings = Mutex<HashMap<PoolKey, HashMap<String, Reading>>>;
+
 /// All per-pod reader tasks, and their latest readings.
 pub struct SidecarReaders {
     config: ReaderConfig,
-    readings: Arc<Mutex<HashMap<PodKey, Reading>>>,
+    readings: Arc<Readings>,
     /// Each pool's readers by pod name: a pool's sync touches its own readers only.
     running: Mutex<HashMap<PoolKey, HashMap<String, Running>>>,
     changes: mpsc::UnboundedSender<PoolKey>,
@@ -168,10 +172,13 @@ impl SidecarReaders {
             let keep = wanted.get(pod.as_str()) == Some(&reader.address);
             if !keep {
                 reader.task.abort();
-                lock(&self.readings).remove(&PodKey {
-                    pool: pool.clone(),
-                    pod: pod.clone(),
-                });
+                let mut readings = lock(&self.readings);
+                if let Some(pool_readings) = readings.get_mut(pool) {
+                    pool_readings.remove(pod);
+                    if pool_readings.is_empty() {
+                        readings.remove(pool);
+                    }
+                }
             }
             keep
         });
@@ -211,34 +218,29 @@ impl SidecarReaders {
         self.sync_pool(pool, &[]);
     }
 
-    /// The current snapshot of each named pod, `None` where data is missing or stale.
-    pub fn snapshots(
+    /// The current snapshot of each named pod, in order; an error (why, in words) where data
+    /// is missing or stale.
+    pub fn snapshots<'a>(
         &self,
         pool: &PoolKey,
-        pods: &[String],
-    ) -> Vec<(String, Result<QueueSnapshot, String>)> {
+        pods: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Result<QueueSnapshot, String>> {
         let readings = lock(&self.readings);
+        let pool_readings = readings.get(pool);
         let now = Instant::now();
-        pods.iter()
-            .map(|pod| {
-                let key = PodKey {
-                    pool: pool.clone(),
-                    pod: pod.clone(),
-                };
-                let result = match readings.get(&key) {
-                    Some(Reading::Snapshot { snapshot, at })
-                        if now.duration_since(*at) <= self.config.stale_after =>
-                    {
-                        Ok(snapshot.clone())
-                    }
-                    Some(Reading::Snapshot { at, .. }) => Err(format!(
-                        "last reading is {:.1}s old",
-                        now.duration_since(*at).as_secs_f64()
-                    )),
-                    Some(Reading::Failed { error }) => Err(error.clone()),
-                    None => Err("not read yet".to_owned()),
-                };
-                (pod.clone(), result)
+        pods.into_iter()
+            .map(|pod| match pool_readings.and_then(|r| r.get(pod)) {
+                Some(Reading::Snapshot { snapshot, at })
+                    if now.duration_since(*at) <= self.config.stale_after =>
+                {
+                    Ok(snapshot.clone())
+                }
+                Some(Reading::Snapshot { at, .. }) => Err(format!(
+                    "last reading is {:.1}s old",
+                    now.duration_since(*at).as_secs_f64()
+                )),
+                Some(Reading::Failed { error }) => Err(error.clone()),
+                None => Err("not read yet".to_owned()),
             })
             .collect()
     }
@@ -256,12 +258,19 @@ impl Drop for SidecarReaders {
 fn record(
     key: &PodKey,
     reading: Reading,
-    readings: &Mutex<HashMap<PodKey, Reading>>,
+    readings: &Readings,
     changes: &mpsc::UnboundedSender<PoolKey>,
 ) {
     let changed = {
-        let mut map = lock(readings);
-        let changed = match (map.get(key), &reading) {
+        let mut all = lock(readings);
+        // Entry by reference first: a pool's map exists for as long as it has readings, so
+        // the key is cloned once per pool and pod, not once per reading.
+        let map = match all.get_mut(&key.pool) {
+            Some(map) => map,
+            None => all.entry(key.pool.clone()).or_default(),
+        };
+        let previous = map.get_mut(key.pod.as_str());
+        let changed = match (previous.as_deref(), &reading) {
             (
                 Some(Reading::Snapshot { snapshot: old, .. }),
                 Reading::Snapshot { snapshot: new, .. },
@@ -269,7 +278,12 @@ fn record(
             (Some(Reading::Failed { .. }), Reading::Failed { .. }) => false,
             _ => true,
         };
-        map.insert(key.clone(), reading);
+        match previous {
+            Some(slot) => *slot = reading,
+            None => {
+                map.insert(key.pod.clone(), reading);
+            }
+        }
         changed
     };
     if changed {
@@ -282,7 +296,7 @@ async fn read_pod(
     key: PodKey,
     address: SocketAddr,
     config: ReaderConfig,
-    readings: Arc<Mutex<HashMap<PodKey, Reading>>>,
+    readings: Arc<Readings>,
     changes: mpsc::UnboundedSender<PoolKey>,
     polls: Arc<Semaphore>,
     observer: Arc<dyn ReadObserver>,
@@ -492,7 +506,7 @@ mod tests {
             .await
             .expect("a reading is announced");
         assert_eq!(announced, Some(pool.clone()));
-        readers.snapshots(&pool, &["pod-a".into()]).remove(0).1
+        readers.snapshots(&pool, ["pod-a"]).remove(0)
     }
 
     #[tokio::test]
@@ -571,7 +585,7 @@ mod tests {
             }
         });
         timeout(Duration::from_secs(5), async {
-            while readers.snapshots(&pool, &["pod-a".into()])[0].1.is_err() {
+            while readers.snapshots(&pool, ["pod-a"])[0].is_err() {
                 rx.recv().await;
             }
         })
@@ -597,9 +611,13 @@ mod tests {
             timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
         }
         readers.sync_pool(&pool("a"), &[]);
-        assert!(readers.snapshots(&pool("a"), &["a-1".into()])[0].1.is_err());
-        assert!(readers.snapshots(&pool("b"), &["b-1".into()])[0].1.is_ok());
+        assert!(readers.snapshots(&pool("a"), ["a-1"])[0].is_err());
+        assert!(readers.snapshots(&pool("b"), ["b-1"])[0].is_ok());
         assert_eq!(lock(&readers.running).len(), 1, "pool a keeps no entry");
+        assert!(
+            !lock(&readers.readings).contains_key(&pool("a")),
+            "nor any reading"
+        );
     }
 
     #[tokio::test]
@@ -614,7 +632,7 @@ mod tests {
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
         readers.forget_pool(&pool);
-        let after = readers.snapshots(&pool, &["pod-a".into()]);
-        assert_eq!(after[0].1, Err("not read yet".to_owned()));
+        let after = readers.snapshots(&pool, ["pod-a"]);
+        assert_eq!(after[0], Err("not read yet".to_owned()));
     }
 }

@@ -7,8 +7,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes read at a time.
-const READ_SIZE: usize = 1024;
+/// Bytes read at a time: a snapshot line is about 250, and a buffer stays with every watched
+/// pod.
+const READ_SIZE: usize = 512;
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 /// Longest chunk-size line (with extensions) accepted.
@@ -58,12 +59,8 @@ where
     stream.write_all(request.as_bytes()).await?;
     let mut buffer = BytesMut::with_capacity(READ_SIZE);
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut head = httparse::Response::new(&mut headers);
-        match head.parse(&buffer) {
-            Ok(httparse::Status::Complete(length)) => {
-                let status = head.code.ok_or(HttpError::Malformed("no status"))?;
-                let framing = framing(head.headers)?;
+        match parse_head(&buffer)? {
+            Some((status, framing, length)) => {
                 buffer.advance(length);
                 return Ok(Response {
                     status,
@@ -72,14 +69,29 @@ where
                     framing,
                 });
             }
-            Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD => {
+            None if buffer.len() < MAX_HEAD => {
                 if read_more(&mut stream, &mut buffer).await? == 0 {
                     return Err(HttpError::Closed);
                 }
             }
-            Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("head too long")),
-            Err(_) => return Err(HttpError::Malformed("not an HTTP/1.1 response head")),
+            None => return Err(HttpError::Malformed("head too long")),
         }
+    }
+}
+
+/// The status, the body's framing and the head's length once `buffer` holds a whole head;
+/// `None` while it is partial. Apart from `get` so that the header array is not kept in every
+/// reader's future across its reads (a kilobyte per watched pod).
+fn parse_head(buffer: &[u8]) -> Result<Option<(u16, Framing, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Response::new(&mut headers);
+    match head.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => {
+            let status = head.code.ok_or(HttpError::Malformed("no status"))?;
+            Ok(Some((status, framing(head.headers)?, length)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(HttpError::Malformed("not an HTTP/1.1 response head")),
     }
 }
 

@@ -42,21 +42,24 @@ pub use pool_store::PoolStore;
 /// Annotation holding a hash of what the operator last applied, so that an unchanged pool
 /// costs no API write.
 const APPLIED_HASH: &str = "asyncpool.dev/applied-hash";
-/// Restarts after which a container that is not ready counts as crash-looping.
-const CRASH_RESTARTS: i32 = 3;
 /// Kubernetes removes the pods with the lowest cost first when a ReplicaSet shrinks.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// The cost that marks a worker to go first.
 const VICTIM_COST: &str = "-1000";
 /// Longest a scale-down waits for the victims' marks to show in the pod cache.
 const MARK_PROPAGATION_LIMIT: Duration = Duration::from_secs(2);
+/// A pool whose plan is carried out is reconciled again after this long even if nothing
+/// changed: a safety net under the watches and the decision rounds, not how it follows load.
+const RESYNC: Duration = Duration::from_secs(300);
 
 /// Operator-wide settings that reconcile needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Image of the injected sidecar, unless a pool overrides it.
     pub sidecar_image: String,
-    /// Reconcile at least this often, so that time windows advance without changes.
+    /// How often every pool's plan is looked at from memory (a decision round), so that time
+    /// windows advance without changes; a pool is reconciled only when its plan asks for
+    /// something the cluster does not show.
     pub tick: Duration,
     /// Least time between two status writes that only change the load figure.
     pub status_interval: Duration,
@@ -194,8 +197,8 @@ impl ReconcileError {
 
 /// Step 1's result: the cluster's current state for this pool.
 struct Observed {
-    deployment: Option<Deployment>,
-    service: Option<Service>,
+    deployment: Option<Arc<Deployment>>,
+    service: Option<Arc<Service>>,
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
     pods: Vec<WorkerPod>,
@@ -286,34 +289,22 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     }
 
     let observed = observe(pool, &key, ctx).await?;
-
-    let effective = match EffectiveSpec::from_spec(&pool.spec, pool.spec.paused) {
+    let effective = match accept(pool, &observed) {
         Ok(effective) => effective,
-        Err(problem) => {
-            let refusal = status::refused("InvalidSpec", problem.to_string());
-            return refuse(pool, ctx, &key, &observed, refusal, Action::await_change()).await;
-        }
+        Err((refusal, next)) => return refuse(pool, ctx, &key, &observed, refusal, next).await,
     };
-    if !observed.foreign.is_empty() {
-        let message = format!(
-            "{} already exist and are not owned by this pool; rename the pool or remove them",
-            observed.foreign.join(" and ")
-        );
-        // Nothing of ours changes when the other objects go: look again now and then.
-        let again = Action::requeue(Duration::from_secs(30));
-        return refuse(
-            pool,
-            ctx,
-            &key,
-            &observed,
-            status::refused("NotOwned", message),
-            again,
-        )
-        .await;
-    }
 
     let own_reading = own_queue_reading(pool, &key, ctx, &observed, &effective);
     let plan = decide(pool, &key, ctx, &observed, &effective, own_reading);
+    // Counted here, not in the decision rounds: the decisions a reconcile carries out.
+    if let Some(decision) = &plan.decision {
+        ctx.metrics
+            .decisions
+            .get_or_create(&KindLabel {
+                kind: decision.kind.as_str(),
+            })
+            .inc();
+    }
 
     let deployment = resources::deployment(
         pool,
@@ -331,25 +322,24 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         }
     };
 
-    let scaled_from = observed
-        .deployment
-        .as_ref()
-        .and_then(|d| d.spec.as_ref()?.replicas);
+    let scaled_from = live_replicas(&observed);
     mark_victims(ctx, &namespace, &plan.victims).await?;
     apply_if_changed(
         ctx,
         &namespace,
         deployment,
-        observed.deployment.as_ref(),
+        observed.deployment.as_deref(),
         "Deployment",
+        |live, desired| deployment_replicas(live) != deployment_replicas(desired),
     )
     .await?;
     apply_if_changed(
         ctx,
         &namespace,
         service,
-        observed.service.as_ref(),
+        observed.service.as_deref(),
         "Service",
+        |_, _| false,
     )
     .await?;
 
@@ -362,11 +352,93 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         urgent: scaled,
     };
     write_status(pool, ctx, &key, report).await?;
+    ctx.pools.set_carried_out(&key, true);
 
     if let (true, Some(from)) = (scaled, scaled_from) {
         publish_scale_event(pool, ctx, from, &plan).await;
     }
-    Ok(Action::requeue(ctx.settings.tick))
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Step 2: whether the operator acts on the pool at all. A spec it cannot carry out, or
+/// same-named objects of someone else, are refused with conditions that say what to fix, and
+/// how the pool is looked at again.
+fn accept(
+    pool: &AsyncWorkerPool,
+    observed: &Observed,
+) -> Result<EffectiveSpec, (Vec<Judgement>, Action)> {
+    let effective = EffectiveSpec::from_spec(&pool.spec, pool.spec.paused).map_err(|problem| {
+        (
+            status::refused("InvalidSpec", problem.to_string()),
+            Action::await_change(),
+        )
+    })?;
+    if !observed.foreign.is_empty() {
+        let message = format!(
+            "{} already exist and are not owned by this pool; rename the pool or remove them",
+            observed.foreign.join(" and ")
+        );
+        // Nothing of ours changes when the other objects go: look again now and then.
+        let again = Action::requeue(Duration::from_secs(30));
+        return Err((status::refused("NotOwned", message), again));
+    }
+    Ok(effective)
+}
+
+/// The Deployment's `spec.replicas`, when the Deployment exists.
+fn live_replicas(observed: &Observed) -> Option<i32> {
+    observed.deployment.as_deref().and_then(deployment_replicas)
+}
+
+/// What a decision round found for one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// The cluster shows what the pool's plan asks for.
+    InSync,
+    /// The plan asks for a size, a mark or a status the cluster does not show: reconcile it.
+    ReconcileDue,
+    /// Not the rounds' business: a pool being deleted, refused, failing (its retry is backed
+    /// off) or not yet reconciled once.
+    NotCarriedOut,
+}
+
+/// One decision round of a pool, from memory alone (the caches and the latest sidecar
+/// readings; no API call): the scaler takes its sample for this second, and the plan is
+/// compared with what the cluster shows. Time alone moves a plan (windows roll, a scale-down
+/// delay runs out, a worker's oldest request grows past its timeout), so every pool the
+/// operator acts on gets a round every tick; only those whose plan moved are reconciled.
+pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
+    let Some(key) = PoolKey::of(pool) else {
+        return Round::NotCarriedOut;
+    };
+    if pool.metadata.deletion_timestamp.is_some()
+        || ctx.pools.failing(&key)
+        || !ctx.pools.carried_out(&key)
+    {
+        return Round::NotCarriedOut;
+    }
+    // An object missing from the caches: the reconcile looks it up (or creates it).
+    let Some(observed) = observe_cached(pool, &key, ctx) else {
+        return Round::ReconcileDue;
+    };
+    let Ok(effective) = accept(pool, &observed) else {
+        return Round::ReconcileDue;
+    };
+    let own_reading = own_queue_reading(pool, &key, ctx, &observed, &effective);
+    let plan = decide(pool, &key, ctx, &observed, &effective, own_reading);
+    let live = live_replicas(&observed);
+    if live != Some(plan.replicas) || !plan.victims.is_empty() {
+        return Round::ReconcileDue;
+    }
+    let judgements = judge(pool, &observed, &plan);
+    let previous = pool.status.clone().unwrap_or_default();
+    let next = next_status(pool, &key, &observed, Some(&plan), &judgements, false);
+    ctx.metrics.record_pool(&key, &figures(pool, &next));
+    match status_change(&previous, &next) {
+        StatusChange::None => Round::InSync,
+        StatusChange::FiguresOnly if status_written_recently(ctx, &key) => Round::InSync,
+        StatusChange::FiguresOnly | StatusChange::Conditions => Round::ReconcileDue,
+    }
 }
 
 // --- observe -----------------------------------------------------------------------------------
@@ -391,6 +463,38 @@ async fn observe(
         owned_object(&ctx.client, &ctx.caches.deployments, key, "Deployment"),
         owned_object(&ctx.client, &ctx.caches.services, key, "Service"),
     )?;
+    let observed = assemble(pool, key, ctx, deployment, service);
+    let readable: Vec<(String, IpAddr)> = observed
+        .pods
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.ip?)))
+        .collect();
+    ctx.readers.sync_pool(key, &readable);
+    Ok(observed)
+}
+
+/// What the caches hold for the pool, `None` when they lack its Deployment or Service (a
+/// decision round makes no API call; the reconcile looks them up).
+fn observe_cached(pool: &AsyncWorkerPool, key: &PoolKey, ctx: &Context) -> Option<Observed> {
+    let deployment = ctx
+        .caches
+        .deployments
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))?;
+    let service = ctx
+        .caches
+        .services
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))?;
+    Some(assemble(pool, key, ctx, Some(deployment), Some(service)))
+}
+
+/// Step 1's result from the pool's objects and its pods in the index.
+fn assemble(
+    pool: &AsyncWorkerPool,
+    key: &PoolKey,
+    ctx: &Context,
+    deployment: Option<Arc<Deployment>>,
+    service: Option<Arc<Service>>,
+) -> Observed {
     let mut foreign = Vec::new();
     let deployment = match deployment {
         Some(d) if !controlled_by(&d.metadata, pool) => {
@@ -406,32 +510,20 @@ async fn observe(
         }
         other => other,
     };
-
     let pods: Vec<WorkerPod> = ctx
         .caches
         .pods
         .pods_of(key)
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-        })
-        .map(|p| worker_pod(p))
+        .filter(|p| !p.leaving)
+        .map(|p| p.worker.clone())
         .collect();
-    let readable: Vec<(String, IpAddr)> = pods
-        .iter()
-        .filter_map(|p| Some((p.name.clone(), p.ip?)))
-        .collect();
-    ctx.readers.sync_pool(key, &readable);
-    Ok(Observed {
+    Observed {
         deployment,
         service,
         foreign,
         pods,
-    })
+    }
 }
 
 /// The pool's object of kind `K`: from the label-scoped cache when it holds it (so an unchanged
@@ -442,7 +534,7 @@ async fn owned_object<K>(
     cache: &Store<K>,
     key: &PoolKey,
     what: &'static str,
-) -> Result<Option<K>, ReconcileError>
+) -> Result<Option<Arc<K>>, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + serde::de::DeserializeOwned
@@ -451,37 +543,13 @@ where
 {
     let reference = ObjectRef::new(&key.name).within(&key.namespace);
     if let Some(cached) = cache.get(&reference) {
-        return Ok(Some((*cached).clone()));
+        return Ok(Some(cached));
     }
     let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
     api.get_opt(&key.name)
         .await
+        .map(|found| found.map(Arc::new))
         .map_err(|source| ReconcileError::Observe { what, source })
-}
-
-fn worker_pod(pod: &Pod) -> WorkerPod {
-    let status = pod.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let crash_looping = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|containers| {
-            containers.iter().any(|c| {
-                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
-                waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
-                    || (!c.ready && c.restart_count >= CRASH_RESTARTS)
-            })
-        });
-    WorkerPod {
-        name: pod.name_any(),
-        ip: status
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|ip| ip.parse().ok()),
-        ready,
-        crash_looping,
-        template: pod.labels().get("pod-template-hash").cloned(),
-    }
 }
 
 // --- decide ------------------------------------------------------------------------------------
@@ -523,37 +591,23 @@ fn decide(
     effective: &EffectiveSpec,
     own_reading: Option<Result<QueueSnapshot, String>>,
 ) -> Plan {
-    let names: Vec<String> = observed.pods.iter().map(|p| p.name.clone()).collect();
     let readings = ctx
         .readers
-        .snapshots(key, &names)
+        .snapshots(key, observed.pods.iter().map(|p| p.name.as_str()))
         .into_iter()
-        .map(|(_, reading)| reading.ok())
+        .map(Result::ok)
         .collect();
     let input = PlanInput {
         pool,
         effective,
-        deployment_replicas: observed
-            .deployment
-            .as_ref()
-            .and_then(|d| d.spec.as_ref()?.replicas),
+        deployment_replicas: live_replicas(observed),
         pods: &observed.pods,
         readings,
         own_reading,
         now: ctx.pools.now(),
     };
-    let plan = ctx
-        .pools
-        .with_memory(key, |memory| planner::plan(input, memory));
-    if let Some(decision) = &plan.decision {
-        ctx.metrics
-            .decisions
-            .get_or_create(&KindLabel {
-                kind: decision.kind.as_str(),
-            })
-            .inc();
-    }
-    plan
+    ctx.pools
+        .with_memory(key, |memory| planner::plan(input, memory))
 }
 
 // --- apply -------------------------------------------------------------------------------------
@@ -573,13 +627,16 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Server-side applies `desired` unless the live object already carries the same content.
+/// Server-side applies `desired` unless the live object already carries the same content and
+/// has not `drifted` from it (someone changed a field we own behind our back, e.g. `kubectl
+/// scale deployment`: the hash annotation alone would not show it).
 async fn apply_if_changed<K>(
     ctx: &Context,
     namespace: &str,
     mut desired: K,
     live: Option<&K>,
     what: &'static str,
+    drifted: impl Fn(&K, &K) -> bool,
 ) -> Result<(), ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -607,15 +664,8 @@ where
     Ok(())
 }
 
-/// Whether someone changed a field we own behind our back (e.g. `kubectl scale deployment`):
-/// the hash annotation alone would not show it.
-fn drifted<K: Serialize>(live: &K, desired: &K) -> bool {
-    let replicas = |object: &K| {
-        serde_json::to_value(object)
-            .ok()
-            .and_then(|v| v.pointer("/spec/replicas").cloned())
-    };
-    replicas(live) != replicas(desired)
+fn deployment_replicas(deployment: &Deployment) -> Option<i32> {
+    deployment.spec.as_ref()?.replicas
 }
 
 /// Gives the victims the lowest deletion cost and waits, briefly, until the pod cache shows the
@@ -662,16 +712,17 @@ async fn mark_victims(
 
 /// Whether the pod cache shows `pod` marked to go first (or no longer holds it: it is gone).
 fn marked_in_cache(ctx: &Context, namespace: &str, pod: &str) -> bool {
-    ctx.caches.pods.get(namespace, pod).is_none_or(|cached| {
-        cached.annotations().get(DELETION_COST).map(String::as_str) == Some(VICTIM_COST)
-    })
+    ctx.caches
+        .pods
+        .get(namespace, pod)
+        .is_none_or(|cached| cached.deletion_cost.as_deref() == Some(VICTIM_COST))
 }
 
 // --- status ------------------------------------------------------------------------------------
 
 /// The conditions, judged by the pure status module from what this reconcile saw and planned.
 fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgement> {
-    let deployment = observed.deployment.as_ref();
+    let deployment = observed.deployment.as_deref();
     // Pods the API server refuses (Pod Security, quotas, admission webhooks) never show up as
     // workers; the Deployment's ReplicaFailure condition says why.
     let refused = deployment
@@ -728,6 +779,7 @@ async fn refuse(
     refusal: Vec<Judgement>,
     next: Action,
 ) -> Result<Action, ReconcileError> {
+    ctx.pools.set_carried_out(key, false);
     let report = StatusReport {
         observed,
         plan: None,
@@ -761,9 +813,55 @@ async fn write_status(
         urgent,
     } = report;
     let previous = pool.status.clone().unwrap_or_default();
+    let next = next_status(pool, key, observed, plan, judgements, urgent);
+    ctx.metrics.record_pool(key, &figures(pool, &next));
+    let change = status_change(&previous, &next);
+    if change == StatusChange::None {
+        return Ok(());
+    }
+    // Load figures, and condition messages that quote them, move every second under traffic;
+    // a status that differs only there is written at a bounded rate.
+    if change == StatusChange::FiguresOnly && !urgent && status_written_recently(ctx, key) {
+        return Ok(());
+    }
+    ctx.pools.with_memory(key, |memory| {
+        if let Some(entry) = memory {
+            entry.last_status_write = Some(Instant::now());
+        }
+    });
+    let api: Api<AsyncWorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "asyncpool.dev/v1alpha1",
+        "kind": "AsyncWorkerPool",
+        "status": next,
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(ReconcileError::Status)?;
+    // After the write, so that a failed one is retried without a second Event.
+    for warning in status::new_warnings(&previous.conditions, judgements) {
+        publish_warning(pool, ctx, warning).await;
+    }
+    Ok(())
+}
+
+/// The status this round would report.
+fn next_status(
+    pool: &AsyncWorkerPool,
+    key: &PoolKey,
+    observed: &Observed,
+    plan: Option<&Plan>,
+    judgements: &[Judgement],
+    urgent: bool,
+) -> AsyncWorkerPoolStatus {
+    let previous = pool.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let deployment_status = observed.deployment.as_ref().and_then(|d| d.status.as_ref());
-    let next = AsyncWorkerPoolStatus {
+    AsyncWorkerPoolStatus {
         observed_generation: pool.metadata.generation,
         replicas: deployment_status.and_then(|s| s.replicas).unwrap_or(0),
         ready_replicas: deployment_status
@@ -785,71 +883,63 @@ async fn write_status(
             pool.metadata.generation,
             &now,
         ),
-    };
-    ctx.metrics.record_pool(
-        key,
-        &PoolFigures {
-            load: next.load,
-            desired: next.desired_replicas,
-            current: next.replicas,
-            ready: next.ready_replicas,
-            min: pool.spec.min_replicas,
-            max: pool.spec.max_replicas,
-        },
-    );
+    }
+}
+
+fn figures(pool: &AsyncWorkerPool, status: &AsyncWorkerPoolStatus) -> PoolFigures {
+    PoolFigures {
+        load: status.load,
+        desired: status.desired_replicas,
+        current: status.replicas,
+        ready: status.ready_replicas,
+        min: pool.spec.min_replicas,
+        max: pool.spec.max_replicas,
+    }
+}
+
+/// How a status differs from the one the pool shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusChange {
+    None,
+    /// Only load and replica figures, or condition messages that quote them.
+    FiguresOnly,
+    /// Anything else: sizes asked for, conditions, the generation observed.
+    Conditions,
+}
+
+fn status_change(previous: &AsyncWorkerPoolStatus, next: &AsyncWorkerPoolStatus) -> StatusChange {
     if next == previous {
-        return Ok(());
+        return StatusChange::None;
     }
-    // Load figures, and condition messages that quote them, move every second under traffic;
-    // a status that differs only there is written at a bounded rate.
-    let only_figures = {
-        let mut a = next.clone();
-        a.load = previous.load;
-        a.replicas = previous.replicas;
-        a.ready_replicas = previous.ready_replicas;
-        for condition in &mut a.conditions {
-            if let Some(before) = previous.conditions.iter().find(|c| {
-                c.type_ == condition.type_
-                    && c.status == condition.status
-                    && c.reason == condition.reason
-            }) {
-                condition.message.clone_from(&before.message);
-            }
+    let mut without_figures = next.clone();
+    without_figures.load = previous.load;
+    without_figures.replicas = previous.replicas;
+    without_figures.ready_replicas = previous.ready_replicas;
+    for condition in &mut without_figures.conditions {
+        if let Some(before) = previous.conditions.iter().find(|c| {
+            c.type_ == condition.type_
+                && c.status == condition.status
+                && c.reason == condition.reason
+        }) {
+            condition.message.clone_from(&before.message);
         }
-        a == previous
-    };
-    let throttled = ctx.pools.with_memory(key, |memory| {
-        let Some(entry) = memory else { return false };
-        let recent = entry
-            .last_status_write
-            .is_some_and(|t| t.elapsed() < ctx.settings.status_interval);
-        if only_figures && recent && !urgent {
-            return true;
-        }
-        entry.last_status_write = Some(Instant::now());
-        false
-    });
-    if throttled {
-        return Ok(());
     }
-    let api: Api<AsyncWorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "asyncpool.dev/v1alpha1",
-        "kind": "AsyncWorkerPool",
-        "status": next,
-    });
-    api.patch_status(
-        &key.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(ReconcileError::Status)?;
-    // After the write, so that a failed one is retried without a second Event.
-    for warning in status::new_warnings(&previous.conditions, judgements) {
-        publish_warning(pool, ctx, warning).await;
+    if without_figures == *previous {
+        StatusChange::FiguresOnly
+    } else {
+        StatusChange::Conditions
     }
-    Ok(())
+}
+
+/// Whether the pool's status was written within the status interval (the throttle of
+/// figure-only changes).
+fn status_written_recently(ctx: &Context, key: &PoolKey) -> bool {
+    ctx.pools.with_memory(key, |memory| {
+        memory
+            .as_ref()
+            .and_then(|entry| entry.last_status_write)
+            .is_some_and(|t| t.elapsed() < ctx.settings.status_interval)
+    })
 }
 
 // --- events ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! The worker pods the operator watches, indexed by pool: a reconcile reads its own pool's pods
 //! without scanning every worker pod of the cluster (at 1,000 pools of 10,000 pods, a scan per
 //! reconcile was 10,000 pods looked at to find ten). Fed by the pod watcher's events, as kube's
-//! reflector store is, and read by reconciles.
+//! reflector store is, and read by reconciles. Each pod is kept as the few facts reconcile
+//! reads ([`IndexedPod`]), not as the Pod object: a Pod, even trimmed, is several KiB.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -11,8 +12,63 @@ use kube::ResourceExt;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use super::DELETION_COST;
+use crate::planner::WorkerPod;
 use crate::pool::PoolKey;
 use asyncpool_contract::pod::POOL_LABEL;
+
+/// Restarts after which a container that is not ready counts as crash-looping.
+const CRASH_RESTARTS: i32 = 3;
+
+/// What the operator keeps of one worker pod.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexedPod {
+    pub(crate) worker: WorkerPod,
+    /// Being deleted, or finished (Succeeded or Failed): no longer one of the pool's workers.
+    pub(crate) leaving: bool,
+    /// Its deletion-cost annotation (the mark of a worker chosen to go first).
+    pub(crate) deletion_cost: Option<String>,
+}
+
+impl IndexedPod {
+    fn of(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let finished = matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        Self {
+            worker: worker_pod(pod),
+            leaving: pod.metadata.deletion_timestamp.is_some() || finished,
+            deletion_cost: pod.annotations().get(DELETION_COST).cloned(),
+        }
+    }
+}
+
+fn worker_pod(pod: &Pod) -> WorkerPod {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let crash_looping = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|containers| {
+            containers.iter().any(|c| {
+                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+                waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
+                    || (!c.ready && c.restart_count >= CRASH_RESTARTS)
+            })
+        });
+    WorkerPod {
+        name: pod.name_any(),
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        ready,
+        crash_looping,
+        template: pod.labels().get("pod-template-hash").cloned(),
+    }
+}
 
 /// A pod's namespace and name.
 type PodName = (String, String);
@@ -20,7 +76,7 @@ type PodName = (String, String);
 #[derive(Default)]
 struct Pods {
     /// Each pool's pods by name.
-    by_pool: HashMap<PoolKey, BTreeMap<String, Arc<Pod>>>,
+    by_pool: HashMap<PoolKey, BTreeMap<String, Arc<IndexedPod>>>,
     /// The pool each pod is filed under, so that a pod whose label changes leaves its old pool.
     pool_of: HashMap<PodName, PoolKey>,
 }
@@ -39,7 +95,7 @@ impl Pods {
         self.by_pool
             .entry(pool.clone())
             .or_default()
-            .insert(name.1.clone(), Arc::new(pod.clone()));
+            .insert(name.1.clone(), Arc::new(IndexedPod::of(pod)));
         self.pool_of.insert(name, pool);
     }
 
@@ -124,7 +180,7 @@ impl PodIndex {
     }
 
     /// The pods of `pool`, by name.
-    pub fn pods_of(&self, pool: &PoolKey) -> Vec<Arc<Pod>> {
+    pub(crate) fn pods_of(&self, pool: &PoolKey) -> Vec<Arc<IndexedPod>> {
         read(&self.pods)
             .by_pool
             .get(pool)
@@ -133,7 +189,7 @@ impl PodIndex {
     }
 
     /// One pod, wherever it is filed.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<IndexedPod>> {
         let pods = read(&self.pods);
         let key = (namespace.to_owned(), name.to_owned());
         let pool = pods.pool_of.get(&key)?;
@@ -184,7 +240,11 @@ mod tests {
     }
 
     fn names(index: &PodIndex, pool: &PoolKey) -> Vec<String> {
-        index.pods_of(pool).iter().map(|p| p.name_any()).collect()
+        index
+            .pods_of(pool)
+            .iter()
+            .map(|p| p.worker.name.clone())
+            .collect()
     }
 
     #[test]
@@ -207,10 +267,11 @@ mod tests {
         let index = PodIndex::default();
         index.apply(&Event::Apply(pod("a", "web-1", "web")));
         let mut updated = pod("a", "web-1", "web");
-        updated.metadata.resource_version = Some("2".into());
+        updated.metadata.annotations =
+            Some([(DELETION_COST.to_owned(), "-1000".to_owned())].into());
         index.apply(&Event::Apply(updated));
         let stored = index.get("a", "web-1").expect("the pod");
-        assert_eq!(stored.metadata.resource_version.as_deref(), Some("2"));
+        assert_eq!(stored.deletion_cost.as_deref(), Some("-1000"));
         assert_eq!(index.len(), 1);
 
         index.apply(&Event::Delete(pod("a", "web-1", "web")));
@@ -247,6 +308,42 @@ mod tests {
         assert_eq!(names(&index, &key("a", "api")), ["new-2"]);
         assert!(index.get("a", "old-1").is_none());
         assert!(!still_waiting(&index), "not ready after the first list");
+    }
+
+    #[test]
+    fn a_pod_is_kept_as_the_facts_reconcile_reads() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "namespace": "a", "name": "web-1",
+                "labels": {POOL_LABEL: "web", "pod-template-hash": "abc"},
+                "deletionTimestamp": "2026-01-01T00:00:00Z"
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.7",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{
+                    "name": "app", "image": "app", "imageID": "", "ready": false,
+                    "restartCount": 3, "state": {"running": {}}
+                }]
+            }
+        }))
+        .unwrap();
+        let kept = IndexedPod::of(&pod);
+        assert_eq!(kept.worker.name, "web-1");
+        assert_eq!(kept.worker.ip, Some("10.0.0.7".parse().unwrap()));
+        assert!(kept.worker.ready);
+        assert!(kept.worker.crash_looping, "not ready after 3 restarts");
+        assert_eq!(kept.worker.template.as_deref(), Some("abc"));
+        assert!(kept.leaving, "being deleted");
+        assert_eq!(kept.deletion_cost, None);
+
+        let mut finished = pod.clone();
+        finished.metadata.deletion_timestamp = None;
+        finished.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(IndexedPod::of(&finished).leaving);
+        finished.status.as_mut().unwrap().phase = Some("Running".into());
+        assert!(!IndexedPod::of(&finished).leaving);
     }
 
     /// Whether waiting for readiness would block now.

@@ -1,6 +1,7 @@
 //! What the operator remembers about each pool between reconciles: the planner's memory (load
-//! windows, the scaler's state, last status write) and the failed reconciles in a row that the
-//! retry backs off with. Kept apart from the shared infrastructure in `reconcile::Context`, and
+//! windows, the scaler's state, last status write), the failed reconciles in a row that the
+//! retry backs off with, and which pools have their plan carried out (the decision rounds'
+//! business). Kept apart from the shared infrastructure in `reconcile::Context`, and
 //! forgotten when the pool is deleted.
 
 use std::collections::{HashMap, HashSet};
@@ -15,8 +16,10 @@ use crate::pool::PoolKey;
 pub struct PoolStore {
     /// The operator's clock starts here: the planner works on durations since.
     origin: Instant,
-    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+    /// `None` where a plan dropped what it had (the entry goes with the pool).
+    memory: Mutex<HashMap<PoolKey, Option<PoolMemory>>>,
     failures: Mutex<HashMap<PoolKey, u32>>,
+    carried_out: Mutex<HashSet<PoolKey>>,
 }
 
 impl Default for PoolStore {
@@ -25,6 +28,7 @@ impl Default for PoolStore {
             origin: Instant::now(),
             memory: Mutex::default(),
             failures: Mutex::default(),
+            carried_out: Mutex::default(),
         }
     }
 }
@@ -47,9 +51,13 @@ impl PoolStore {
         f: impl FnOnce(&mut Option<PoolMemory>) -> R,
     ) -> R {
         let mut memory = lock(&self.memory);
-        let mut entry = memory.remove(key);
+        // In place when the pool has a memory: every decision round comes here for every pool.
+        if let Some(entry) = memory.get_mut(key) {
+            return f(entry);
+        }
+        let mut entry = None;
         let result = f(&mut entry);
-        if let Some(entry) = entry {
+        if entry.is_some() {
             memory.insert(key.clone(), entry);
         }
         result
@@ -74,18 +82,40 @@ impl PoolStore {
         }
     }
 
+    /// Whether the pool's last reconcile failed (its retry is backed off).
+    pub fn failing(&self, key: &PoolKey) -> bool {
+        let failures = lock(&self.failures);
+        !failures.is_empty() && failures.contains_key(key)
+    }
+
+    /// Records whether the pool's last reconcile carried its plan out (`false`: it refused the
+    /// pool, which waits for a change of spec or of the objects in its way).
+    pub fn set_carried_out(&self, key: &PoolKey, carried_out: bool) {
+        let mut set = lock(&self.carried_out);
+        if carried_out {
+            if !set.contains(key) {
+                set.insert(key.clone());
+            }
+        } else {
+            set.remove(key);
+        }
+    }
+
+    pub fn carried_out(&self, key: &PoolKey) -> bool {
+        lock(&self.carried_out).contains(key)
+    }
+
     /// Drops what is kept for pools not in `live`; returns those that had a memory.
     pub fn forget_except(&self, live: &HashSet<PoolKey>) -> Vec<PoolKey> {
         lock(&self.failures).retain(|k, _| live.contains(k));
+        lock(&self.carried_out).retain(|k| live.contains(k));
         let mut memory = lock(&self.memory);
         let gone: Vec<PoolKey> = memory
-            .keys()
-            .filter(|k| !live.contains(k))
-            .cloned()
+            .iter()
+            .filter(|(k, m)| m.is_some() && !live.contains(*k))
+            .map(|(k, _)| k.clone())
             .collect();
-        for key in &gone {
-            memory.remove(key);
-        }
+        memory.retain(|k, _| live.contains(k));
         gone
     }
 }
@@ -137,5 +167,24 @@ mod tests {
         assert_eq!(store.record_failure(key("a")), 1);
         store.forget_except(&HashSet::from([key("a")]));
         assert_eq!(store.record_failure(key("b")), 1, "b was forgotten");
+        assert!(store.failing(&key("b")));
+        assert!(!store.failing(&key("c")));
+    }
+
+    #[test]
+    fn a_refusal_takes_a_pool_out_of_the_rounds_until_it_is_carried_out_again() {
+        let store = PoolStore::default();
+        assert!(
+            !store.carried_out(&key("a")),
+            "not before its first reconcile"
+        );
+        store.set_carried_out(&key("a"), true);
+        store.set_carried_out(&key("b"), true);
+        assert!(store.carried_out(&key("a")));
+        store.set_carried_out(&key("a"), false);
+        assert!(!store.carried_out(&key("a")));
+        assert!(store.carried_out(&key("b")));
+        store.forget_except(&HashSet::new());
+        assert!(!store.carried_out(&key("b")), "forgotten with the pool");
     }
 }

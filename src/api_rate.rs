@@ -1,0 +1,230 @@
+//! The client side of the API server's load: a token bucket in front of the operator's client
+//! (client-go's `--kube-api-qps` and `--kube-api-burst`), so that a change that touches thousands
+//! of pools at once reaches the API server as a steady stream rather than a flood. Requests that
+//! find the bucket empty wait in line; how long each waited is a histogram, so a backlog shows.
+//! The leader lease uses a client of its own, outside the bucket: a full bucket must never cost
+//! the lease.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+/// Requests per second, and how many may go at once after a quiet spell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApiRate {
+    /// Zero turns the limit off.
+    pub qps: f64,
+    pub burst: u32,
+}
+
+impl ApiRate {
+    /// Room for a tenth of 1,000 pools changing at once (a Deployment write, a status write and
+    /// an Event each: 300 requests) without waiting, and a steady 100 per second beyond that.
+    /// Measured by benches/scale.sh; see docs/operator.md, "Sizing".
+    pub const DEFAULT: ApiRate = ApiRate {
+        qps: 100.0,
+        burst: 400,
+    };
+}
+
+/// `burst` tokens, refilled at `qps` per second.
+#[derive(Debug, Clone)]
+struct Bucket {
+    rate: ApiRate,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: ApiRate, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate.burst.max(1)),
+            at: now,
+        }
+    }
+
+    /// Takes a token at `now`, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.rate.qps <= 0.0 || !self.rate.qps.is_finite() {
+            return Ok(());
+        }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = self.at.max(now);
+        self.tokens =
+            (self.tokens + elapsed * self.rate.qps).min(f64::from(self.rate.burst.max(1)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate.qps))
+        }
+    }
+}
+
+/// Puts a [`Throttle`] in front of a client's service stack.
+#[derive(Clone)]
+pub struct ThrottleLayer {
+    rate: ApiRate,
+    waits: Histogram,
+}
+
+impl ThrottleLayer {
+    /// Each request's wait for a token is observed in `waits`, in seconds.
+    pub fn new(rate: ApiRate, waits: Histogram) -> Self {
+        Self { rate, waits }
+    }
+}
+
+impl<S> Layer<S> for ThrottleLayer {
+    type Service = Throttle<S>;
+
+    fn layer(&self, inner: S) -> Throttle<S> {
+        Throttle {
+            inner,
+            bucket: Bucket::full(self.rate, Instant::now()),
+            waits: self.waits.clone(),
+            holding_token: false,
+            waiting: None,
+        }
+    }
+}
+
+/// A service that is ready only once it holds a token. kube's client drives its stack from one
+/// buffer, so requests queue there, in order, while the bucket refills.
+pub struct Throttle<S> {
+    inner: S,
+    bucket: Bucket,
+    waits: Histogram,
+    holding_token: bool,
+    /// The timer until the next token, and when the request began to wait.
+    waiting: Option<(Pin<Box<Sleep>>, Instant)>,
+}
+
+impl<S, R> Service<R> for Throttle<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        while !self.holding_token {
+            if let Some((timer, _)) = &mut self.waiting {
+                ready!(timer.as_mut().poll(cx));
+            }
+            let now = Instant::now();
+            match self.bucket.take(now) {
+                Ok(()) => {
+                    let since = self.waiting.take().map_or(now, |(_, since)| since);
+                    self.waits
+                        .observe(now.saturating_duration_since(since).as_secs_f64());
+                    self.holding_token = true;
+                }
+                Err(delay) => {
+                    let since = self.waiting.as_ref().map_or(now, |(_, since)| *since);
+                    self.waiting = Some((Box::pin(tokio::time::sleep(delay)), since));
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.holding_token = false;
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(qps: f64, burst: u32) -> (Bucket, Instant) {
+        let now = Instant::now();
+        (Bucket::full(ApiRate { qps, burst }, now), now)
+    }
+
+    #[test]
+    fn a_burst_goes_at_once_then_requests_come_at_the_rate() {
+        let (mut bucket, start) = bucket(10.0, 3);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(start), Ok(()));
+        }
+        let wait = bucket.take(start).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert_eq!(bucket.take(start + Duration::from_millis(100)), Ok(()));
+        assert!(bucket.take(start + Duration::from_millis(150)).is_err());
+        // A quiet spell refills no more than the burst.
+        let later = start + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(later), Ok(()));
+        }
+        assert!(bucket.take(later).is_err());
+    }
+
+    #[test]
+    fn zero_qps_is_no_limit() {
+        let (mut bucket, now) = bucket(0.0, 1);
+        for _ in 0..10_000 {
+            assert_eq!(bucket.take(now), Ok(()));
+        }
+    }
+
+    #[test]
+    fn an_instant_from_before_the_last_take_refills_nothing() {
+        let (mut bucket, start) = bucket(10.0, 1);
+        assert_eq!(bucket.take(start + Duration::from_secs(1)), Ok(()));
+        assert!(bucket.take(start).is_err());
+    }
+
+    /// Counts the requests that reach it.
+    #[derive(Default)]
+    struct Counting(u32);
+
+    impl Service<()> for Counting {
+        type Response = ();
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<(), Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            self.0 += 1;
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_past_the_burst_wait_their_turn_and_the_wait_is_observed() {
+        use tower::ServiceExt;
+        let waits = Histogram::new([0.001, 0.1, 1.0].into_iter());
+        let mut service = ThrottleLayer::new(ApiRate { qps: 2.0, burst: 2 }, waits.clone())
+            .layer(Counting::default());
+        let start = Instant::now();
+        for _ in 0..4 {
+            service.ready().await.unwrap().call(()).await.unwrap();
+        }
+        assert_eq!(service.inner.0, 4);
+        // Two at once, then one every half second.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1000) && took < Duration::from_millis(1100),
+            "{took:?}"
+        );
+        let mut encoded = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("waits", "", waits);
+        prometheus_client::encoding::text::encode(&mut encoded, &registry).unwrap();
+        assert!(encoded.contains("waits_count 4"), "{encoded}");
+        assert!(encoded.contains("waits_sum 1.0"), "{encoded}");
+    }
+}
