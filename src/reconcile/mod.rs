@@ -281,6 +281,7 @@ pub fn error_policy(
 
 async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action, ReconcileError> {
     let key = PoolKey::of(pool).ok_or(ReconcileError::NoNamespace)?;
+    let _in_flight = ctx.pools.reconciling(&key);
     let namespace = key.namespace.clone();
     // A pool on its way out: the garbage collector removes what it owns, and an apply now
     // would re-create a Service or Deployment already collected (foreground deletion).
@@ -393,7 +394,8 @@ fn live_replicas(observed: &Observed) -> Option<i32> {
 /// What a decision round found for one pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Round {
-    /// The cluster shows what the pool's plan asks for.
+    /// The cluster shows what the pool's plan asks for, or a reconcile of the pool is in
+    /// flight (it plans for itself).
     InSync,
     /// The plan asks for a size, a mark or a status the cluster does not show: reconcile it.
     ReconcileDue,
@@ -416,6 +418,13 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
         || !ctx.pools.carried_out(&key)
     {
         return Round::NotCarriedOut;
+    }
+    // A reconcile in flight plans for itself. One that hangs (the API server or etcd is
+    // unreachable) must not have rounds deciding meanwhile: what the workers see then (traffic
+    // routed by endpoints nobody can update) is not the pool's load, and a decision taken on it
+    // would be carried out the moment the API server answers.
+    if ctx.pools.is_reconciling(&key) {
+        return Round::InSync;
     }
     // An object missing from the caches: the reconcile looks it up (or creates it).
     let Some(observed) = observe_cached(pool, &key, ctx) else {

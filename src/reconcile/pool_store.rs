@@ -20,6 +20,8 @@ pub struct PoolStore {
     memory: Mutex<HashMap<PoolKey, Option<PoolMemory>>>,
     failures: Mutex<HashMap<PoolKey, u32>>,
     carried_out: Mutex<HashSet<PoolKey>>,
+    /// Pools with a reconcile in flight.
+    reconciling: Mutex<HashSet<PoolKey>>,
 }
 
 impl Default for PoolStore {
@@ -29,6 +31,7 @@ impl Default for PoolStore {
             memory: Mutex::default(),
             failures: Mutex::default(),
             carried_out: Mutex::default(),
+            reconciling: Mutex::default(),
         }
     }
 }
@@ -105,6 +108,20 @@ impl PoolStore {
         lock(&self.carried_out).contains(key)
     }
 
+    /// Marks the pool's reconcile in flight until the guard is dropped (however it ends).
+    pub fn reconciling(&self, key: &PoolKey) -> Reconciling<'_> {
+        lock(&self.reconciling).insert(key.clone());
+        Reconciling {
+            store: self,
+            key: key.clone(),
+        }
+    }
+
+    /// Whether a reconcile of the pool is in flight.
+    pub fn is_reconciling(&self, key: &PoolKey) -> bool {
+        lock(&self.reconciling).contains(key)
+    }
+
     /// Drops what is kept for pools not in `live`; returns those that had a memory.
     pub fn forget_except(&self, live: &HashSet<PoolKey>) -> Vec<PoolKey> {
         lock(&self.failures).retain(|k, _| live.contains(k));
@@ -117,6 +134,18 @@ impl PoolStore {
             .collect();
         memory.retain(|k, _| live.contains(k));
         gone
+    }
+}
+
+/// A reconcile in flight; see [`PoolStore::reconciling`].
+pub struct Reconciling<'a> {
+    store: &'a PoolStore,
+    key: PoolKey,
+}
+
+impl Drop for Reconciling<'_> {
+    fn drop(&mut self) {
+        lock(&self.store.reconciling).remove(&self.key);
     }
 }
 
@@ -169,6 +198,17 @@ mod tests {
         assert_eq!(store.record_failure(key("b")), 1, "b was forgotten");
         assert!(store.failing(&key("b")));
         assert!(!store.failing(&key("c")));
+    }
+
+    #[test]
+    fn a_reconcile_is_in_flight_until_its_guard_goes() {
+        let store = PoolStore::default();
+        assert!(!store.is_reconciling(&key("a")));
+        let guard = store.reconciling(&key("a"));
+        assert!(store.is_reconciling(&key("a")));
+        assert!(!store.is_reconciling(&key("b")));
+        drop(guard);
+        assert!(!store.is_reconciling(&key("a")));
     }
 
     #[test]
