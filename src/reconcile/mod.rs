@@ -441,7 +441,15 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
     }
     let judgements = judge(pool, &observed, &plan);
     let previous = pool.status.clone().unwrap_or_default();
-    let next = next_status(pool, &key, &observed, Some(&plan), &judgements, false);
+    let next = next_status(
+        pool,
+        &previous,
+        &key,
+        &observed,
+        Some(&plan),
+        &judgements,
+        false,
+    );
     ctx.metrics.record_pool(&key, &figures(pool, &next));
     match status_change(&previous, &next) {
         StatusChange::None => Round::InSync,
@@ -822,7 +830,7 @@ async fn write_status(
         urgent,
     } = report;
     let previous = pool.status.clone().unwrap_or_default();
-    let next = next_status(pool, key, observed, plan, judgements, urgent);
+    let next = next_status(pool, &previous, key, observed, plan, judgements, urgent);
     ctx.metrics.record_pool(key, &figures(pool, &next));
     let change = status_change(&previous, &next);
     if change == StatusChange::None {
@@ -858,16 +866,16 @@ async fn write_status(
     Ok(())
 }
 
-/// The status this round would report.
+/// The status this round would report, after `previous` (the pool's status, or the default).
 fn next_status(
     pool: &AsyncWorkerPool,
+    previous: &AsyncWorkerPoolStatus,
     key: &PoolKey,
     observed: &Observed,
     plan: Option<&Plan>,
     judgements: &[Judgement],
     urgent: bool,
 ) -> AsyncWorkerPoolStatus {
-    let previous = pool.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let deployment_status = observed.deployment.as_ref().and_then(|d| d.status.as_ref());
     AsyncWorkerPoolStatus {

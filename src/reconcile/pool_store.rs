@@ -87,8 +87,7 @@ impl PoolStore {
 
     /// Whether the pool's last reconcile failed (its retry is backed off).
     pub fn failing(&self, key: &PoolKey) -> bool {
-        let failures = lock(&self.failures);
-        !failures.is_empty() && failures.contains_key(key)
+        lock(&self.failures).contains_key(key)
     }
 
     /// Records whether the pool's last reconcile carried its plan out (`false`: it refused the
