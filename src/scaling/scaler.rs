@@ -237,6 +237,8 @@ impl Scaler {
             // An invalid policy's windows cannot bound the history, so none is kept; once fixed,
             // scale-down waits for a full window again.
             self.complete_since = now;
+            self.loads.interrupt();
+            self.rate_loads.interrupt();
             return Decision {
                 replicas: current,
                 reason: format!("invalid policy, holding {current}: {error}"),
@@ -251,10 +253,10 @@ impl Scaler {
         }
 
         // History is kept while paused too, so resuming acts on fresh data.
-        if let Some(load) = reading.load {
-            self.loads.record(now, load);
+        match reading.load {
+            Some(load) => self.loads.record(now, load, policy.stable_window),
+            None => self.loads.interrupt(),
         }
-        self.loads.forget_older_than(now, policy.stable_window);
         let rates = self.rates.update(
             now,
             policy.panic_window,
@@ -262,10 +264,12 @@ impl Scaler {
                 .iter()
                 .map(|pod| (pod.name.as_str(), usable(pod.snapshot.as_ref()))),
         );
-        if let Some(rates) = rates {
-            self.rate_loads.record(now, rates.load);
+        match rates {
+            Some(rates) => self
+                .rate_loads
+                .record(now, rates.load, policy.stable_window),
+            None => self.rate_loads.interrupt(),
         }
-        self.rate_loads.forget_older_than(now, policy.stable_window);
 
         if policy.paused {
             self.burst_seen = None;
@@ -816,13 +820,26 @@ impl Scaler {
 
 /// Records `recommendation` made at `now` in `history` and returns the highest one within
 /// `window`, this one included. One entry per second (its highest) keeps the history as long as
-/// the window in seconds, however often decisions come.
+/// the window in seconds, however often decisions come. A second without a decision (the
+/// operator was busy, or had no reason to look) holds the recommendation before it, so a gap in
+/// decisions never cuts a delay short.
 fn remember(
     history: &mut VecDeque<(Duration, u32)>,
     now: Duration,
     recommendation: u32,
     window: Duration,
 ) -> u32 {
+    if let Some(&(last_at, held)) = history.back() {
+        // Only the seconds the window can still see: the gap may be hours.
+        let unseen = now.saturating_sub(window).saturating_sub(last_at).as_secs();
+        let mut at = last_at.saturating_add(Duration::from_secs(unseen.max(1)));
+        while at.as_secs() < now.as_secs() {
+            if now.saturating_sub(at) < window {
+                history.push_back((at, held));
+            }
+            at = at.saturating_add(Duration::from_secs(1));
+        }
+    }
     while history
         .front()
         .is_some_and(|(at, _)| now.saturating_sub(*at) >= window)

@@ -245,6 +245,49 @@ fn scale_down_follows_the_highest_recommendation_of_the_delay() {
 }
 
 #[test]
+fn a_gap_in_decisions_neither_drops_the_peak_nor_cuts_the_delay_short() {
+    // Short windows as the cluster tests use them; decisions stop for almost 5 s (a reconcile
+    // held up by a slow API server) while the load falls from 500 to 0.
+    let policy = Policy {
+        max_replicas: 6,
+        target_per_worker: 10.0,
+        stable_window: Duration::from_secs(4),
+        panic_window: Duration::from_secs(1),
+        scale_down_delay: Duration::from_secs(3),
+        ..Policy::default()
+    };
+    let mut scaler = Scaler::new(Duration::ZERO, 6);
+    let mut replicas = 6;
+    let mut decide = |now: f64, load: u64, replicas: &mut u32| {
+        let decision = scaler.decide(&policy, &observe(now, *replicas, pool(*replicas, load)));
+        *replicas = decision.replicas;
+        decision
+    };
+    for tenth in 0..110 {
+        decide(f64::from(tenth) / 10.0 + 0.2, 500, &mut replicas);
+    }
+    assert_eq!(replicas, 6);
+    // The first decision after the gap sees the load at 0.
+    let calm = 15.9;
+    let mut first_down = None;
+    for tenth in 0..200 {
+        let now = calm + f64::from(tenth) / 10.0;
+        let decision = decide(now, 0, &mut replicas);
+        if decision.replicas < 6 && first_down.is_none() {
+            first_down = Some(now - calm);
+        }
+    }
+    // The held seconds keep the stable mean up until they leave the 4 s window, and the
+    // recommendations then wait out the 3 s delay, as they would have without the gap.
+    let first_down = first_down.expect("the pool scaled down");
+    assert!(
+        first_down >= 3.0,
+        "scaled down {first_down:.1} s after the calm"
+    );
+    assert_eq!(replicas, 1);
+}
+
+#[test]
 fn scale_up_grows_at_most_tenfold_per_second_however_often_decisions_come() {
     let policy = policy(1000);
     let mut scaler = Scaler::new(Duration::ZERO, 1);
