@@ -205,10 +205,12 @@ async fn run_controller(
         instance: config.leader.as_ref().map(|l| l.identity.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
+    let (synced_tx, synced_rx) = watch::channel(false);
     let caches = Caches {
         pods: pod_index.clone(),
         deployments: deployment_store.clone(),
         services: service_store.clone(),
+        synced: synced_rx,
     };
     let context = Arc::new(Context {
         client: client.clone(),
@@ -235,7 +237,7 @@ async fn run_controller(
         .graceful_shutdown_on(shutdown);
     let pool_store = controller.store();
 
-    // Ready once the pool and pod caches hold a full list.
+    // Ready, and reconciling, once every cache holds a full list.
     let readiness = {
         let pool_store = pool_store.clone();
         let ready = ready.clone();
@@ -245,6 +247,7 @@ async fn run_controller(
                 && synced(&deployment_store).await
                 && synced(&service_store).await
             {
+                synced_tx.send_replace(true);
                 ready.store(true, Ordering::SeqCst);
                 tracing::info!("caches synced; ready");
             }

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::crd::AsyncWorkerPool;
 use crate::pool::{EffectiveSpec, initial_replicas};
+use crate::queue::reader::Unavailable;
 use crate::scaling::{
     Candidate, Decision, ExternalReading, Observation, PodReading, Scaler, Supervision,
     choose_victims,
@@ -63,8 +64,9 @@ pub(crate) struct PlanInput<'a> {
     /// The Deployment's `spec.replicas`, when the Deployment exists.
     pub(crate) deployment_replicas: Option<i32>,
     pub(crate) pods: &'a [WorkerPod],
-    /// Each pod's latest sidecar reading, in the order of `pods`; `None` is missing data.
-    pub(crate) readings: Vec<Option<QueueSnapshot>>,
+    /// Each pod's latest sidecar reading, in the order of `pods`; why not where data is
+    /// missing.
+    pub(crate) readings: Vec<Result<QueueSnapshot, Unavailable>>,
     /// The operator's own read of a Redis queue, when it made one (no worker ready).
     pub(crate) own_reading: Option<Result<QueueSnapshot, String>>,
     pub(crate) now: Duration,
@@ -99,9 +101,10 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
     let pods: Vec<PodReading> = workers
         .iter()
         .zip(readings)
-        .map(|(pod, snapshot)| PodReading {
+        .map(|(pod, reading)| PodReading {
             name: pod.name.clone(),
-            snapshot,
+            unread: reading == Err(Unavailable::NotReadYet),
+            snapshot: reading.ok(),
             ready: pod.ready,
         })
         .collect();
@@ -369,6 +372,7 @@ mod tests {
                 completed_total: completed,
                 ..QueueSnapshot::of_pod(0, 1)
             }),
+            unread: false,
             ready: true,
         }
     }
@@ -412,7 +416,7 @@ spec:
                 effective,
                 deployment_replicas: Some(3),
                 pods: &workers,
-                readings: vec![Some(QueueSnapshot::of_pod(0, load)); 3],
+                readings: vec![Ok(QueueSnapshot::of_pod(0, load)); 3],
                 own_reading: None,
                 now: Duration::from_secs(100),
             },
@@ -483,7 +487,10 @@ spec:
         let (pool, effective) = pool_with("");
         let readings = workers
             .iter()
-            .map(|w| (!w.crash_looping).then(|| QueueSnapshot::of_pod(load, 5)))
+            .map(|w| match w.crash_looping {
+                false => Ok(QueueSnapshot::of_pod(load, 5)),
+                true => Err(Unavailable::Failed("crash-looping".into())),
+            })
             .collect();
         plan(
             PlanInput {

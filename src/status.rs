@@ -19,6 +19,7 @@ pub const STALLED: &str = "Stalled";
 /// `Ready=False` reasons that only a change to the pool or the cluster can clear.
 /// Degraded, but the operator is fixing it: not a reason to stall.
 const WORKER_CRASH_LOOPING: &str = "WorkerCrashLooping";
+const AWAITING_READINGS: &str = "AwaitingReadings";
 const STALLED_READY_REASONS: [&str; 3] = ["InvalidSpec", "InvalidTemplate", "NotOwned"];
 
 /// One condition as reconcile judged it, before timestamps.
@@ -194,6 +195,21 @@ fn worker_metrics(metrics: Option<MetricsState>) -> Judgement {
             "NoReadings",
             "no worker answers /queue with valid data; holding the size (or fallbackReplicas)",
         ),
+        Some(MetricsState::Awaiting { starting: 0, .. }) => Judgement::new(
+            METRICS_AVAILABLE,
+            false,
+            AWAITING_READINGS,
+            "no worker is ready to report its queue yet; holding the size",
+        ),
+        Some(MetricsState::Awaiting { starting, .. }) => Judgement::new(
+            METRICS_AVAILABLE,
+            false,
+            AWAITING_READINGS,
+            format!(
+                "{starting} worker(s) started (or the operator did) and have not reported yet; \
+                 holding the size"
+            ),
+        ),
         Some(MetricsState::NoSource) => Judgement::new(
             METRICS_AVAILABLE,
             false,
@@ -327,6 +343,26 @@ pub fn new_warnings(previous: &[Condition], judgements: &[Judgement]) -> Vec<War
             note: j.message.clone(),
         })
         .collect()
+}
+
+/// While a pool awaits its workers' first readings (`MetricsState::Awaiting`) it has learned
+/// nothing new about its load: the conditions keep what the last readings said, so an operator
+/// restart rewrites no status (the MetricsAvailable condition, and the Scaling message that
+/// quotes the last decision). A pool that never had readings shows `AwaitingReadings`.
+pub fn keep_last_readings(previous: &[Condition], conditions: &mut [Condition]) {
+    for condition in conditions {
+        let Some(before) = previous.iter().find(|c| c.type_ == condition.type_) else {
+            continue;
+        };
+        let same_state = before.status == condition.status && before.reason == condition.reason;
+        if condition.type_ == METRICS_AVAILABLE {
+            let generation = condition.observed_generation;
+            condition.clone_from(before);
+            condition.observed_generation = generation;
+        } else if condition.type_ == SCALING && same_state {
+            condition.message.clone_from(&before.message);
+        }
+    }
 }
 
 /// Turns judgements into conditions, keeping `lastTransitionTime` of every condition whose
@@ -466,6 +502,21 @@ mod tests {
                 METRICS_AVAILABLE,
                 false,
                 "NoReadings",
+            ),
+            (
+                "every ready worker is starting",
+                |f| {
+                    f.decision = Some((
+                        "r",
+                        MetricsState::Awaiting {
+                            since: Duration::from_secs(12),
+                            starting: 3,
+                        },
+                    ))
+                },
+                METRICS_AVAILABLE,
+                false,
+                "AwaitingReadings",
             ),
             (
                 "no worker yet",
@@ -737,6 +788,57 @@ mod tests {
         let mut quiet = healthy.to_vec();
         quiet.push(partial);
         assert!(new_warnings(&[], &quiet).is_empty());
+        // Workers that have yet to report once are no problem either.
+        let mut starting = steady();
+        starting.decision = Some((
+            "r",
+            MetricsState::Awaiting {
+                since: Duration::ZERO,
+                starting: 3,
+            },
+        ));
+        assert!(new_warnings(&[], &judge(&starting)).is_empty());
+    }
+
+    #[test]
+    fn awaiting_first_readings_keeps_what_the_last_readings_said() {
+        let before = merge_conditions(&[], &judge(&steady()), Some(1), &at(10));
+        let mut starting = steady();
+        starting.decision = Some((
+            "waiting for the first readings; holding 3",
+            MetricsState::Awaiting {
+                since: Duration::ZERO,
+                starting: 3,
+            },
+        ));
+        let mut after = merge_conditions(&before, &judge(&starting), Some(1), &at(20));
+        assert_ne!(
+            after, before,
+            "the judgements alone would rewrite the status"
+        );
+        keep_last_readings(&before, &mut after);
+        assert_eq!(after, before);
+        // A new generation is still acknowledged; a Scaling state of its own still shows.
+        starting.wanted = 5;
+        let mut moved = merge_conditions(&before, &judge(&starting), Some(2), &at(20));
+        keep_last_readings(&before, &mut moved);
+        let find = |conditions: &[Condition], type_: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .cloned()
+                .unwrap()
+        };
+        let metrics = find(&moved, METRICS_AVAILABLE);
+        assert_eq!(
+            (metrics.reason.as_str(), metrics.observed_generation),
+            ("AllWorkersReport", Some(2))
+        );
+        assert_eq!(find(&moved, SCALING).reason, "ScalingUp");
+        // Never read before: it says so.
+        let mut fresh = merge_conditions(&[], &judge(&starting), Some(1), &at(20));
+        keep_last_readings(&[], &mut fresh);
+        assert_eq!(find(&fresh, METRICS_AVAILABLE).reason, "AwaitingReadings");
     }
 
     #[test]

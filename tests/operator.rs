@@ -738,6 +738,17 @@ async fn a_restarted_operator_does_not_flap() {
     let s = setup("e2e-restart").await;
     let mut operator = OperatorProcess::start(&s.ns.name, "first", &["--leader-elect=false"]).await;
     let _fleet = s.loaded_pool("steady", json!({}), 40, 4).await;
+    let metrics_condition = || async {
+        let status = s.pools.get("steady").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "MetricsAvailable")
+    };
+    let before = eventually("workers reporting", Duration::from_secs(10), || async {
+        metrics_condition().await.filter(|c| c.status == "True")
+    })
+    .await;
 
     operator.kill();
     let _restarted = OperatorProcess::start(&s.ns.name, "second", &["--leader-elect=false"]).await;
@@ -753,6 +764,19 @@ async fn a_restarted_operator_does_not_flap() {
         seen.last(),
         Some(&4),
         "replicas after the restart: {seen:?}"
+    );
+    // Readers connecting after the restart are no gap in the data: the condition never flipped
+    // (its transition time stands) and nobody was warned of missing readings.
+    let after = metrics_condition().await.expect("MetricsAvailable");
+    assert_eq!(
+        (after.status.as_str(), &after.last_transition_time),
+        ("True", &before.last_transition_time),
+        "{after:?}"
+    );
+    let warned = support::operator_events(&s.client, &s.ns.name, "steady").await;
+    assert!(
+        !warned.iter().any(|(reason, _)| reason == "NoReadings"),
+        "{warned:?}"
     );
 }
 

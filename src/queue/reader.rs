@@ -83,6 +83,25 @@ impl Reading {
     }
 }
 
+/// Why a pod has no snapshot to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No read of the pod's sidecar has finished since its reader started: connecting (an
+    /// operator that just started has thousands to open), not silent.
+    NotReadYet,
+    /// The last read failed, or its snapshot is stale; why, in words.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::NotReadYet => f.write_str("not read yet"),
+            Unavailable::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// How a read failed, in a bounded set for metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -218,13 +237,13 @@ impl SidecarReaders {
         self.sync_pool(pool, &[]);
     }
 
-    /// The current snapshot of each named pod, in order; an error (why, in words) where data
-    /// is missing or stale.
+    /// The current snapshot of each named pod, in order; why not where data is missing or
+    /// stale.
     pub fn snapshots<'a>(
         &self,
         pool: &PoolKey,
         pods: impl IntoIterator<Item = &'a str>,
-    ) -> Vec<Result<QueueSnapshot, String>> {
+    ) -> Vec<Result<QueueSnapshot, Unavailable>> {
         let readings = lock(&self.readings);
         let pool_readings = readings.get(pool);
         let now = Instant::now();
@@ -235,12 +254,12 @@ impl SidecarReaders {
                 {
                     Ok(snapshot.clone())
                 }
-                Some(Reading::Snapshot { at, .. }) => Err(format!(
+                Some(Reading::Snapshot { at, .. }) => Err(Unavailable::Failed(format!(
                     "last reading is {:.1}s old",
                     now.duration_since(*at).as_secs_f64()
-                )),
-                Some(Reading::Failed { error }) => Err(error.clone()),
-                None => Err("not read yet".to_owned()),
+                ))),
+                Some(Reading::Failed { error }) => Err(Unavailable::Failed(error.clone())),
+                None => Err(Unavailable::NotReadYet),
             })
             .collect()
     }
@@ -506,7 +525,10 @@ mod tests {
             .await
             .expect("a reading is announced");
         assert_eq!(announced, Some(pool.clone()));
-        readers.snapshots(&pool, ["pod-a"]).remove(0)
+        readers
+            .snapshots(&pool, ["pod-a"])
+            .remove(0)
+            .map_err(|why| why.to_string())
     }
 
     #[tokio::test]
@@ -633,6 +655,6 @@ mod tests {
         timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
         readers.forget_pool(&pool);
         let after = readers.snapshots(&pool, ["pod-a"]);
-        assert_eq!(after[0], Err("not read yet".to_owned()));
+        assert_eq!(after[0], Err(Unavailable::NotReadYet));
     }
 }

@@ -31,7 +31,7 @@ use asyncpool_contract::queue::QueueSnapshot;
 use asyncpool_contract::redis::RedisTls;
 
 use crate::resources::{self, FIELD_MANAGER};
-use crate::scaling::DecisionKind;
+use crate::scaling::{DecisionKind, MetricsState};
 use crate::status::{self, Judgement, merge_conditions};
 
 mod pod_index;
@@ -85,6 +85,17 @@ pub struct Caches {
     pub pods: PodIndex,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
+    /// True once every cache above holds its first full list.
+    pub synced: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Caches {
+    /// Waits until every cache holds its first full list (returns at once if whoever fills
+    /// them has stopped: the operator is shutting down).
+    async fn synced(&self) {
+        let mut synced = self.synced.clone();
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
 }
 
 /// What every reconcile shares: the infrastructure, built once at start, and the per-pool
@@ -118,6 +129,7 @@ impl Context {
                 pods: PodIndex::default(),
                 deployments: kube::runtime::reflector::store().0,
                 services: kube::runtime::reflector::store().0,
+                synced: tokio::sync::watch::channel(true).1,
             },
             readers: SidecarReaders::new(
                 crate::queue::reader::ReaderConfig::default(),
@@ -289,6 +301,9 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         return Ok(Action::await_change());
     }
 
+    // Planned before the caches hold a full list, a pool would see no pods (and report that),
+    // and each missing Deployment and Service would cost a GET: after a restart, thousands.
+    ctx.caches.synced().await;
     let observed = observe(pool, &key, ctx).await?;
     let effective = match accept(pool, &observed) {
         Ok(effective) => effective,
@@ -450,7 +465,8 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
         &judgements,
         false,
     );
-    ctx.metrics.record_pool(&key, &figures(pool, &next));
+    ctx.metrics
+        .record_pool(&key, &figures(pool, &next, Some(&plan)));
     match status_change(&previous, &next) {
         StatusChange::None => Round::InSync,
         StatusChange::FiguresOnly if status_written_recently(ctx, &key) => Round::InSync,
@@ -610,10 +626,7 @@ fn decide(
 ) -> Plan {
     let readings = ctx
         .readers
-        .snapshots(key, observed.pods.iter().map(|p| p.name.as_str()))
-        .into_iter()
-        .map(Result::ok)
-        .collect();
+        .snapshots(key, observed.pods.iter().map(|p| p.name.as_str()));
     let input = PlanInput {
         pool,
         effective,
@@ -831,7 +844,7 @@ async fn write_status(
     } = report;
     let previous = pool.status.clone().unwrap_or_default();
     let next = next_status(pool, &previous, key, observed, plan, judgements, urgent);
-    ctx.metrics.record_pool(key, &figures(pool, &next));
+    ctx.metrics.record_pool(key, &figures(pool, &next, plan));
     let change = status_change(&previous, &next);
     if change == StatusChange::None {
         return Ok(());
@@ -878,6 +891,18 @@ fn next_status(
 ) -> AsyncWorkerPoolStatus {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let deployment_status = observed.deployment.as_ref().and_then(|d| d.status.as_ref());
+    let awaiting = plan
+        .and_then(|p| p.decision.as_ref())
+        .is_some_and(|d| matches!(d.metrics, MetricsState::Awaiting { .. }));
+    let mut conditions = merge_conditions(
+        &previous.conditions,
+        judgements,
+        pool.metadata.generation,
+        &now,
+    );
+    if awaiting {
+        status::keep_last_readings(&previous.conditions, &mut conditions);
+    }
     AsyncWorkerPoolStatus {
         observed_generation: pool.metadata.generation,
         replicas: deployment_status.and_then(|s| s.replicas).unwrap_or(0),
@@ -885,7 +910,11 @@ fn next_status(
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0),
         desired_replicas: plan.map_or(previous.desired_replicas, |p| p.replicas),
-        load: plan.and_then(|p| p.decision.as_ref()?.observed_load),
+        load: if awaiting {
+            previous.load
+        } else {
+            plan.and_then(|p| p.decision.as_ref()?.observed_load)
+        },
         last_scale_time: if urgent && plan.is_some() {
             Some(now.clone())
         } else {
@@ -894,18 +923,19 @@ fn next_status(
         selector: Some(resources::selector_string(&key.name)),
         handled_replicas_request: plan
             .map_or(previous.handled_replicas_request, |p| p.handled_request),
-        conditions: merge_conditions(
-            &previous.conditions,
-            judgements,
-            pool.metadata.generation,
-            &now,
-        ),
+        conditions,
     }
 }
 
-fn figures(pool: &AsyncWorkerPool, status: &AsyncWorkerPoolStatus) -> PoolFigures {
+/// The pool's figures for the metrics: the load this plan read (the status keeps the last one
+/// read while the pool awaits its first readings; the metrics show none).
+fn figures(
+    pool: &AsyncWorkerPool,
+    status: &AsyncWorkerPoolStatus,
+    plan: Option<&Plan>,
+) -> PoolFigures {
     PoolFigures {
-        load: status.load,
+        load: plan.and_then(|p| p.decision.as_ref()?.observed_load),
         desired: status.desired_replicas,
         current: status.replicas,
         ready: status.ready_replicas,

@@ -31,6 +31,11 @@ const RATE_NOISE_SIGMAS: f64 = 2.0;
 /// a gap in its data (that would hold off every scale-down for a stable window).
 pub const FIRST_READING_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a ready pod whose reader has not finished a single read yet still counts as
+/// starting rather than silent: an operator that just started opens a reader per pod, and at
+/// thousands of pods the last ones connect tens of seconds later.
+pub const FIRST_READ_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Averages of whole loads carry float noise (10.000000001); it must not add a worker.
 const CEIL_SLACK: f64 = 1e-9;
 
@@ -42,6 +47,9 @@ pub struct PodReading {
     /// values. Missing data is never read as zero. A snapshot that fails
     /// [`QueueSnapshot::validate`] counts as `None`.
     pub snapshot: Option<QueueSnapshot>,
+    /// No read of the pod's sidecar has finished yet (its reader is connecting): a ready pod
+    /// in that state is starting, not missing, for up to [`FIRST_READ_PATIENCE`].
+    pub unread: bool,
     /// The pod's Ready condition. A silent pod that is not ready is starting or failing: it is
     /// not missing data while other sources answer, and it is not capacity.
     pub ready: bool,
@@ -99,6 +107,10 @@ pub enum MetricsState {
     Partial { missing: usize },
     /// No source has answered since `since`.
     Missing { since: Duration },
+    /// No source has answered since `since`, but none is silent either: every ready pod (if
+    /// any) is starting: just turned ready, or its reader has yet to finish a first read, as
+    /// after an operator restart. Decided as `Missing`; reported as waiting, not as a problem.
+    Awaiting { since: Duration, starting: usize },
     /// Nothing to read: no pods and no external source (a pool at zero, or pods not listed yet).
     NoSource,
 }
@@ -109,6 +121,7 @@ impl MetricsState {
             MetricsState::Available => "available",
             MetricsState::Partial { .. } => "partial",
             MetricsState::Missing { .. } => "missing",
+            MetricsState::Awaiting { .. } => "awaiting",
             MetricsState::NoSource => "no_source",
         }
     }
@@ -308,7 +321,7 @@ impl Scaler {
                     "nothing to read: no pods listed and no external reading".to_owned()
                 }],
             },
-            MetricsState::Missing { since } => {
+            MetricsState::Missing { since } | MetricsState::Awaiting { since, .. } => {
                 self.recommend_when_silent(policy, now, current, since)
             }
             MetricsState::Available | MetricsState::Partial { .. } => {
@@ -329,8 +342,9 @@ impl Scaler {
         }
     }
 
-    /// Ready pods still within [`FIRST_READING_GRACE`] of turning ready without having answered
-    /// once: starting, not missing.
+    /// Ready pods that have not answered once and are still within [`FIRST_READING_GRACE`] of
+    /// turning ready (or within [`FIRST_READ_PATIENCE`] while their reader has not finished a
+    /// read): starting, not missing.
     fn awaiting_first_reading(&mut self, now: Duration, obs: &Observation) -> Vec<bool> {
         let listed: HashSet<&str> = obs.pods.iter().map(|pod| pod.name.as_str()).collect();
         self.first_readings
@@ -345,7 +359,11 @@ impl Scaler {
                         if answered {
                             *entry = None;
                         }
-                        entry.is_some_and(|ready| now.saturating_sub(ready) < FIRST_READING_GRACE)
+                        entry.is_some_and(|ready| {
+                            let waited = now.saturating_sub(ready);
+                            waited < FIRST_READING_GRACE
+                                || (pod.unread && waited < FIRST_READ_PATIENCE)
+                        })
                     }
                     None if answered => {
                         self.first_readings.insert(pod.name.clone(), None);
@@ -365,8 +383,14 @@ impl Scaler {
         let metrics = if reading.sources == 0 {
             MetricsState::NoSource
         } else if reading.load.is_none() {
-            MetricsState::Missing {
-                since: *self.silent_since.get_or_insert(now),
+            let since = *self.silent_since.get_or_insert(now);
+            if reading.missing == 0 {
+                MetricsState::Awaiting {
+                    since,
+                    starting: reading.starting,
+                }
+            } else {
+                MetricsState::Missing { since }
             }
         } else if reading.missing > 0 {
             MetricsState::Partial {
@@ -375,7 +399,10 @@ impl Scaler {
         } else {
             MetricsState::Available
         };
-        if !matches!(metrics, MetricsState::Missing { .. }) {
+        if !matches!(
+            metrics,
+            MetricsState::Missing { .. } | MetricsState::Awaiting { .. }
+        ) {
             self.silent_since = None;
         }
         if metrics != MetricsState::Available {
@@ -888,6 +915,8 @@ struct Reading {
     sources: usize,
     /// Ready pods (and the external source) without a usable reading.
     missing: usize,
+    /// Ready pods without a reading that are starting, not missing.
+    starting: usize,
     /// Ready pods not known to be draining: the serving capacity, for the panic threshold.
     ready_workers: u32,
 }
@@ -904,6 +933,7 @@ impl Reading {
         };
         let mut answered = 0usize;
         let mut missing = 0usize;
+        let mut starting = 0usize;
         let mut ready_workers = 0u32;
         for (index, pod) in obs.pods.iter().enumerate() {
             match usable(pod.snapshot.as_ref()) {
@@ -917,7 +947,9 @@ impl Reading {
                 }
                 None if pod.ready => {
                     // Serving, so capacity; silent because its reader has yet to connect.
-                    if !awaited.get(index).copied().unwrap_or(false) {
+                    if awaited.get(index).copied().unwrap_or(false) {
+                        starting += 1;
+                    } else {
                         missing += 1;
                     }
                     ready_workers = ready_workers.saturating_add(1);
@@ -947,6 +979,7 @@ impl Reading {
             load: (answered > 0).then(|| pod_scoped + pool_scoped.unwrap_or(0.0)),
             sources,
             missing,
+            starting,
             ready_workers,
         }
     }

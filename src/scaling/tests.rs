@@ -19,6 +19,7 @@ fn pod(name: &str, load: u64) -> PodReading {
     PodReading {
         name: name.to_owned(),
         snapshot: Some(snapshot(0, load)),
+        unread: false,
         ready: true,
     }
 }
@@ -27,6 +28,7 @@ fn silent(name: &str) -> PodReading {
     PodReading {
         name: name.to_owned(),
         snapshot: None,
+        unread: false,
         ready: true,
     }
 }
@@ -436,9 +438,16 @@ fn silence_holds_then_falls_back_and_never_lowers() {
     let silent_pods = || vec![silent("a"), silent("b"), silent("c")];
 
     let mut scaler = Scaler::new(secs(100.0), 3);
+    // Seen ready and silent for the first time: starting, but the grace runs from here.
     let d = scaler.decide(&with_fallback, &observe(100.0, 3, silent_pods()));
     assert_eq!((d.replicas, d.kind), (3, DecisionKind::MissingData));
-    assert_eq!(d.metrics, MetricsState::Missing { since: secs(100.0) });
+    assert_eq!(
+        d.metrics,
+        MetricsState::Awaiting {
+            since: secs(100.0),
+            starting: 3
+        }
+    );
     assert!(
         d.reason.contains("fallback to 6 after 10 s"),
         "{}",
@@ -446,6 +455,7 @@ fn silence_holds_then_falls_back_and_never_lowers() {
     );
     let d = scaler.decide(&with_fallback, &observe(109.0, 3, silent_pods()));
     assert_eq!(d.replicas, 3);
+    assert_eq!(d.metrics, MetricsState::Missing { since: secs(100.0) });
     let d = scaler.decide(&with_fallback, &observe(110.0, 3, silent_pods()));
     assert_eq!((d.replicas, d.kind), (6, DecisionKind::Fallback));
     assert_eq!(d.observed_load, None);
@@ -617,6 +627,7 @@ fn pool_scoped_readings_count_once() {
         PodReading {
             name: name.to_owned(),
             snapshot: Some(s),
+            unread: false,
             ready: true,
         }
     };
@@ -665,9 +676,77 @@ fn silent_pods_that_are_not_ready_are_not_missing_data() {
     let pods = vec![pod("a", 10), pod("b", 10), starting.clone()];
     let d = scaler.decide(&policy(20), &observe(0.0, 3, pods));
     assert_eq!(d.metrics, MetricsState::Available);
-    // When nobody answers at all, the load is unknown whatever the readiness.
+    // When nobody answers at all, the load is unknown: decided as missing data, but with
+    // nothing ready there is no silent worker, so the pool only awaits its readings.
     let d = scaler.decide(&policy(20), &observe(1.0, 3, vec![starting]));
-    assert_eq!(d.metrics, MetricsState::Missing { since: secs(1.0) });
+    assert_eq!(
+        d.metrics,
+        MetricsState::Awaiting {
+            since: secs(1.0),
+            starting: 0
+        }
+    );
+    assert_eq!(d.kind, DecisionKind::MissingData);
+}
+
+#[test]
+fn pods_whose_readers_have_not_read_yet_are_awaited_not_missing() {
+    // After an operator restart every reader is connecting: the pool awaits its first
+    // readings (no warning), for up to FIRST_READ_PATIENCE, and decides as on missing data.
+    let with_fallback = Policy {
+        fallback_replicas: Some(6),
+        ..policy(20)
+    };
+    let unread = |name: &str| PodReading {
+        unread: true,
+        ..silent(name)
+    };
+    let mut scaler = Scaler::new(Duration::ZERO, 3);
+    let mut round =
+        |now: f64, pods: Vec<PodReading>| scaler.decide(&with_fallback, &observe(now, 3, pods));
+    let awaiting = |starting| MetricsState::Awaiting {
+        since: Duration::ZERO,
+        starting,
+    };
+    let d = round(0.0, vec![unread("a"), unread("b"), unread("c")]);
+    assert_eq!((d.metrics, d.replicas), (awaiting(3), 3));
+    let d = round(9.0, vec![unread("a"), unread("b"), unread("c")]);
+    assert_eq!((d.metrics, d.replicas), (awaiting(3), 3));
+    // Missing data's rules still hold: the fallback after its grace, counted from the start.
+    let d = round(10.0, vec![unread("a"), unread("b"), unread("c")]);
+    assert_eq!(
+        (d.metrics, d.replicas, d.kind),
+        (awaiting(3), 6, DecisionKind::Fallback)
+    );
+    // A reader that tried and failed makes its pod missing once the first-reading grace is over.
+    let d = round(11.0, vec![unread("a"), unread("b"), silent("c")]);
+    assert_eq!(
+        d.metrics,
+        MetricsState::Missing {
+            since: Duration::ZERO
+        }
+    );
+    // Never read at all: patience runs out too.
+    let mut scaler = Scaler::new(Duration::ZERO, 3);
+    let patience = scaler::FIRST_READ_PATIENCE.as_secs_f64();
+    let d = scaler.decide(&policy(20), &observe(0.0, 3, vec![unread("a")]));
+    assert!(matches!(d.metrics, MetricsState::Awaiting { .. }));
+    let d = scaler.decide(&policy(20), &observe(patience - 0.5, 3, vec![unread("a")]));
+    assert!(matches!(d.metrics, MetricsState::Awaiting { .. }));
+    let d = scaler.decide(&policy(20), &observe(patience, 3, vec![unread("a")]));
+    assert_eq!(
+        d.metrics,
+        MetricsState::Missing {
+            since: Duration::ZERO
+        }
+    );
+    // One answer ends the wait for the pool: the others count as they are.
+    let mut scaler = Scaler::new(Duration::ZERO, 3);
+    let d = scaler.decide(
+        &policy(20),
+        &observe(0.0, 3, vec![pod("a", 5), unread("b")]),
+    );
+    assert_eq!(d.metrics, MetricsState::Available);
 }
 
 #[test]
@@ -1191,6 +1270,7 @@ impl Feed {
                 PodReading {
                     name: format!("p{i}"),
                     snapshot,
+                    unread: false,
                     ready: step.ready,
                 }
             })
@@ -1378,6 +1458,7 @@ proptest! {
                     draining: s.5,
                     ..snapshot(0, 0)
                 }),
+                unread: false,
                 ready: s.6,
             }).collect();
             let obs = Observation {
@@ -1426,6 +1507,7 @@ fn run_counted_pool(
                 PodReading {
                     name: name.clone(),
                     snapshot: Some(s),
+                    unread: false,
                     ready: true,
                 }
             })
