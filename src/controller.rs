@@ -305,13 +305,18 @@ async fn decision_rounds(
     loop {
         every.tick().await;
         let started = std::time::Instant::now();
+        let mut resting = 0i64;
         for slice in pools.state().chunks(SLICE) {
             for pool in slice {
-                if reconcile::decision_round(pool, &context) == Round::ReconcileDue
-                    && let Some(key) = PoolKey::of(pool)
-                {
-                    // The receiver is gone only while the operator shuts down.
-                    let _ = due.send(key);
+                match reconcile::decision_round(pool, &context) {
+                    Round::ReconcileDue => {
+                        if let Some(key) = PoolKey::of(pool) {
+                            // The receiver is gone only while the operator shuts down.
+                            let _ = due.send(key);
+                        }
+                    }
+                    Round::Resting => resting += 1,
+                    Round::InSync | Round::NotCarriedOut => {}
                 }
             }
             tokio::task::yield_now().await;
@@ -320,6 +325,7 @@ async fn decision_rounds(
             .metrics
             .decision_round_seconds
             .observe(started.elapsed().as_secs_f64());
+        context.metrics.pools_at_rest.set(resting);
     }
 }
 

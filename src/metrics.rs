@@ -56,6 +56,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// One decision round over every pool.
     pub decision_round_seconds: Histogram,
+    /// Pools the last decision round left alone because they were at rest.
+    pub pools_at_rest: Gauge,
     /// Each API request's wait for the client's rate limit (`api_rate`).
     pub api_wait_seconds: Histogram,
     pub decisions: Family<KindLabel, Counter>,
@@ -96,6 +98,13 @@ impl Default for Metrics {
             "decision_round_duration_seconds",
             "Time one decision round over every pool took",
             decision_round_seconds.clone(),
+        );
+        let pools_at_rest = Gauge::default();
+        registry.register(
+            "pools_at_rest",
+            "Pools the last decision round skipped: nothing they are planned from changed, and \
+             their scaler is at a fixed point",
+            pools_at_rest.clone(),
         );
         // From 10 µs: almost every request waits not at all.
         let api_wait_seconds = Histogram::new(exponential_buckets(0.00001, 4.0, 10));
@@ -149,6 +158,7 @@ impl Default for Metrics {
             reconcile_errors,
             reconcile_seconds,
             decision_round_seconds,
+            pools_at_rest,
             api_wait_seconds,
             decisions,
             pool_load,

@@ -27,6 +27,56 @@ pub(crate) struct PoolMemory {
     pub(crate) recycling: Option<(String, String)>,
     /// Whether the Deployment runs one worker above the decision for that recycling.
     pub(crate) surged: bool,
+    /// The last plan was at rest, with the cluster showing it (see `reconcile::decision_round`).
+    pub(crate) rest: Option<Rest>,
+}
+
+/// A pool at rest: what its plan was made from, and until when rounds found all of it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rest {
+    pub(crate) stamp: RestStamp,
+    pub(crate) unchanged_until: Option<Duration>,
+}
+
+/// The versions of everything a plan is made from: the pool object, its Deployment and
+/// Service, its pods in the index and its sidecars' readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RestStamp {
+    pub(crate) pool: Option<String>,
+    pub(crate) deployment: Option<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) pods: u64,
+    pub(crate) readings: u64,
+}
+
+/// [`RestStamp`]'s fields as read this round, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sources<'a> {
+    pub(crate) pool: Option<&'a str>,
+    pub(crate) deployment: Option<&'a str>,
+    pub(crate) service: Option<&'a str>,
+    pub(crate) pods: u64,
+    pub(crate) readings: u64,
+}
+
+impl RestStamp {
+    pub(crate) fn of(sources: Sources) -> Self {
+        Self {
+            pool: sources.pool.map(str::to_owned),
+            deployment: sources.deployment.map(str::to_owned),
+            service: sources.service.map(str::to_owned),
+            pods: sources.pods,
+            readings: sources.readings,
+        }
+    }
+
+    pub(crate) fn matches(&self, sources: Sources) -> bool {
+        self.pool.as_deref() == sources.pool
+            && self.deployment.as_deref() == sources.deployment
+            && self.service.as_deref() == sources.service
+            && self.pods == sources.pods
+            && self.readings == sources.readings
+    }
 }
 
 /// One worker pod as reconcile sees it.
@@ -54,6 +104,10 @@ pub(crate) struct Plan {
     pub(crate) note: Option<String>,
     /// How the operator's own read of the queue went, when it read it (see `own_queue_reading`).
     pub(crate) own_read: Option<Result<(), String>>,
+    /// The same plan would come out at any later time, as long as the pool, its objects, its
+    /// pods and its readings stay as they are: the scaler is at rest, nothing is recycled or
+    /// crash-looping, and the operator reads no queue itself (that read moves on its own).
+    pub(crate) at_rest: bool,
 }
 
 /// What a reconcile knows when it plans: the pool, what the cluster holds for it, what its
@@ -121,7 +175,12 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         last_status_write: None,
         recycling: None,
         surged: false,
+        rest: None,
     });
+    // Rounds left the pool alone while it rested: its readings, counters included, held still.
+    if let Some(until) = entry.rest.take().and_then(|rest| rest.unchanged_until) {
+        entry.scaler.rested_until(until);
+    }
     // A recycled worker that is gone (or going) ends its recycling.
     if let Some((pod, _)) = &entry.recycling
         && !workers.iter().any(|p| &p.name == pod)
@@ -148,6 +207,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
             victims: shrink_victims(current, replicas, &candidates, None),
             note: None,
             own_read,
+            at_rest: false,
         };
     }
 
@@ -192,6 +252,13 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         retiring = step.retiring;
         note = step.note;
     }
+    let at_rest = entry.scaler.at_rest()
+        && !pool.spec.paused
+        && entry.recycling.is_none()
+        && degraded.is_none()
+        && own_read.is_none()
+        && note.is_none()
+        && replicas == current;
     Plan {
         replicas,
         decision: Some(decision),
@@ -201,6 +268,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         victims: shrink_victims(current, replicas, &candidates, retiring.as_deref()),
         note,
         own_read,
+        at_rest,
     }
 }
 
@@ -351,6 +419,7 @@ mod tests {
             last_status_write: None,
             recycling: None,
             surged: false,
+            rest: None,
         }
     }
 

@@ -259,6 +259,48 @@ async fn pool_becomes_a_deployment_and_service_that_scale_with_load() {
     );
 }
 
+/// The operator's `asyncpool_pools_at_rest` gauge.
+async fn pools_at_rest(operator: &OperatorProcess) -> Option<f64> {
+    let text = operator.metrics().await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("asyncpool_pools_at_rest "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_pool_at_rest_is_left_alone_and_still_reacts_at_once() {
+    let s = setup("e2e-rest").await;
+    let operator = s.operator().await;
+    // Idle: nothing in flight, so nothing its sidecars say moves (requests in flight would
+    // move their busy time and age every second).
+    let fleet = s.loaded_pool("calm", json!({}), 0, 1).await;
+    let at_rest = |want: f64| {
+        let operator = &operator;
+        move || async move { (pools_at_rest(operator).await == Some(want)).then_some(()) }
+    };
+    // Once its windows have levelled (4 s here), the rounds leave the pool alone.
+    eventually("the pool at rest", Duration::from_secs(30), at_rest(1.0)).await;
+    // A load change wakes it at once: 45 needs 5 workers.
+    let burst = Instant::now();
+    fleet.set_total_load(45);
+    wait_replicas(&s.deployments, "calm", 5, Duration::from_secs(10)).await;
+    assert!(
+        burst.elapsed() < Duration::from_secs(5),
+        "scale-up from rest took {:?}",
+        burst.elapsed()
+    );
+    eventually("the pool busy", Duration::from_secs(5), at_rest(0.0)).await;
+    // Idle again: back to its minimum after the scale-down delay, and at rest there.
+    fleet.set_total_load(0);
+    wait_replicas(&s.deployments, "calm", 1, Duration::from_secs(30)).await;
+    eventually(
+        "the pool at rest again",
+        Duration::from_secs(30),
+        at_rest(1.0),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn silent_or_garbage_sidecars_hold_the_size_and_fallback_applies() {
     let s = setup("e2e-missing").await;

@@ -142,7 +142,30 @@ struct Running {
 
 /// The latest reading of each pod, by pool, so that a pool's readings are found without
 /// building a key per pod.
-type Readings = Mutex<HashMap<PoolKey, HashMap<String, Reading>>>;
+type Readings = Mutex<AllReadings>;
+
+#[derive(Default)]
+struct AllReadings {
+    pools: HashMap<PoolKey, PoolReadings>,
+    /// Changes recorded so far: each pool's version is the change that last touched it.
+    changes: u64,
+}
+
+#[derive(Default)]
+struct PoolReadings {
+    pods: HashMap<String, Reading>,
+    version: u64,
+}
+
+impl AllReadings {
+    /// Marks `pool`'s readings changed (it has an entry).
+    fn touch(&mut self, pool: &PoolKey) {
+        self.changes += 1;
+        if let Some(entry) = self.pools.get_mut(pool) {
+            entry.version = self.changes;
+        }
+    }
+}
 
 /// All per-pod reader tasks, and their latest readings.
 pub struct SidecarReaders {
@@ -192,10 +215,11 @@ impl SidecarReaders {
             if !keep {
                 reader.task.abort();
                 let mut readings = lock(&self.readings);
-                if let Some(pool_readings) = readings.get_mut(pool) {
-                    pool_readings.remove(pod);
-                    if pool_readings.is_empty() {
-                        readings.remove(pool);
+                readings.touch(pool);
+                if let Some(pool_readings) = readings.pools.get_mut(pool) {
+                    pool_readings.pods.remove(pod);
+                    if pool_readings.pods.is_empty() {
+                        readings.pools.remove(pool);
                     }
                 }
             }
@@ -245,10 +269,10 @@ impl SidecarReaders {
         pods: impl IntoIterator<Item = &'a str>,
     ) -> Vec<Result<QueueSnapshot, Unavailable>> {
         let readings = lock(&self.readings);
-        let pool_readings = readings.get(pool);
+        let pool_readings = readings.pools.get(pool);
         let now = Instant::now();
         pods.into_iter()
-            .map(|pod| match pool_readings.and_then(|r| r.get(pod)) {
+            .map(|pod| match pool_readings.and_then(|r| r.pods.get(pod)) {
                 Some(Reading::Snapshot { snapshot, at })
                     if now.duration_since(*at) <= self.config.stale_after =>
                 {
@@ -262,6 +286,17 @@ impl SidecarReaders {
                 None => Err(Unavailable::NotReadYet),
             })
             .collect()
+    }
+
+    /// A number that changes whenever anything recorded about `pool`'s sidecars changes, other
+    /// than the time of a repeated reading (0: nothing recorded). Equal versions mean equal
+    /// [`SidecarReaders::snapshots`], as long as none has gone stale; the readers record a
+    /// watch stream that stays silent that long as a failure, so that this holds.
+    pub fn version(&self, pool: &PoolKey) -> u64 {
+        lock(&self.readings)
+            .pools
+            .get(pool)
+            .map_or(0, |entry| entry.version)
     }
 }
 
@@ -282,26 +317,35 @@ fn record(
 ) {
     let changed = {
         let mut all = lock(readings);
+        let AllReadings { pools, changes } = &mut *all;
         // Entry by reference first: a pool's map exists for as long as it has readings, so
         // the key is cloned once per pool and pod, not once per reading.
-        let map = match all.get_mut(&key.pool) {
-            Some(map) => map,
-            None => all.entry(key.pool.clone()).or_default(),
+        let entry = match pools.get_mut(&key.pool) {
+            Some(entry) => entry,
+            None => pools.entry(key.pool.clone()).or_default(),
         };
-        let previous = map.get_mut(key.pod.as_str());
-        let changed = match (previous.as_deref(), &reading) {
+        let previous = entry.pods.get_mut(key.pod.as_str());
+        // What the scaler acts on (a wake), and anything a plan reads (a new version).
+        let (changed, differs) = match (previous.as_deref(), &reading) {
             (
                 Some(Reading::Snapshot { snapshot: old, .. }),
                 Reading::Snapshot { snapshot: new, .. },
-            ) => old.load() != new.load() || old.draining != new.draining,
-            (Some(Reading::Failed { .. }), Reading::Failed { .. }) => false,
-            _ => true,
+            ) => (
+                old.load() != new.load() || old.draining != new.draining,
+                old != new,
+            ),
+            (Some(Reading::Failed { .. }), Reading::Failed { .. }) => (false, false),
+            _ => (true, true),
         };
         match previous {
             Some(slot) => *slot = reading,
             None => {
-                map.insert(key.pod.clone(), reading);
+                entry.pods.insert(key.pod.clone(), reading);
             }
+        }
+        if differs {
+            *changes += 1;
+            entry.version = *changes;
         }
         changed
     };
@@ -323,9 +367,18 @@ async fn read_pod(
     let mut next_watch_attempt = Instant::now();
     loop {
         if config.watch && Instant::now() >= next_watch_attempt {
-            let outcome = watch_stream(address, &config, |snapshot, latency| {
-                observer.read_ok(latency, true);
-                record(&key, Reading::fresh(snapshot), &readings, &changes);
+            let outcome = watch_stream(address, &config, |event| match event {
+                WatchEvent::Line(snapshot, latency) => {
+                    observer.read_ok(latency, true);
+                    record(&key, Reading::fresh(snapshot), &readings, &changes);
+                }
+                WatchEvent::Silent(for_how_long) => {
+                    let error = format!(
+                        "no line from the watch stream for {:.1}s",
+                        for_how_long.as_secs_f64()
+                    );
+                    record(&key, Reading::Failed { error }, &readings, &changes);
+                }
             })
             .await;
             // Until the watch works again, polling keeps the data fresh. A sidecar that is not
@@ -412,12 +465,28 @@ async fn poll_once(address: SocketAddr, config: &ReaderConfig) -> Result<QueueSn
         .map_err(|_| ReadError::Timeout)?
 }
 
-/// Follows `GET /queue?watch=true`, handing each valid line to `on_snapshot`, until the stream
-/// breaks, goes silent past the idle timeout, or sends garbage.
+fn line_hash(line: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(line);
+    hasher.finish()
+}
+
+/// What a watch stream tells its reader.
+enum WatchEvent {
+    /// A valid line, and how long the first one took since the request (zero for the rest).
+    Line(QueueSnapshot, Duration),
+    /// No line for this long: the last one is stale (the stream may still recover).
+    Silent(Duration),
+}
+
+/// Follows `GET /queue?watch=true`, handing each valid line to `on_event` and saying when the
+/// stream has been silent for `stale_after`, until the stream breaks, goes silent past the idle
+/// timeout, or sends garbage.
 async fn watch_stream(
     address: SocketAddr,
     config: &ReaderConfig,
-    mut on_snapshot: impl FnMut(QueueSnapshot, Duration),
+    mut on_event: impl FnMut(WatchEvent),
 ) -> Result<(), ReadError> {
     let started = Instant::now();
     let mut response = timeout(
@@ -431,11 +500,25 @@ async fn watch_stream(
     }
     let mut buffer = BytesMut::new();
     let mut first = true;
+    // A heartbeat repeats the last line: it is not parsed again. Its hash is kept rather than
+    // the line: ten thousand streams each holding a line would cost megabytes.
+    let mut last: Option<(u64, QueueSnapshot)> = None;
+    let stale_after = config.stale_after.min(config.watch_idle_timeout);
     loop {
-        let data = timeout(config.watch_idle_timeout, response.data())
-            .await
-            .map_err(|_| ReadError::Timeout)?
-            .map_err(|e| ReadError::Http(e.to_string()))?;
+        let data = {
+            let next = response.data();
+            tokio::pin!(next);
+            match timeout(stale_after, &mut next).await {
+                Ok(data) => data,
+                Err(_) => {
+                    on_event(WatchEvent::Silent(stale_after));
+                    timeout(config.watch_idle_timeout - stale_after, &mut next)
+                        .await
+                        .map_err(|_| ReadError::Timeout)?
+                }
+            }
+        }
+        .map_err(|e| ReadError::Http(e.to_string()))?;
         let Some(data) = data else {
             return Err(ReadError::Http("stream closed".into()));
         };
@@ -446,15 +529,23 @@ async fn watch_stream(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let snapshot =
-                QueueSnapshot::parse(line).map_err(|e| ReadError::Invalid(e.to_string()))?;
+            let hash = line_hash(line);
+            let snapshot = match &last {
+                Some((previous, snapshot)) if *previous == hash => snapshot.clone(),
+                _ => {
+                    let snapshot = QueueSnapshot::parse(line)
+                        .map_err(|e| ReadError::Invalid(e.to_string()))?;
+                    last = Some((hash, snapshot.clone()));
+                    snapshot
+                }
+            };
             let latency = if first {
                 started.elapsed()
             } else {
                 Duration::ZERO
             };
             first = false;
-            on_snapshot(snapshot, latency);
+            on_event(WatchEvent::Line(snapshot, latency));
         }
         if buffer.remaining() > MAX_BODY {
             return Err(ReadError::Invalid("line too long".into()));
@@ -618,6 +709,103 @@ mod tests {
         assert!(polls.load(std::sync::atomic::Ordering::SeqCst) <= 1);
     }
 
+    /// Counts the lines and polls read.
+    #[derive(Default)]
+    struct CountReads(std::sync::atomic::AtomicUsize);
+    impl ReadObserver for CountReads {
+        fn read_ok(&self, _: Duration, _: bool) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn read_failed(&self, _: &'static str) {}
+    }
+
+    #[tokio::test]
+    async fn a_pools_version_moves_with_what_its_readings_say_and_a_silent_stream_goes_stale() {
+        // A sidecar whose watch stream sends the lines the test gives it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (lines, mut to_send) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            while let Some(line) = to_send.recv().await {
+                let line = format!("{line}\n");
+                let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                let _ = socket.write_all(chunk.as_bytes()).await;
+            }
+        });
+        let (tx, mut woken) = mpsc::unbounded_channel();
+        let reads = Arc::new(CountReads::default());
+        let config = ReaderConfig {
+            watch: true,
+            // Long enough that no step below is slower, even on a loaded machine.
+            stale_after: Duration::from_secs(2),
+            watch_idle_timeout: Duration::from_secs(30),
+            ..config(address.port())
+        };
+        let readers = SidecarReaders::new(config, tx, reads.clone());
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        assert_eq!(readers.version(&pool), 0, "nothing read yet");
+        readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+        let read = |count: usize| {
+            let reads = reads.clone();
+            async move {
+                timeout(Duration::from_secs(5), async {
+                    while reads.0.load(std::sync::atomic::Ordering::SeqCst) < count {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .expect("the line was read");
+            }
+        };
+
+        lines.send(SNAPSHOT.to_owned()).unwrap();
+        read(1).await;
+        let first = readers.version(&pool);
+        assert!(first > 0);
+        assert!(woken.try_recv().is_ok(), "a first reading wakes the pool");
+        // A heartbeat repeats the line: nothing changed.
+        lines.send(SNAPSHOT.to_owned()).unwrap();
+        read(2).await;
+        assert_eq!(readers.version(&pool), first);
+        // A figure the scaler does not wake for, but a plan reads: a new version, no wake.
+        lines
+            .send(SNAPSHOT.replace(
+                "\"oldestInFlightSeconds\":0.1",
+                "\"oldestInFlightSeconds\":7.5",
+            ))
+            .unwrap();
+        read(3).await;
+        let second = readers.version(&pool);
+        assert!(second > first);
+        assert!(woken.try_recv().is_err(), "woken for an unchanged load");
+        assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok());
+
+        // Silence: at stale_after the reading is recorded as failed, and the pool woken.
+        timeout(Duration::from_secs(5), woken.recv())
+            .await
+            .expect("the stale reading is announced");
+        let stale = readers.snapshots(&pool, ["pod-a"]).remove(0);
+        assert!(
+            matches!(&stale, Err(Unavailable::Failed(why)) if why.contains("no line")),
+            "{stale:?}"
+        );
+        assert!(readers.version(&pool) > second);
+        // The stream recovers.
+        lines.send(SNAPSHOT.to_owned()).unwrap();
+        timeout(Duration::from_secs(5), woken.recv())
+            .await
+            .expect("the fresh reading is announced");
+        assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok());
+    }
+
     #[tokio::test]
     async fn syncing_one_pool_leaves_the_others_readers_alone() {
         let address = serve(http("200 OK", SNAPSHOT)).await;
@@ -637,7 +825,7 @@ mod tests {
         assert!(readers.snapshots(&pool("b"), ["b-1"])[0].is_ok());
         assert_eq!(lock(&readers.running).len(), 1, "pool a keeps no entry");
         assert!(
-            !lock(&readers.readings).contains_key(&pool("a")),
+            !lock(&readers.readings).pools.contains_key(&pool("a")),
             "nor any reading"
         );
     }

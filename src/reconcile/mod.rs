@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use crate::metrics::{CategoryLabel, KindLabel, Metrics, PoolFigures, ResultLabel};
-use crate::planner::{self, Plan, PlanInput, WorkerPod};
+use crate::planner::{self, Plan, PlanInput, Rest, RestStamp, Sources, WorkerPod};
 use crate::pool::EffectiveSpec;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
@@ -412,6 +412,8 @@ pub enum Round {
     /// The cluster shows what the pool's plan asks for, or a reconcile of the pool is in
     /// flight (it plans for itself).
     InSync,
+    /// Left alone: its last plan was at rest and nothing it is planned from has changed since.
+    Resting,
     /// The plan asks for a size, a mark or a status the cluster does not show: reconcile it.
     ReconcileDue,
     /// Not the rounds' business: a pool being deleted, refused, failing (its retry is backed
@@ -424,6 +426,9 @@ pub enum Round {
 /// compared with what the cluster shows. Time alone moves a plan (windows roll, a scale-down
 /// delay runs out, a worker's oldest request grows past its timeout), so every pool the
 /// operator acts on gets a round every tick; only those whose plan moved are reconciled.
+/// A pool whose last plan was at rest (`Plan::at_rest`), with the cluster showing it, is left
+/// alone until the pool, its objects, its pods or its readings change: at rest, a round costs
+/// a few lookups rather than a plan.
 pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
     let Some(key) = PoolKey::of(pool) else {
         return Round::NotCarriedOut;
@@ -442,9 +447,36 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
         return Round::InSync;
     }
     // An object missing from the caches: the reconcile looks it up (or creates it).
-    let Some(observed) = observe_cached(pool, &key, ctx) else {
+    let Some((deployment, service)) = cached_objects(&key, ctx) else {
         return Round::ReconcileDue;
     };
+    let sources = Sources {
+        pool: pool.metadata.resource_version.as_deref(),
+        deployment: deployment.metadata.resource_version.as_deref(),
+        service: service.metadata.resource_version.as_deref(),
+        pods: ctx.caches.pods.version_of(&key),
+        readings: ctx.readers.version(&key),
+    };
+    let now = ctx.pools.now();
+    let resting = ctx.pools.with_memory(&key, |memory| {
+        match memory.as_mut().and_then(|m| m.rest.as_mut()) {
+            Some(rest) if rest.stamp.matches(sources) => {
+                rest.unchanged_until = Some(now);
+                true
+            }
+            _ => false,
+        }
+    });
+    if resting {
+        return Round::Resting;
+    }
+    let observed = assemble(
+        pool,
+        &key,
+        ctx,
+        Some(deployment.clone()),
+        Some(service.clone()),
+    );
     let Ok(effective) = accept(pool, &observed) else {
         return Round::ReconcileDue;
     };
@@ -467,7 +499,19 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
     );
     ctx.metrics
         .record_pool(&key, &figures(pool, &next, Some(&plan)));
-    match status_change(&previous, &next) {
+    let change = status_change(&previous, &next);
+    // At rest only with the status showing the plan: a figure held back by the status
+    // throttle still needs the round that writes it.
+    let rest = (plan.at_rest && change == StatusChange::None).then(|| Rest {
+        stamp: RestStamp::of(sources),
+        unchanged_until: None,
+    });
+    ctx.pools.with_memory(&key, |memory| {
+        if let Some(memory) = memory {
+            memory.rest = rest;
+        }
+    });
+    match change {
         StatusChange::None => Round::InSync,
         StatusChange::FiguresOnly if status_written_recently(ctx, &key) => Round::InSync,
         StatusChange::FiguresOnly | StatusChange::Conditions => Round::ReconcileDue,
@@ -506,9 +550,9 @@ async fn observe(
     Ok(observed)
 }
 
-/// What the caches hold for the pool, `None` when they lack its Deployment or Service (a
+/// The pool's Deployment and Service as the caches hold them, `None` when they lack either (a
 /// decision round makes no API call; the reconcile looks them up).
-fn observe_cached(pool: &AsyncWorkerPool, key: &PoolKey, ctx: &Context) -> Option<Observed> {
+fn cached_objects(key: &PoolKey, ctx: &Context) -> Option<(Arc<Deployment>, Arc<Service>)> {
     let deployment = ctx
         .caches
         .deployments
@@ -517,7 +561,7 @@ fn observe_cached(pool: &AsyncWorkerPool, key: &PoolKey, ctx: &Context) -> Optio
         .caches
         .services
         .get(&ObjectRef::new(&key.name).within(&key.namespace))?;
-    Some(assemble(pool, key, ctx, Some(deployment), Some(service)))
+    Some((deployment, service))
 }
 
 /// Step 1's result from the pool's objects and its pods in the index.

@@ -5,6 +5,7 @@
 //! reads ([`IndexedPod`]), not as the Pod object: a Pod, even trimmed, is several KiB.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -73,16 +74,23 @@ fn worker_pod(pod: &Pod) -> WorkerPod {
 /// A pod's namespace and name.
 type PodName = (String, String);
 
+/// One pool's pods by name, and the index's change count when they last changed.
+#[derive(Default)]
+struct PoolPods {
+    pods: BTreeMap<String, Arc<IndexedPod>>,
+    version: u64,
+}
+
 #[derive(Default)]
 struct Pods {
-    /// Each pool's pods by name.
-    by_pool: HashMap<PoolKey, BTreeMap<String, Arc<IndexedPod>>>,
+    by_pool: HashMap<PoolKey, PoolPods>,
     /// The pool each pod is filed under, so that a pod whose label changes leaves its old pool.
     pool_of: HashMap<PodName, PoolKey>,
 }
 
 impl Pods {
-    fn insert(&mut self, pod: &Pod) {
+    /// Files `pod`; `change` is a number no earlier change of the index had.
+    fn insert(&mut self, pod: &Pod, change: u64) {
         let Some((name, pool)) = keys(pod) else {
             return;
         };
@@ -90,26 +98,28 @@ impl Pods {
             && previous != &pool
         {
             let previous = previous.clone();
-            self.remove_from(&previous, &name.1);
+            self.remove_from(&previous, &name.1, change);
         }
-        self.by_pool
-            .entry(pool.clone())
-            .or_default()
+        let entry = self.by_pool.entry(pool.clone()).or_default();
+        entry
+            .pods
             .insert(name.1.clone(), Arc::new(IndexedPod::of(pod)));
+        entry.version = change;
         self.pool_of.insert(name, pool);
     }
 
-    fn remove(&mut self, pod: &Pod) {
+    fn remove(&mut self, pod: &Pod, change: u64) {
         let name = (pod.namespace().unwrap_or_default(), pod.name_any());
         if let Some(pool) = self.pool_of.remove(&name) {
-            self.remove_from(&pool, &name.1);
+            self.remove_from(&pool, &name.1, change);
         }
     }
 
-    fn remove_from(&mut self, pool: &PoolKey, pod: &str) {
-        if let Some(pods) = self.by_pool.get_mut(pool) {
-            pods.remove(pod);
-            if pods.is_empty() {
+    fn remove_from(&mut self, pool: &PoolKey, pod: &str, change: u64) {
+        if let Some(entry) = self.by_pool.get_mut(pool) {
+            entry.pods.remove(pod);
+            entry.version = change;
+            if entry.pods.is_empty() {
                 self.by_pool.remove(pool);
             }
         }
@@ -138,6 +148,9 @@ pub struct PodIndex {
     /// never sees half a list.
     relist: Arc<RwLock<Option<Pods>>>,
     ready: watch::Sender<bool>,
+    /// Changes applied so far, across relists: each pool's version is the change that last
+    /// touched its pods.
+    changes: Arc<AtomicU64>,
 }
 
 impl Default for PodIndex {
@@ -146,6 +159,7 @@ impl Default for PodIndex {
             pods: Arc::default(),
             relist: Arc::default(),
             ready: watch::channel(false).0,
+            changes: Arc::default(),
         }
     }
 }
@@ -162,14 +176,15 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl PodIndex {
     /// Applies one event of the pod watcher.
     pub fn apply(&self, event: &watcher::Event<Pod>) {
+        let change = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
         match event {
-            watcher::Event::Apply(pod) => write(&self.pods).insert(pod),
-            watcher::Event::Delete(pod) => write(&self.pods).remove(pod),
+            watcher::Event::Apply(pod) => write(&self.pods).insert(pod, change),
+            watcher::Event::Delete(pod) => write(&self.pods).remove(pod, change),
             watcher::Event::Init => *write(&self.relist) = Some(Pods::default()),
             watcher::Event::InitApply(pod) => {
                 write(&self.relist)
                     .get_or_insert_with(Pods::default)
-                    .insert(pod);
+                    .insert(pod, change);
             }
             watcher::Event::InitDone => {
                 let listed = write(&self.relist).take().unwrap_or_default();
@@ -184,8 +199,16 @@ impl PodIndex {
         read(&self.pods)
             .by_pool
             .get(pool)
-            .map(|pods| pods.values().cloned().collect())
+            .map(|entry| entry.pods.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// A number that changes whenever the pods of `pool` change (0: it has none).
+    pub(crate) fn version_of(&self, pool: &PoolKey) -> u64 {
+        read(&self.pods)
+            .by_pool
+            .get(pool)
+            .map_or(0, |entry| entry.version)
     }
 
     /// One pod, wherever it is filed.
@@ -193,7 +216,7 @@ impl PodIndex {
         let pods = read(&self.pods);
         let key = (namespace.to_owned(), name.to_owned());
         let pool = pods.pool_of.get(&key)?;
-        pods.by_pool.get(pool)?.get(name).cloned()
+        pods.by_pool.get(pool)?.pods.get(name).cloned()
     }
 
     /// How many pods the index holds.
@@ -291,6 +314,36 @@ mod tests {
         assert!(index.pods_of(&key("a", "web")).is_empty());
         assert_eq!(names(&index, &key("a", "api")), ["w-1"]);
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_pools_version_moves_with_its_own_pods_only() {
+        let index = PodIndex::default();
+        let (web, api) = (key("a", "web"), key("a", "api"));
+        assert_eq!(index.version_of(&web), 0);
+        index.apply(&Event::Apply(pod("a", "w-1", "web")));
+        index.apply(&Event::Apply(pod("a", "x-1", "api")));
+        let before = index.version_of(&web);
+        assert!(before > 0);
+        // Another pool's change leaves it alone; any change of its own moves it.
+        index.apply(&Event::Apply(pod("a", "x-2", "api")));
+        assert_eq!(index.version_of(&web), before);
+        index.apply(&Event::Apply(pod("a", "w-1", "web")));
+        let updated = index.version_of(&web);
+        assert!(updated > before);
+        index.apply(&Event::Apply(pod("a", "x-1", "web")));
+        assert!(index.version_of(&web) > updated, "a pod relabelled into it");
+        assert!(index.version_of(&api) > updated, "and out of the other");
+        // A relist gives every pool a version it never had.
+        let listed = index.version_of(&web);
+        index.apply(&Event::Init);
+        index.apply(&Event::InitApply(pod("a", "w-1", "web")));
+        index.apply(&Event::InitApply(pod("a", "x-1", "web")));
+        index.apply(&Event::InitDone);
+        assert!(index.version_of(&web) > listed);
+        index.apply(&Event::Delete(pod("a", "w-1", "web")));
+        index.apply(&Event::Delete(pod("a", "x-1", "web")));
+        assert_eq!(index.version_of(&web), 0, "no pods left");
     }
 
     #[test]

@@ -159,6 +159,7 @@ mod tests {
             last_status_write: None,
             recycling: None,
             surged: false,
+            rest: None,
         }
     }
 

@@ -108,6 +108,16 @@ impl History {
         arrivals
     }
 
+    /// The counters have not moved since before `start`.
+    fn still_since(&self, start: Duration) -> bool {
+        let same = |r: &Counters| {
+            r.arrived == self.latest.arrived
+                && r.completed == self.latest.completed
+                && r.busy_seconds == self.latest.busy_seconds
+        };
+        self.first_at() <= start && self.readings.iter().all(same)
+    }
+
     /// Arrivals, completions and busy seconds from the oldest reading kept to the latest.
     fn deltas(&self) -> (u64, u64, f64) {
         let first = self.readings.front().unwrap_or(&self.latest);
@@ -134,6 +144,25 @@ pub(super) struct RateTracker {
 }
 
 impl RateTracker {
+    /// No counter moved over the last `span` and no pod left within it: every later update on
+    /// the same readings returns the same estimate.
+    pub(super) fn is_still(&self, now: Duration, span: Duration) -> bool {
+        let start = now.saturating_sub(span);
+        self.ended.is_empty() && self.pods.values().all(|h| h.still_since(start))
+    }
+
+    /// Every pod's counters stood still from its latest reading until `until`.
+    pub(super) fn hold_still_until(&mut self, until: Duration) {
+        for history in self.pods.values_mut() {
+            if until > history.latest.at {
+                history.record(Counters {
+                    at: until,
+                    ..history.latest
+                });
+            }
+        }
+    }
+
     /// Folds in this round's readings (`None` = no usable reading from that pod) and returns
     /// the pool's rates measured over about `span` (over less while the tracker is younger).
     /// Only pod-scoped readings have rates: a pool-wide source has no per-pod counters to add

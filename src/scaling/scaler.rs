@@ -215,6 +215,8 @@ pub struct Scaler {
     /// Ready pods that have not answered yet, and when each was first seen ready; `None` once
     /// a pod has answered. Pods no longer listed are forgotten.
     first_readings: HashMap<String, Option<Duration>>,
+    /// The last decision left the scaler at a fixed point (see [`Scaler::at_rest`]).
+    at_rest: bool,
 }
 
 impl Scaler {
@@ -234,13 +236,47 @@ impl Scaler {
             complete_since: now,
             silent_since: None,
             first_readings: HashMap::new(),
+            at_rest: false,
         }
+    }
+
+    /// Whether the last decision left the scaler at a fixed point: it held the size (or held it
+    /// at min or max) on complete data outside a panic, every window it averages is level, its recommendations are all
+    /// one, no counter moved over the panic window, and no pod awaits its first reading. Then
+    /// a decision at any later time on the same readings decides the same and records only what
+    /// the seconds without a decision hold anyway (see `LoadWindow::record` and `remember`),
+    /// so such decisions can be left out until a reading, the pods or the policy change.
+    pub fn at_rest(&self) -> bool {
+        self.at_rest
+    }
+
+    /// The readings stayed as the last decision saw them until `until`: decisions were left out
+    /// while the scaler was at rest. Its counters held still over that time, so that a change
+    /// after it counts within the second it came in, as if every second had been decided.
+    pub fn rested_until(&mut self, until: Duration) {
+        self.rates.hold_still_until(until);
+    }
+
+    fn settled(&self, now: Duration, policy: &Policy, rates: Option<RateEstimate>) -> bool {
+        let level = |history: &VecDeque<(Duration, u32)>| {
+            history
+                .back()
+                .is_none_or(|(_, newest)| history.iter().all(|(_, r)| r == newest))
+        };
+        self.burst_seen.is_none()
+            && self.loads.is_flat()
+            && (rates.is_none() || self.rate_loads.is_flat())
+            && self.rates.is_still(now, policy.panic_window)
+            && level(&self.recommendations)
+            && level(&self.present_recommendations)
+            && self.first_readings.values().all(Option::is_none)
     }
 
     /// Decides the pool's size for this round and records the round in the history.
     pub fn decide(&mut self, policy: &Policy, obs: &Observation) -> Decision {
         let now = obs.now.max(self.last_now);
         self.last_now = now;
+        self.at_rest = false;
         let current = obs.current_replicas;
         let awaited = self.awaiting_first_reading(now, obs);
         let reading = Reading::of(obs, &awaited);
@@ -329,6 +365,12 @@ impl Scaler {
             }
         };
         let outcome = self.settle(policy, now, current, proposal);
+        // Held, or held at min or max: the same outcome for as long as nothing moves.
+        self.at_rest = matches!(outcome.kind, DecisionKind::Hold | DecisionKind::Clamped)
+            && outcome.replicas == current
+            && outcome.mode == Mode::Stable
+            && metrics == MetricsState::Available
+            && self.settled(now, policy, rates);
         Decision {
             replicas: outcome.replicas,
             reason: outcome.reason,

@@ -1548,3 +1548,126 @@ fn recycled_workers_and_a_new_leader_do_not_dip_the_rate() {
         assert!(low.is_empty(), "new leader at {leader_at:?}: {low:#?}");
     }
 }
+
+// ---------------------------------------------------------------- rest
+
+/// A pool whose load holds for a while at a time: (load, arrivals a second, seconds).
+fn plateaus() -> impl Strategy<Value = Vec<(u64, u64, u32)>> {
+    prop::collection::vec(
+        (0u64..200, prop_oneof![Just(0u64), 1u64..40], 1u32..120),
+        1..8,
+    )
+}
+
+/// The pods of a pool at `replicas` carrying `load`, each with its app's counters: every
+/// pod's share of the arrivals is added to its totals (served at once, 0.5 s each).
+fn counted_pods(
+    replicas: u32,
+    load: u64,
+    arrivals: u64,
+    totals: &mut std::collections::HashMap<String, u64>,
+) -> Vec<PodReading> {
+    let n = u64::from(replicas.max(1));
+    pool(replicas, load)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut pod)| {
+            let share = arrivals / n + u64::from((i as u64) < arrivals % n);
+            let total = totals.entry(pod.name.clone()).or_default();
+            *total += share;
+            if let Some(snapshot) = pod.snapshot.as_mut() {
+                snapshot.arrived_total = *total;
+                snapshot.completed_total = *total;
+                snapshot.busy_seconds_total = *total as f64 * 0.5;
+            }
+            pod
+        })
+        .collect()
+}
+
+/// Runs `plateaus` second by second on two scalers: one decides every second, the other skips
+/// every second in which it is at rest and its readings are those of its last decision (as the
+/// decision rounds do), telling it until when they held when it decides again. Returns both
+/// sizes at every second, and how many seconds the second one skipped.
+fn with_and_without_rest(
+    policy: &Policy,
+    plateaus: &[(u64, u64, u32)],
+    start: u32,
+) -> (Vec<u32>, Vec<u32>, usize) {
+    let mut every = (
+        Scaler::new(Duration::ZERO, start),
+        start,
+        Default::default(),
+    );
+    let mut resting = (
+        Scaler::new(Duration::ZERO, start),
+        start,
+        Default::default(),
+    );
+    let mut last_seen: Option<Vec<PodReading>> = None;
+    let mut unchanged_until = None;
+    let (mut sizes_every, mut sizes_resting, mut skipped) = (Vec::new(), Vec::new(), 0);
+    let mut second = 0u64;
+    for &(load, arrivals, seconds) in plateaus {
+        for _ in 0..seconds {
+            second += 1;
+            let now = Duration::from_secs(second);
+            let (scaler, replicas, totals) = &mut every;
+            let pods = counted_pods(*replicas, load, arrivals, totals);
+            *replicas = scaler
+                .decide(policy, &observe(now.as_secs_f64(), *replicas, pods))
+                .replicas;
+            sizes_every.push(*replicas);
+
+            let (scaler, replicas, totals) = &mut resting;
+            let pods = counted_pods(*replicas, load, arrivals, totals);
+            if scaler.at_rest() && last_seen.as_ref() == Some(&pods) {
+                unchanged_until = Some(now);
+                skipped += 1;
+            } else {
+                if let Some(until) = unchanged_until.take() {
+                    scaler.rested_until(until);
+                }
+                last_seen = Some(pods.clone());
+                *replicas = scaler
+                    .decide(policy, &observe(now.as_secs_f64(), *replicas, pods))
+                    .replicas;
+            }
+            sizes_resting.push(*replicas);
+        }
+    }
+    (sizes_every, sizes_resting, skipped)
+}
+
+#[test]
+fn a_pool_at_rest_decides_as_if_every_second_were_decided() {
+    let policy = Policy {
+        scale_down_delay: Duration::from_secs(30),
+        ..policy(40)
+    };
+    // Steady, a burst, calm with the counters still, traffic whose arrivals (80/s at 0.5 s
+    // each) need more workers than its queue shows, idle.
+    let plateaus = [
+        (40, 0, 180),
+        (300, 60, 90),
+        (20, 0, 240),
+        (5, 80, 120),
+        (0, 0, 200),
+    ];
+    let (every, resting, skipped) = with_and_without_rest(&policy, &plateaus, 4);
+    assert_eq!(every, resting);
+    // Most of the 380 s of the steady and idle stretches are skipped (each rests once its
+    // windows have levelled); traffic, whose counters move, never rests.
+    assert!(skipped > 380 / 2, "skipped {skipped} of {} s", every.len());
+    assert!(every.windows(2).any(|w| w[1] < w[0]), "no scale-down seen");
+}
+
+proptest! {
+    #[test]
+    fn resting_never_changes_a_decision(
+        policy in valid_policy(), plateaus in plateaus(), start in 1..20u32,
+    ) {
+        let (every, resting, _) = with_and_without_rest(&policy, &plateaus, start);
+        prop_assert_eq!(every, resting);
+    }
+}

@@ -68,6 +68,17 @@ impl LoadWindow {
         self.holding = false;
     }
 
+    /// Every second kept has the newest second's level: whatever the window, its mean (and
+    /// trend) stays that level for as long as the samples do.
+    pub(super) fn is_flat(&self) -> bool {
+        let Some(newest) = self.buckets.back().map(Bucket::mean) else {
+            return true;
+        };
+        self.buckets
+            .iter()
+            .all(|bucket| (bucket.mean() - newest).abs() <= FLAT_TOLERANCE * newest.abs().max(1.0))
+    }
+
     /// Drops the buckets that no window of length `keep` ending at `now` can see.
     fn forget_older_than(&mut self, now: Duration, keep: Duration) {
         while self
@@ -138,6 +149,9 @@ impl LoadWindow {
         )
     }
 }
+
+/// Seconds whose levels differ by float rounding alone are level.
+const FLAT_TOLERANCE: f64 = 1e-9;
 
 /// Fewer seconds than this give no slope worth following.
 const MIN_TREND_SECONDS: usize = 10;
