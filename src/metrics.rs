@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics. Every label takes values from a bounded set (error
 //! categories, decision kinds) or names a pool, whose series are removed when the pool goes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -67,8 +67,10 @@ pub struct Metrics {
     pub read_errors: Family<CategoryLabel, Counter>,
     pub leader: Gauge,
     /// Pools with series, so that a deleted pool's are dropped even if reconcile never kept
-    /// any other memory of it (a pool that was only ever refused, say).
-    recorded_pools: Mutex<HashSet<PoolKey>>,
+    /// any other memory of it (a pool that was only ever refused, say); with the figures last
+    /// set, so that unchanged figures (every round, for every pool) cost a lookup, not a label
+    /// set per series.
+    recorded_pools: Mutex<HashMap<PoolKey, PoolFigures>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -200,9 +202,13 @@ impl Metrics {
             .recorded_pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Called every reconcile: clone the key only the first time.
-        if !recorded.contains(pool) {
-            recorded.insert(pool.clone());
+        match recorded.get_mut(pool) {
+            Some(last) if last == figures => return,
+            Some(last) => *last = *figures,
+            // Clone the key only the first time.
+            None => {
+                recorded.insert(pool.clone(), *figures);
+            }
         }
         drop(recorded);
         let labels = PoolLabels {
@@ -243,11 +249,11 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let gone = recorded
-                .iter()
+                .keys()
                 .filter(|k| !live.contains(k))
                 .cloned()
                 .collect();
-            recorded.retain(|k| live.contains(k));
+            recorded.retain(|k, _| live.contains(k));
             gone
         };
         for pool in gone {
