@@ -1002,7 +1002,16 @@ fn status_change(previous: &AsyncWorkerPoolStatus, next: &AsyncWorkerPoolStatus)
     if next == previous {
         return StatusChange::None;
     }
-    let mut without_figures = next.clone();
+    // The Scaling message quotes the last decision's reasoning, whose figures (means, rates)
+    // wobble every second under steady traffic: on its own it is no change, or every pool
+    // with traffic would be written at the throttle's pace (at 1,000 pools, 500 writes a
+    // second). It goes out with the next change that is one.
+    let mut without_reasoning = next.clone();
+    keep_scaling_message(previous, &mut without_reasoning);
+    if without_reasoning == *previous {
+        return StatusChange::None;
+    }
+    let mut without_figures = without_reasoning;
     without_figures.load = previous.load;
     without_figures.replicas = previous.replicas;
     without_figures.ready_replicas = previous.ready_replicas;
@@ -1019,6 +1028,24 @@ fn status_change(previous: &AsyncWorkerPoolStatus, next: &AsyncWorkerPoolStatus)
         StatusChange::FiguresOnly
     } else {
         StatusChange::Conditions
+    }
+}
+
+/// Gives `next` the Scaling message of `previous` when the condition is otherwise the same.
+fn keep_scaling_message(previous: &AsyncWorkerPoolStatus, next: &mut AsyncWorkerPoolStatus) {
+    let before = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::SCALING);
+    let after = next
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == status::SCALING);
+    if let (Some(before), Some(after)) = (before, after)
+        && before.status == after.status
+        && before.reason == after.reason
+    {
+        after.message.clone_from(&before.message);
     }
 }
 
@@ -1092,6 +1119,78 @@ async fn publish_warning(pool: &AsyncWorkerPool, ctx: &Context, warning: status:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn what_a_status_change_is() {
+        let status = |load: f64, scaling: &str, ready: &str, metrics: &str| AsyncWorkerPoolStatus {
+            load: Some(load),
+            desired_replicas: 4,
+            conditions: vec![
+                condition(status::SCALING, "False", "Stable", scaling),
+                condition(status::READY, "True", "WorkersReady", ready),
+                condition(
+                    status::METRICS_AVAILABLE,
+                    "True",
+                    metrics,
+                    "every worker reports",
+                ),
+            ],
+            ..AsyncWorkerPoolStatus::default()
+        };
+        let before = status(
+            20.0,
+            "arrivals 10.1/s × 0.5 s; holding 4",
+            "4 of 4",
+            "AllWorkersReport",
+        );
+        assert_eq!(status_change(&before, &before.clone()), StatusChange::None);
+        // The reasoning's wobble under steady traffic is no change.
+        let wobble = status(
+            20.0,
+            "arrivals 9.9/s × 0.5 s; holding 4",
+            "4 of 4",
+            "AllWorkersReport",
+        );
+        assert_eq!(status_change(&before, &wobble), StatusChange::None);
+        // Figures, and messages that quote them, are.
+        let load = status(
+            21.0,
+            "arrivals 9.9/s × 0.5 s; holding 4",
+            "4 of 4",
+            "AllWorkersReport",
+        );
+        assert_eq!(status_change(&before, &load), StatusChange::FiguresOnly);
+        let ready = status(
+            20.0,
+            "arrivals 10.1/s × 0.5 s; holding 4",
+            "3 of 4",
+            "AllWorkersReport",
+        );
+        assert_eq!(status_change(&before, &ready), StatusChange::FiguresOnly);
+        // A reason is a condition change; so is a size asked for.
+        let silent = status(
+            20.0,
+            "arrivals 10.1/s × 0.5 s; holding 4",
+            "4 of 4",
+            "SomeWorkersSilent",
+        );
+        assert_eq!(status_change(&before, &silent), StatusChange::Conditions);
+        let mut grown = before.clone();
+        grown.desired_replicas = 5;
+        assert_eq!(status_change(&before, &grown), StatusChange::Conditions);
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_five_minutes() {
