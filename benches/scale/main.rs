@@ -7,10 +7,9 @@
 //! - start-up: from the operator's process start to ready (caches synced) and to every pool
 //!   reconciled once, with the API requests made meanwhile (the API server's own counters);
 //! - the cost at rest: CPU share of one core, RSS, reconciles, and API writes to Deployments
-//!   and pools (which only the operator writes) while no load changes; the traffic is steady
-//!   (5 requests in flight a pod, their counters moving as a real app's do);
-//! - the cost idle: CPU once every pool's traffic has stopped and the pools are at rest
-//!   (`asyncpool_pools_at_rest`);
+//!   and pools (which only the operator writes) while no load changes (the fake sidecars' figures
+//!   stand still: 5 in flight a pod, counters not moving), and how many pools the decision rounds
+//!   leave alone then (`asyncpool_pools_at_rest`);
 //! - reaction: a tenth of the pools change load at once (each pod from 5 to 25, at 10 per
 //!   worker); from that instant to each pool's Deployment showing its new `spec.replicas`
 //!   (median, p99), and the Deployment writes per scaling decision;
@@ -219,6 +218,8 @@ struct Row {
     all_read: Duration,
     startup_requests: f64,
     rest_cpu_percent: f64,
+    /// Pools the decision rounds left alone (`asyncpool_pools_at_rest`) at the end of it.
+    rest_pools_at_rest: f64,
     rest_rss: f64,
     rest_reconciles_per_s: f64,
     rest_deployment_writes: f64,
@@ -231,9 +232,6 @@ struct Row {
     startup_client_wait: f64,
     change_client_wait: f64,
     peak_rss: f64,
-    /// CPU once the traffic of every pool has stopped, and how many pools were at rest then.
-    idle_cpu_percent: f64,
-    idle_at_rest: f64,
 }
 
 /// Seconds the operator's API requests have waited for its rate limit so far.
@@ -378,8 +376,9 @@ async fn run_count(
         - metrics0.sum("asyncpool_reconciles_total", ""))
         / rest_wall.as_secs_f64();
     let rest_rss = memory_mib(pid).map_or(f64::NAN, |m| m.0);
+    let rest_pools_at_rest = metrics1.sum("asyncpool_pools_at_rest", "");
     println!(
-        "at rest: CPU {rest_cpu_percent:.1} % of a core, RSS {rest_rss:.1} MiB, {rest_reconciles_per_s:.0} reconciles/s, \
+        "at rest: {rest_pools_at_rest:.0} pools left out of the decision rounds; CPU {rest_cpu_percent:.1} % of a core, RSS {rest_rss:.1} MiB, {rest_reconciles_per_s:.0} reconciles/s, \
          writes: {rest_deployment_writes:.0} Deployment, {rest_status_writes:.0} pool; \
          the sidecars sent {rest_lines_per_s:.0} watch lines/s and answered {rest_polls_per_s:.0} polls/s"
     );
@@ -456,35 +455,6 @@ async fn run_count(
         );
     }
     reactions.sort();
-
-    // Idle: every pool's traffic stops (its counters stand still). Once the pools have come to
-    // rest, the decision rounds leave them alone: the cost of an idle fleet.
-    for i in 0..count {
-        fleet.set_pool_load(&pool_name(i), 0);
-    }
-    let resting = || async {
-        operator
-            .metrics()
-            .await
-            .map_or(0.0, |m| m.sum("asyncpool_pools_at_rest", ""))
-    };
-    let idle_began = Instant::now();
-    while resting().await < count as f64 && idle_began.elapsed() < Duration::from_secs(240) {
-        sleep(Duration::from_secs(1)).await;
-    }
-    let idle_rest_after = idle_began.elapsed();
-    let cpu0 = operator.cpu();
-    let idle_began = Instant::now();
-    sleep(args.rest).await;
-    let idle_cpu_percent = match (cpu0, operator.cpu()) {
-        (Some(a), Some(b)) => (b - a).as_secs_f64() / idle_began.elapsed().as_secs_f64() * 100.0,
-        _ => f64::NAN,
-    };
-    let idle_at_rest = resting().await;
-    println!(
-        "idle: {idle_at_rest:.0} of {count} pools at rest {:.0} s after the traffic stopped; CPU {idle_cpu_percent:.1} % of a core",
-        idle_rest_after.as_secs_f64()
-    );
     let peak_rss = memory_mib(pid).map_or(f64::NAN, |m| m.1);
     operator.stop().await;
     drop(fleet);
@@ -496,6 +466,7 @@ async fn run_count(
         all_read,
         startup_requests,
         rest_cpu_percent,
+        rest_pools_at_rest,
         rest_rss,
         rest_reconciles_per_s,
         rest_deployment_writes,
@@ -510,28 +481,25 @@ async fn run_count(
         startup_client_wait,
         change_client_wait,
         peak_rss,
-        idle_cpu_percent,
-        idle_at_rest,
     })
 }
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest (steady traffic) % | CPU idle % (pools at rest) | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {:.2} / {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {:.2} / {:.2} |",
             r.pools,
             r.pods,
             r.ready.as_secs_f64(),
             r.all_read.as_secs_f64(),
             r.startup_requests,
             r.rest_cpu_percent,
-            r.idle_cpu_percent,
-            r.idle_at_rest,
+            r.rest_pools_at_rest,
             r.rest_rss,
             r.peak_rss,
             r.rest_reconciles_per_s,

@@ -5,18 +5,13 @@
 //! serves a small `/metrics`, with the load the harness sets per pod address. It is not a
 //! sidecar (no proxy, no admission, no drain): only what the operator reads, at the cost of a
 //! task and a socket per watching reader, so that ten thousand pods fit in one process.
-//!
-//! A pod's traffic is steady at its load: each request runs [`SERVICE`], so a pod with `load`
-//! in flight takes `load / SERVICE` arrivals a second and completes as many, and its counters
-//! (arrived, completed, busy time) move as a real sidecar's do; a pod at load 0 is idle and its
-//! counters stand still.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use asyncpool_contract::queue::{CONTRACT_VERSION, QueueSnapshot, Scope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,60 +45,9 @@ struct Counters {
     unknown: AtomicU64,
 }
 
-/// How long each request of the fake traffic runs.
-pub const SERVICE: Duration = Duration::from_millis(500);
-
-/// One pod's traffic since its load was last set.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Traffic {
-    load: u64,
-    since: Instant,
-    /// Counters at `since`.
-    arrived: f64,
-    completed: f64,
-    busy_seconds: f64,
-}
-
-impl Traffic {
-    fn new(load: u64) -> Self {
-        Self {
-            load,
-            since: Instant::now(),
-            // The requests in flight have arrived.
-            arrived: load as f64,
-            completed: 0.0,
-            busy_seconds: 0.0,
-        }
-    }
-
-    /// (arrived, completed, busy seconds) at `now`: steady arrivals and completions at
-    /// load / SERVICE a second, busy time at `load` seconds a second.
-    fn counters(&self, now: Instant) -> (f64, f64, f64) {
-        let elapsed = now.saturating_duration_since(self.since).as_secs_f64();
-        let through = self.load as f64 / SERVICE.as_secs_f64() * elapsed;
-        (
-            self.arrived + through,
-            self.completed + through,
-            self.busy_seconds + self.load as f64 * elapsed,
-        )
-    }
-
-    /// The traffic from `now` on at `load`: a rise arrives at once, a fall completes at once.
-    fn at_load(&self, load: u64, now: Instant) -> Self {
-        let (arrived, completed, busy_seconds) = self.counters(now);
-        Self {
-            load,
-            since: now,
-            arrived: arrived + load.saturating_sub(self.load) as f64,
-            completed: completed + self.load.saturating_sub(load) as f64,
-            busy_seconds,
-        }
-    }
-}
-
 struct Shared {
-    /// Each pod address's traffic; a watch stream follows its receiver.
-    pods: RwLock<HashMap<IpAddr, watch::Sender<Traffic>>>,
+    /// Each pod address's load; a watch stream follows its receiver.
+    pods: RwLock<HashMap<IpAddr, watch::Sender<u64>>>,
     heartbeat: Duration,
     counters: Counters,
 }
@@ -150,15 +94,13 @@ impl FakeSidecars {
         match pods.get(&ip) {
             Some(sender) => {
                 sender.send_if_modified(|current| {
-                    let changed = current.load != load;
-                    if changed {
-                        *current = current.at_load(load, Instant::now());
-                    }
+                    let changed = *current != load;
+                    *current = load;
                     changed
                 });
             }
             None => {
-                pods.insert(ip, watch::channel(Traffic::new(load)).0);
+                pods.insert(ip, watch::channel(load).0);
             }
         }
     }
@@ -283,7 +225,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                 return;
             }
             loop {
-                let line = format!("{}\n", snapshot_json(&load.borrow_and_update()));
+                let line = format!("{}\n", snapshot_json(*load.borrow_and_update()));
                 let chunk = format!("{:x}\r\n{line}\r\n", line.len());
                 if stream.write_all(chunk.as_bytes()).await.is_err() {
                     return;
@@ -303,7 +245,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         "/queue" => {
             shared.counters.polls.fetch_add(1, Ordering::Relaxed);
-            let body = snapshot_json(&load.borrow());
+            let body = snapshot_json(*load.borrow());
             let _ = stream
                 .write_all(&response("200 OK", "application/json", &body))
                 .await;
@@ -311,7 +253,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         "/metrics" => {
             let body = format!(
                 "# TYPE asyncpool_sidecar_queue_load gauge\nasyncpool_sidecar_queue_load {}\n",
-                load.borrow().load
+                *load.borrow()
             );
             let _ = stream
                 .write_all(&response("200 OK", "text/plain; version=0.0.4", &body))
@@ -333,22 +275,19 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A pod's snapshot now: its load in flight (all of it running up to its capacity of 10,
-/// queued beyond) and its traffic's counters.
-fn snapshot_json(traffic: &Traffic) -> String {
+/// A pod's snapshot with `load` requests in flight (all of them running, none queued, up to
+/// its capacity of 10 and queued beyond).
+fn snapshot_json(load: u64) -> String {
     let capacity = 10;
-    let load = traffic.load;
-    let (arrived, completed, busy_seconds) = traffic.counters(Instant::now());
     let snapshot = QueueSnapshot {
         version: CONTRACT_VERSION,
         queued: load.saturating_sub(capacity),
         in_flight: load.min(capacity),
         capacity,
-        // Whole requests, as an app counts them.
-        arrived_total: arrived as u64,
-        completed_total: completed as u64,
-        busy_seconds_total: busy_seconds,
-        oldest_in_flight_seconds: if load > 0 { SERVICE.as_secs_f64() } else { 0.0 },
+        arrived_total: 0,
+        completed_total: 0,
+        busy_seconds_total: 0.0,
+        oldest_in_flight_seconds: 0.0,
         draining: false,
         scope: Scope::Pod,
     };
@@ -381,21 +320,6 @@ mod tests {
             reply.status,
             String::from_utf8_lossy(&reply.body).into_owned(),
         )
-    }
-
-    #[test]
-    fn a_pods_counters_move_with_its_traffic_and_stand_still_when_idle() {
-        let start = Traffic::new(4);
-        let later = |seconds: u64| start.since + Duration::from_secs(seconds);
-        // 4 in flight at 0.5 s each: 8 arrivals and completions a second, 4 busy seconds.
-        assert_eq!(start.counters(later(2)), (4.0 + 16.0, 16.0, 8.0));
-        // A rise arrives at once; a fall completes at once; in flight stays arrived - completed.
-        let busier = start.at_load(10, later(2));
-        assert_eq!(busier.counters(later(2)), (26.0, 16.0, 8.0));
-        let idle = busier.at_load(0, later(3));
-        let (arrived, completed, busy) = idle.counters(later(3));
-        assert_eq!((arrived, completed, busy), (46.0, 46.0, 18.0));
-        assert_eq!(idle.counters(later(60)), (arrived, completed, busy));
     }
 
     #[tokio::test]
