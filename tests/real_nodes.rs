@@ -225,9 +225,16 @@ async fn the_operator_runs_from_its_image_installed_with_the_chart() {
     let report = load.stop().await;
     println!("{report}");
     assert_eq!(report.lost, 0, "{report}");
-    let pool = s.pools.get("chat").await.expect("pool");
-    let status = pool.status.expect("pool status");
-    assert_eq!(status.replicas, 3, "{status:?}");
+    // The status follows: its figures are written at most every 2 s (the status throttle).
+    eventually(
+        "the pool's status at 3 replicas",
+        Duration::from_secs(15),
+        || async {
+            let status = s.pools.get("chat").await.ok()?.status?;
+            (status.replicas == 3 && status.ready_replicas == 3).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Burst → scale-up → quiet → scale-down, again and again, under a continuous load with streams
