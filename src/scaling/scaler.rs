@@ -241,10 +241,11 @@ impl Scaler {
     }
 
     /// Whether the last decision left the scaler at a fixed point: it held the size (or held it
-    /// at min or max) on complete data outside a panic, every window it averages is level, its recommendations are all
-    /// one, no counter moved over the panic window, and no pod awaits its first reading. Then
-    /// a decision at any later time on the same readings decides the same and records only what
-    /// the seconds without a decision hold anyway (see `LoadWindow::record` and `remember`),
+    /// at min or max) on complete data outside a panic, every window it averages is level, its
+    /// recommendations are all one, no counter moved over the panic window, and no pod awaits
+    /// its first reading. Then a decision at any later time on the same readings decides the
+    /// same and records only what the seconds without a decision hold anyway (see
+    /// `LoadWindow::record` and `remember`),
     /// so such decisions can be left out until a reading, the pods or the policy change.
     pub fn at_rest(&self) -> bool {
         self.at_rest
