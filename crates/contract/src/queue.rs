@@ -14,6 +14,41 @@ pub const CONTRACT_VERSION: u32 = 1;
 /// are coalesced into the next line, which bounds the stream to 50 lines/s however busy the pod.
 pub const WATCH_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// A watch stream writes the current snapshot at least this often, changed or not, so that a
+/// reader can tell a quiet pod from a dead stream. Also the longest pace a reader may ask for.
+pub const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A watch stream's pace: a duration from [`WATCH_MIN_INTERVAL`] (every change) to
+/// [`WATCH_HEARTBEAT`].
+pub fn parse_watch_pace(value: &str) -> Result<std::time::Duration, String> {
+    let pace = crate::duration::parse_duration(value)?;
+    if !(WATCH_MIN_INTERVAL..=WATCH_HEARTBEAT).contains(&pace) {
+        return Err(format!(
+            "{pace:?} is outside {WATCH_MIN_INTERVAL:?}..={WATCH_HEARTBEAT:?}"
+        ));
+    }
+    Ok(pace)
+}
+
+/// Whether a paced watch stream (`GET /queue?watch=true&pace=1s`) writes `now` at once rather
+/// than at its pace, having last written `last`: the figures appeared or went missing, the
+/// drain began, the capacity or scope changed, or the load (queued + in flight) moved by a
+/// quarter of the capacity, and by at least two requests, since the last line. One request in
+/// or out is what steady traffic does all the time; a burst moves the load by far more.
+pub fn moves_at_once(
+    last: Option<&Result<QueueSnapshot, String>>,
+    now: &Result<QueueSnapshot, String>,
+) -> bool {
+    let (Some(Ok(last)), Ok(now)) = (last, now) else {
+        return last.is_none_or(|last| last.is_ok() != now.is_ok());
+    };
+    let step = now.capacity.div_ceil(4).max(2);
+    last.draining != now.draining
+        || last.capacity != now.capacity
+        || last.scope != now.scope
+        || last.load().abs_diff(now.load()) >= step
+}
+
 /// Upper bound on any gauge or counter a sane sidecar reports; larger values are garbage.
 const MAX_COUNT: u64 = 1 << 53;
 
@@ -199,5 +234,56 @@ mod tests {
                 "{what} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_paced_stream_writes_at_once_only_what_moves_the_scaler() {
+        let at = |queued, in_flight, capacity| {
+            Ok(QueueSnapshot {
+                capacity,
+                ..QueueSnapshot::of_pod(queued, in_flight)
+            })
+        };
+        let last = at(0, 6, 10);
+        // Counters alone, or one or two requests in or out of ten: at the pace.
+        let counted = Ok(QueueSnapshot {
+            arrived_total: 500,
+            busy_seconds_total: 12.5,
+            ..QueueSnapshot {
+                capacity: 10,
+                ..QueueSnapshot::of_pod(0, 6)
+            }
+        });
+        for quiet in [counted, at(0, 7, 10), at(0, 4, 10), at(1, 7, 10)] {
+            assert!(!moves_at_once(Some(&last), &quiet), "{quiet:?}");
+        }
+        // A quarter of the capacity (rounded up), a drain, a new capacity, a gap: at once.
+        let draining = Ok(QueueSnapshot {
+            draining: true,
+            ..QueueSnapshot {
+                capacity: 10,
+                ..QueueSnapshot::of_pod(0, 6)
+            }
+        });
+        for moved in [
+            at(0, 9, 10),
+            at(3, 6, 10),
+            at(0, 3, 10),
+            draining,
+            at(0, 6, 12),
+        ] {
+            assert!(moves_at_once(Some(&last), &moved), "{moved:?}");
+        }
+        let missing = Err("redis unreachable".to_string());
+        assert!(moves_at_once(Some(&last), &missing));
+        assert!(moves_at_once(Some(&missing), &last));
+        assert!(!moves_at_once(Some(&missing), &Err("still".into())));
+        // The first line, and a worker of one: two requests, not one.
+        assert!(moves_at_once(None, &last));
+        assert!(!moves_at_once(Some(&at(0, 1, 1)), &at(0, 0, 1)));
+        assert!(moves_at_once(Some(&at(0, 1, 1)), &at(2, 1, 1)));
+        // A large worker moves at once only by a quarter: 25 of 100.
+        assert!(!moves_at_once(Some(&at(0, 50, 100)), &at(0, 74, 100)));
+        assert!(moves_at_once(Some(&at(0, 50, 100)), &at(0, 75, 100)));
     }
 }

@@ -25,11 +25,9 @@ use crate::proxy::Stats;
 use crate::server_builder;
 use crate::source::Source;
 use crate::source::report::Report;
-use asyncpool_contract::queue::{QueueSnapshot, Scope, WATCH_MIN_INTERVAL};
-
-/// A watch stream writes the current snapshot at least this often, changed or not, so that a
-/// reader can tell a quiet pod from a dead stream.
-pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(2);
+use asyncpool_contract::queue::{
+    QueueSnapshot, Scope, WATCH_HEARTBEAT, WATCH_MIN_INTERVAL, moves_at_once, parse_watch_pace,
+};
 /// Bound on a report's body and on the time to send it.
 const MAX_REPORT_BYTES: usize = 4096;
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,13 +135,11 @@ impl Admin {
         let path = request.uri().path();
         let method = request.method();
         match (path, method) {
-            ("/queue", &Method::GET) => {
-                if wants_watch(request.uri().query()) {
-                    self.watch()
-                } else {
-                    self.queue()
-                }
-            }
+            ("/queue", &Method::GET) => match watch_query(request.uri().query()) {
+                Ok(None) => self.queue(),
+                Ok(Some(pace)) => self.watch(pace),
+                Err(error) => json(StatusCode::BAD_REQUEST, error_line(&error)),
+            },
             ("/metrics", &Method::GET) => {
                 let mut response = full(StatusCode::OK, self.metrics());
                 set_type(&mut response, "text/plain; version=0.0.4; charset=utf-8");
@@ -170,13 +166,15 @@ impl Admin {
     }
 
     /// One JSON object per line: at once, then on every change (coalesced to one line per
-    /// [`WATCH_MIN_INTERVAL`]), and at least every [`WATCH_HEARTBEAT`].
-    fn watch(self: Arc<Self>) -> Response<AdminBody> {
+    /// [`WATCH_MIN_INTERVAL`]), and at least every [`WATCH_HEARTBEAT`]. With a `pace`, a change
+    /// that does not move the scaler ([`moves_at_once`]) waits up to that long, coalesced with
+    /// the changes after it: a busy pod's counters move with every request.
+    fn watch(self: Arc<Self>, pace: Option<Duration>) -> Response<AdminBody> {
         struct Watch {
             admin: Arc<Admin>,
             source: tokio::sync::watch::Receiver<u64>,
             phase: tokio::sync::watch::Receiver<Phase>,
-            last_sent: Option<Instant>,
+            last_sent: Option<(Instant, Result<QueueSnapshot, String>)>,
         }
         let state = Watch {
             source: self.source.subscribe(),
@@ -184,23 +182,38 @@ impl Admin {
             admin: self,
             last_sent: None,
         };
-        let lines = futures::stream::unfold(state, |mut watch| async move {
-            if let Some(last) = watch.last_sent {
-                tokio::select! {
-                    changed = watch.source.changed() => changed.ok()?,
-                    changed = watch.phase.changed() => changed.ok()?,
-                    _ = tokio::time::sleep_until(last + WATCH_HEARTBEAT) => {}
+        let lines = futures::stream::unfold(state, move |mut watch| async move {
+            if let Some((last, sent)) = &watch.last_sent {
+                let mut held = false;
+                loop {
+                    let due = match pace {
+                        Some(pace) if held => *last + pace,
+                        _ => *last + WATCH_HEARTBEAT,
+                    };
+                    tokio::select! {
+                        changed = watch.source.changed() => changed.ok()?,
+                        changed = watch.phase.changed() => changed.ok()?,
+                        _ = tokio::time::sleep_until(due) => break,
+                    }
+                    if pace.is_none() || moves_at_once(Some(sent), &watch.admin.snapshot()) {
+                        tokio::time::sleep_until(*last + WATCH_MIN_INTERVAL).await;
+                        break;
+                    }
+                    // Seen: the next line carries it, at the pace at the latest.
+                    watch.source.borrow_and_update();
+                    watch.phase.borrow_and_update();
+                    held = true;
                 }
-                tokio::time::sleep_until(last + WATCH_MIN_INTERVAL).await;
             }
             // Everything up to now goes into this line.
             watch.source.borrow_and_update();
             watch.phase.borrow_and_update();
-            watch.last_sent = Some(Instant::now());
-            let line = match watch.admin.snapshot() {
-                Ok(snapshot) => snapshot_line(&snapshot),
-                Err(reason) => error_line(&reason),
+            let snapshot = watch.admin.snapshot();
+            let line = match &snapshot {
+                Ok(snapshot) => snapshot_line(snapshot),
+                Err(reason) => error_line(reason),
             };
+            watch.last_sent = Some((Instant::now(), snapshot));
             Some((Ok(Frame::data(line)), watch))
         });
         let mut response = Response::new(Either::Right(StreamBody::new(
@@ -424,12 +437,23 @@ impl Admin {
     }
 }
 
-fn wants_watch(query: Option<&str>) -> bool {
-    query.is_some_and(|query| {
-        query
-            .split('&')
-            .any(|pair| matches!(pair, "watch" | "watch=true" | "watch=1"))
-    })
+/// `GET /queue`'s query: `None` for one snapshot, `Some(pace)` for a watch stream (`watch=true`,
+/// with an optional `pace=<duration>` between 20 ms and 2 s). Other parameters are ignored, so
+/// that readers may add their own.
+fn watch_query(query: Option<&str>) -> Result<Option<Option<Duration>>, String> {
+    let mut watch = false;
+    let mut pace = None;
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            None if pair == "watch" => watch = true,
+            Some(("watch", "true" | "1")) => watch = true,
+            Some(("pace", value)) => {
+                pace = Some(parse_watch_pace(value).map_err(|e| format!("pace: {e}"))?);
+            }
+            _ => {}
+        }
+    }
+    Ok(watch.then_some(pace))
 }
 
 /// Loopback in the wide sense: any 127.0.0.0/8 address (pods in the test cluster listen on
@@ -512,11 +536,25 @@ mod tests {
     }
 
     #[test]
-    fn watch_query() {
-        assert!(wants_watch(Some("watch=true")));
-        assert!(wants_watch(Some("a=b&watch=1")));
-        assert!(!wants_watch(Some("watch=false")));
-        assert!(!wants_watch(None));
+    fn watch_queries() {
+        assert_eq!(watch_query(Some("watch=true")), Ok(Some(None)));
+        assert_eq!(watch_query(Some("a=b&watch=1")), Ok(Some(None)));
+        assert_eq!(watch_query(Some("watch=false")), Ok(None));
+        assert_eq!(watch_query(None), Ok(None));
+        assert_eq!(
+            watch_query(Some("watch&pace=1s")),
+            Ok(Some(Some(Duration::from_secs(1))))
+        );
+        assert_eq!(
+            watch_query(Some("pace=250ms&watch=true")),
+            Ok(Some(Some(Duration::from_millis(250))))
+        );
+        // A pace without a watch is one snapshot, as before.
+        assert_eq!(watch_query(Some("pace=1s")), Ok(None));
+        for wrong in ["pace=1", "pace=fast", "pace=", "pace=10ms", "pace=3s"] {
+            let error = watch_query(Some(&format!("watch=true&{wrong}"))).unwrap_err();
+            assert!(error.starts_with("pace: "), "{wrong}: {error}");
+        }
     }
 
     #[test]

@@ -378,13 +378,17 @@ struct Watch {
 
 impl Watch {
     async fn open(admin: std::net::SocketAddr) -> Watch {
+        Watch::open_at(admin, "/queue?watch=true").await
+    }
+
+    async fn open_at(admin: std::net::SocketAddr, target: &str) -> Watch {
         let stream = TcpStream::connect(admin).await.unwrap();
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        let request = http::Request::get("/queue?watch=true")
+        let request = http::Request::get(target)
             .header("host", "admin")
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
@@ -448,6 +452,97 @@ async fn the_watch_stream_delivers_a_change_within_50_ms() {
     assert!(
         median < Duration::from_millis(50),
         "median delivery of a change on the watch stream {median:?} (all: {latencies:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_watch_stream_sends_steady_traffic_at_its_pace_and_a_burst_at_once() {
+    let app = App::start().await;
+    let sidecar = Sidecar::in_front_of(&app, &["--concurrency", "8"]).await;
+    let pace = Duration::from_millis(500);
+    let mut watch = Watch::open_at(sidecar.admin, "/queue?watch=true&pace=500ms").await;
+    assert_eq!(watch.next().await["arrivedTotal"], 0);
+
+    // Steady traffic: one request at a time, so the load only steps between 0 and 1 while
+    // the counters move with every request. Unpaced, that is a line every 20 ms.
+    let mut traffic = {
+        let addr = sidecar.addr;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while start.elapsed() < Duration::from_secs(2) {
+                assert_eq!(get(addr, "/sleep?s=0.01").await.unwrap().status, 200);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let mut lines = Vec::new();
+    let sent = loop {
+        tokio::select! {
+            line = watch.next() => lines.push(line),
+            sent = &mut traffic => break sent.unwrap(),
+        }
+    };
+    let arrived: Vec<u64> = lines
+        .iter()
+        .map(|l| l["arrivedTotal"].as_u64().unwrap())
+        .collect();
+    assert!(
+        (2..=6).contains(&lines.len()),
+        "2 s of traffic at a 500 ms pace sent {} lines (arrivals {arrived:?})",
+        lines.len()
+    );
+    assert!(
+        arrived.windows(2).all(|w| w[0] < w[1]),
+        "each line carries new counters: {arrived:?}"
+    );
+
+    // The last completions come at the pace, well before a heartbeat would carry them.
+    let done = Instant::now();
+    loop {
+        let line = watch.next().await;
+        if line["completedTotal"].as_u64() == Some(sent) {
+            break;
+        }
+    }
+    let flushed = done.elapsed();
+    assert!(
+        flushed < pace + Duration::from_millis(400),
+        "the last counters came after {flushed:?}"
+    );
+
+    // A burst moves the load by more than a quarter of the concurrency: written at once.
+    let start = Instant::now();
+    let burst: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(get(sidecar.addr, "/sleep?s=1")))
+        .collect();
+    loop {
+        if watch.next().await["inFlight"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+    }
+    let seen = start.elapsed();
+    assert!(
+        seen < pace / 2,
+        "a burst reached the paced stream after {seen:?}"
+    );
+    for request in burst {
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_with_a_pace_out_of_range_is_refused_with_the_range() {
+    let sidecar = Sidecar::start(&["--upstream", "127.0.0.1:9"]).await;
+    let answer = get(sidecar.admin, "/queue?watch=true&pace=5s")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400);
+    let body = String::from_utf8(answer.body.to_vec()).unwrap();
+    assert!(
+        body.contains("pace") && body.contains("20ms") && body.contains("2s"),
+        "{body}"
     );
 }
 
