@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::crd::AsyncWorkerPool;
 use crate::pool::{EffectiveSpec, initial_replicas};
-use crate::queue::reader::Unavailable;
+use crate::queue::reader::{Current, Unavailable};
 use crate::scaling::{
     Candidate, Decision, ExternalReading, Observation, PodReading, Scaler, Supervision,
     choose_victims,
@@ -120,7 +120,7 @@ pub(crate) struct PlanInput<'a> {
     pub(crate) pods: &'a [WorkerPod],
     /// Each pod's latest sidecar reading, in the order of `pods`; why not where data is
     /// missing.
-    pub(crate) readings: Vec<Result<QueueSnapshot, Unavailable>>,
+    pub(crate) readings: Vec<Result<Current, Unavailable>>,
     /// The operator's own read of a Redis queue, when it made one (no worker ready).
     pub(crate) own_reading: Option<Result<QueueSnapshot, String>>,
     pub(crate) now: Duration,
@@ -158,7 +158,10 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         .map(|(pod, reading)| PodReading {
             name: pod.name.clone(),
             unread: reading == Err(Unavailable::NotReadYet),
-            snapshot: reading.ok(),
+            age: reading
+                .as_ref()
+                .map_or(Duration::ZERO, |current| current.age),
+            snapshot: reading.ok().map(|current| current.snapshot),
             ready: pod.ready,
         })
         .collect();
@@ -441,6 +444,7 @@ mod tests {
                 completed_total: completed,
                 ..QueueSnapshot::of_pod(0, 1)
             }),
+            age: Duration::ZERO,
             unread: false,
             ready: true,
         }
@@ -485,7 +489,7 @@ spec:
                 effective,
                 deployment_replicas: Some(3),
                 pods: &workers,
-                readings: vec![Ok(QueueSnapshot::of_pod(0, load)); 3],
+                readings: vec![Ok(Current::just_read(QueueSnapshot::of_pod(0, load))); 3],
                 own_reading: None,
                 now: Duration::from_secs(100),
             },
@@ -557,7 +561,7 @@ spec:
         let readings = workers
             .iter()
             .map(|w| match w.crash_looping {
-                false => Ok(QueueSnapshot::of_pod(load, 5)),
+                false => Ok(Current::just_read(QueueSnapshot::of_pod(load, 5))),
                 true => Err(Unavailable::Failed("crash-looping".into())),
             })
             .collect();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use asyncpool_contract::pod::{ADMIN_PORT, POOL_LABEL};
+use asyncpool_contract::queue::WATCH_HEARTBEAT;
 use asyncpool_testkit::bench::BenchResult;
 use asyncpool_testkit::fake_sidecars::{FakeSidecars, Served};
 use futures::StreamExt;
@@ -16,9 +17,6 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
-
-/// The sidecar's watch heartbeat (as `asyncpool-sidecar` sends it).
-const HEARTBEAT: Duration = Duration::from_secs(2);
 
 struct State {
     /// Load per pod of each pool; pools not named report `default_load`.
@@ -39,10 +37,17 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Fleet {
-    /// Serves the pods of `namespace` on every local address's admin port.
-    pub async fn start(client: &Client, namespace: &str, default_load: u64) -> BenchResult<Self> {
+    /// Serves the pods of `namespace` on every local address's admin port; with a `service`
+    /// time, each pod's load is traffic of requests that long (its counters move).
+    pub async fn start(
+        client: &Client,
+        namespace: &str,
+        default_load: u64,
+        service: Option<Duration>,
+    ) -> BenchResult<Self> {
         let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), ADMIN_PORT);
-        let sidecars = Arc::new(FakeSidecars::start(bind, HEARTBEAT).await.map_err(|e| {
+        let sidecars = FakeSidecars::start(bind, WATCH_HEARTBEAT, service);
+        let sidecars = Arc::new(sidecars.await.map_err(|e| {
             format!("cannot listen on {bind} for the fake sidecars (is a sidecar running?): {e}")
         })?);
         let state = Arc::new(Mutex::new(State {

@@ -6,10 +6,11 @@
 //!
 //! - start-up: from the operator's process start to ready (caches synced) and to every pool
 //!   reconciled once, with the API requests made meanwhile (the API server's own counters);
-//! - the cost at rest: CPU share of one core, RSS, reconciles, and API writes to Deployments
-//!   and pools (which only the operator writes) while no load changes (the fake sidecars' figures
-//!   stand still: 5 in flight a pod, counters not moving), and how many pools the decision rounds
-//!   leave alone then (`asyncpool_pools_at_rest`);
+//! - the cost at rest: CPU share of one core, RSS, reconciles, the watch lines the sidecars
+//!   send, and API writes to Deployments and pools (which only the operator writes) while no
+//!   load changes (5 in flight a pod; by default as traffic of 100 ms requests, so the counters
+//!   move and each stream writes at the operator's pace, `--service-time 0` for an idle fleet),
+//!   and how many pools the decision rounds leave alone then (`asyncpool_pools_at_rest`);
 //! - reaction: a tenth of the pools change load at once (each pod from 5 to 25, at 10 per
 //!   worker); from that instant to each pool's Deployment showing its new `spec.replicas`
 //!   (median, p99), and the Deployment writes per scaling decision;
@@ -31,6 +32,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use asyncpool::crd::AsyncWorkerPool;
+use asyncpool_contract::duration::parse_duration;
+use asyncpool_contract::queue::parse_watch_pace;
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -60,10 +63,16 @@ struct Args {
     /// Every pool this size instead of the mix (more pools within the open-file limit: the
     /// operator holds a watch stream per pod).
     pods_per_pool: Option<i32>,
+    /// Each request's time in the app: the fleet's load is traffic and its counters move
+    /// (`None`: an idle fleet whose figures stand still).
+    service: Option<Duration>,
+    /// The operator's `--watch-pace`, when not its default.
+    watch_pace: Option<String>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
-                     [--rest-seconds 30] [--pods-per-pool N]";
+                     [--rest-seconds 30] [--pods-per-pool N] [--service-time 100ms|0] \
+                     [--watch-pace 1s]";
 
 fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -72,6 +81,8 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         rounds: 3,
         rest: Duration::from_secs(30),
         pods_per_pool: None,
+        service: Some(Duration::from_millis(100)),
+        watch_pace: None,
     };
     let mut raw = raw.into_iter();
     while let Some(flag) = raw.next() {
@@ -95,6 +106,14 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--pods-per-pool" => {
                 let size = i32::try_from(count(&value)?).map_err(|e| e.to_string())?;
                 args.pods_per_pool = Some(size);
+            }
+            "--service-time" => {
+                let service = parse_duration(&value).map_err(|e| format!("{flag}: {e}"))?;
+                args.service = (!service.is_zero()).then_some(service);
+            }
+            "--watch-pace" => {
+                parse_watch_pace(&value).map_err(|e| format!("{flag}: {e}"))?;
+                args.watch_pace = Some(value);
             }
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
         }
@@ -221,6 +240,7 @@ struct Row {
     /// Pools the decision rounds left alone (`asyncpool_pools_at_rest`) at the end of it.
     rest_pools_at_rest: f64,
     rest_rss: f64,
+    rest_lines_per_s: f64,
     rest_reconciles_per_s: f64,
     rest_deployment_writes: f64,
     rest_status_writes: f64,
@@ -248,7 +268,7 @@ async fn run_count(
     let namespace = namespaces.create(client, &format!("{count}")).await?;
     let logs = output_dir(BENCH).join(&namespace);
     std::fs::create_dir_all(&logs)?;
-    let fleet = Fleet::start(client, &namespace, REST_LOAD).await?;
+    let fleet = Fleet::start(client, &namespace, REST_LOAD, args.service).await?;
     let pools: Api<AsyncWorkerPool> = Api::namespaced(client.clone(), &namespace);
     let pool_size = |index| pool_size(index, args.pods_per_pool);
     let total: usize = (0..count).map(|i| pool_size(i) as usize).sum();
@@ -294,11 +314,17 @@ async fn run_count(
     // Start-up.
     let before = api_requests(client).await?;
     let began = Instant::now();
-    let operator = Operator::start(
+    let flags: Vec<String> = args
+        .watch_pace
+        .iter()
+        .map(|pace| format!("--watch-pace={pace}"))
+        .collect();
+    let operator = Operator::start_with(
         kubeconfig,
         &namespace,
         ReadMode::Watch,
         logs.join("operator.log"),
+        &flags,
     )
     .await?;
     let ready = began.elapsed();
@@ -468,6 +494,7 @@ async fn run_count(
         rest_cpu_percent,
         rest_pools_at_rest,
         rest_rss,
+        rest_lines_per_s,
         rest_reconciles_per_s,
         rest_deployment_writes,
         rest_status_writes,
@@ -486,13 +513,13 @@ async fn run_count(
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | watch lines/s at rest | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {:.2} / {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {:.2} / {:.2} |",
             r.pools,
             r.pods,
             r.ready.as_secs_f64(),
@@ -502,6 +529,7 @@ fn table(rows: &[Row]) -> String {
             r.rest_pools_at_rest,
             r.rest_rss,
             r.peak_rss,
+            r.rest_lines_per_s,
             r.rest_reconciles_per_s,
             r.rest_deployment_writes,
             r.rest_status_writes,
@@ -532,7 +560,15 @@ async fn run(args: Args) -> BenchResult<()> {
             }
         }
     }
-    println!("\n{}", table(&rows));
+    let traffic = match args.service {
+        Some(service) => format!("traffic of {service:?} requests (counters move)"),
+        None => "an idle fleet (figures stand still)".to_owned(),
+    };
+    let pace = args
+        .watch_pace
+        .as_deref()
+        .unwrap_or("the operator's default");
+    println!("\n{traffic}; watch pace {pace}\n{}", table(&rows));
     Ok(())
 }
 

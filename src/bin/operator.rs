@@ -14,6 +14,7 @@ use asyncpool::metrics::Metrics;
 use asyncpool::queue::reader::ReaderConfig;
 use asyncpool::reconcile::Settings;
 use asyncpool_contract::duration::parse_duration;
+use asyncpool_contract::queue::parse_watch_pace;
 use asyncpool_contract::redis::RedisTls;
 use clap::Parser;
 
@@ -62,6 +63,11 @@ struct Args {
     /// Read sidecars through their watch stream (falls back to polling per pod).
     #[arg(long, env = "ASYNCPOOL_WATCH_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
     watch_sidecars: bool,
+    /// The pace asked of sidecar watch streams: counters and small load steps arrive within
+    /// it, coalesced; a load step of a quarter of the concurrency, a drain or a gap at once.
+    /// Between 20ms (every change) and 2s; it bounds the lines a busy fleet sends.
+    #[arg(long, env = "ASYNCPOOL_WATCH_PACE", default_value = "1s", value_parser = parse_watch_pace)]
+    watch_pace: Duration,
     /// Time between polls of one sidecar when it is polled.
     #[arg(long, env = "ASYNCPOOL_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -197,6 +203,7 @@ async fn main() -> ExitCode {
         },
         reader: ReaderConfig {
             watch: args.watch_sidecars,
+            watch_pace: args.watch_pace,
             poll_interval: args.poll_interval,
             request_timeout: args.read_timeout,
             max_concurrent_polls: args.max_concurrent_reads,

@@ -29,6 +29,10 @@ pub struct ReaderConfig {
     pub port: u16,
     /// Try the watch stream first; without it every pod is polled.
     pub watch: bool,
+    /// The pace asked of watch streams: a change that does not move the scaler (a busy pod's
+    /// counters move with every request) reaches the operator within this, coalesced; a load
+    /// step, a drain or a gap at once. Bounds the lines a busy fleet sends.
+    pub watch_pace: Duration,
     /// Time between polls of one pod (also the pace at which a broken watch is retried).
     pub poll_interval: Duration,
     /// Longest a connect or a poll may take.
@@ -46,6 +50,7 @@ impl Default for ReaderConfig {
         Self {
             port: asyncpool_contract::pod::ADMIN_PORT,
             watch: true,
+            watch_pace: Duration::from_secs(1),
             poll_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(1),
             watch_idle_timeout: Duration::from_secs(6),
@@ -64,10 +69,12 @@ struct PodKey {
 /// The latest thing learned about one pod's sidecar.
 #[derive(Debug, Clone)]
 pub enum Reading {
-    /// A valid snapshot and when it arrived.
+    /// A valid snapshot, when it arrived, and the longest its sidecar may hold back a change
+    /// after it (a watch stream's pace; zero for a poll, which is current only when made).
     Snapshot {
         snapshot: QueueSnapshot,
         at: Instant,
+        held_back: Duration,
     },
     /// The last attempt failed; why, in words.
     Failed { error: String },
@@ -75,10 +82,31 @@ pub enum Reading {
 
 impl Reading {
     /// A snapshot read just now.
-    fn fresh(snapshot: QueueSnapshot) -> Self {
+    fn fresh(snapshot: QueueSnapshot, held_back: Duration) -> Self {
         Reading::Snapshot {
             snapshot,
             at: Instant::now(),
+            held_back,
+        }
+    }
+}
+
+/// A pod's usable snapshot and how long before now its figures were last known current.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    pub snapshot: QueueSnapshot,
+    /// Time since the reading, but no more than its sidecar may hold back a change: a paced
+    /// stream that wrote nothing since is still current up to that long ago.
+    pub age: Duration,
+}
+
+#[cfg(test)]
+impl Current {
+    /// A snapshot current at this moment.
+    pub fn just_read(snapshot: QueueSnapshot) -> Self {
+        Self {
+            snapshot,
+            age: Duration::ZERO,
         }
     }
 }
@@ -267,17 +295,20 @@ impl SidecarReaders {
         &self,
         pool: &PoolKey,
         pods: impl IntoIterator<Item = &'a str>,
-    ) -> Vec<Result<QueueSnapshot, Unavailable>> {
+    ) -> Vec<Result<Current, Unavailable>> {
         let readings = lock(&self.readings);
         let pool_readings = readings.pools.get(pool);
         let now = Instant::now();
         pods.into_iter()
             .map(|pod| match pool_readings.and_then(|r| r.pods.get(pod)) {
-                Some(Reading::Snapshot { snapshot, at })
-                    if now.duration_since(*at) <= self.config.stale_after =>
-                {
-                    Ok(snapshot.clone())
-                }
+                Some(Reading::Snapshot {
+                    snapshot,
+                    at,
+                    held_back,
+                }) if now.duration_since(*at) <= self.config.stale_after => Ok(Current {
+                    snapshot: snapshot.clone(),
+                    age: now.duration_since(*at).min(*held_back),
+                }),
                 Some(Reading::Snapshot { at, .. }) => Err(Unavailable::Failed(format!(
                     "last reading is {:.1}s old",
                     now.duration_since(*at).as_secs_f64()
@@ -370,7 +401,12 @@ async fn read_pod(
             let outcome = watch_stream(address, &config, |event| match event {
                 WatchEvent::Line(snapshot, latency) => {
                     observer.read_ok(latency, true);
-                    record(&key, Reading::fresh(snapshot), &readings, &changes);
+                    record(
+                        &key,
+                        Reading::fresh(snapshot, config.watch_pace),
+                        &readings,
+                        &changes,
+                    );
                 }
                 WatchEvent::Silent(for_how_long) => {
                     let error = format!(
@@ -401,7 +437,12 @@ async fn read_pod(
         match result {
             Ok(snapshot) => {
                 observer.read_ok(started.elapsed(), false);
-                record(&key, Reading::fresh(snapshot), &readings, &changes);
+                record(
+                    &key,
+                    Reading::fresh(snapshot, Duration::ZERO),
+                    &readings,
+                    &changes,
+                );
             }
             Err(error) => {
                 observer.read_failed(error.category());
@@ -465,6 +506,11 @@ async fn poll_once(address: SocketAddr, config: &ReaderConfig) -> Result<QueueSn
         .map_err(|_| ReadError::Timeout)?
 }
 
+/// The watch request: the pace in whole milliseconds, which every sidecar parses.
+fn watch_target(pace: Duration) -> String {
+    format!("/queue?watch=true&pace={}ms", pace.as_millis())
+}
+
 fn line_hash(line: &[u8]) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
     let mut hasher = DefaultHasher::new();
@@ -491,7 +537,7 @@ async fn watch_stream(
     let started = Instant::now();
     let mut response = timeout(
         config.request_timeout,
-        get(address, "/queue?watch=true", config),
+        get(address, &watch_target(config.watch_pace), config),
     )
     .await
     .map_err(|_| ReadError::Timeout)??;
@@ -619,6 +665,7 @@ mod tests {
         readers
             .snapshots(&pool, ["pod-a"])
             .remove(0)
+            .map(|current| current.snapshot)
             .map_err(|why| why.to_string())
     }
 

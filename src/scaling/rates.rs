@@ -68,7 +68,9 @@ impl History {
         }
     }
 
-    fn record(&mut self, reading: Counters) {
+    fn record(&mut self, mut reading: Counters) {
+        // A poll after a paced line may be stamped a little earlier than it; never go back.
+        reading.at = reading.at.max(self.latest.at);
         if self.latest.at.as_secs() != reading.at.as_secs() {
             self.readings.push_back(reading);
         }
@@ -106,6 +108,19 @@ impl History {
             previous = Some(reading);
         }
         arrivals
+    }
+
+    /// Arrivals from the latest reading until `now`, not heard of yet: a paced stream writes
+    /// a busy pod's counters about once a second, so the latest reading is up to that old.
+    /// Counted at the pod's own rate since `start`, once that rate spans a second; leaving
+    /// them out would read every busy pool low by half the pace over the window.
+    fn unheard_arrivals(&self, start: Duration, now: Duration) -> f64 {
+        let heard = self.latest.at.saturating_sub(start.max(self.first_at()));
+        let unheard = now.saturating_sub(self.latest.at);
+        if heard < MIN_RATE_SPAN || unheard.is_zero() {
+            return 0.0;
+        }
+        self.arrivals_since(start) / heard.as_secs_f64() * unheard.as_secs_f64()
     }
 
     /// The counters have not moved since before `start`.
@@ -163,23 +178,26 @@ impl RateTracker {
         }
     }
 
-    /// Folds in this round's readings (`None` = no usable reading from that pod) and returns
-    /// the pool's rates measured over about `span` (over less while the tracker is younger).
-    /// Only pod-scoped readings have rates: a pool-wide source has no per-pod counters to add
-    /// up. A pod that missed one read keeps its history.
+    /// Folds in this round's readings (`None` = no usable reading from that pod; each with
+    /// how long before `now` its figures were current) and returns the pool's rates measured
+    /// over about `span` (over less while the tracker is younger). Only pod-scoped readings
+    /// have rates: a pool-wide source has no per-pod counters to add up. A pod that missed one
+    /// read keeps its history.
     pub(super) fn update<'a>(
         &mut self,
         now: Duration,
         span: Duration,
-        pods: impl IntoIterator<Item = (&'a str, Option<&'a QueueSnapshot>)>,
+        pods: impl IntoIterator<Item = (&'a str, Option<&'a QueueSnapshot>, Duration)>,
     ) -> Option<RateEstimate> {
         let mut present = BTreeSet::new();
-        for (name, snapshot) in pods {
+        let mut read_now = BTreeSet::new();
+        for (name, snapshot, age) in pods {
             present.insert(name);
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
                 continue;
             };
-            let reading = Counters::read(now, snapshot);
+            read_now.insert(name);
+            let reading = Counters::read(now.saturating_sub(age), snapshot);
             match self.pods.get_mut(name) {
                 Some(history) if reading.went_back_from(&history.latest) => {
                     // The sidecar restarted since its last reading and counted from zero.
@@ -224,7 +242,13 @@ impl RateTracker {
         if measured < MIN_RATE_SPAN {
             return None;
         }
-        let arrivals: f64 = histories().map(|h| h.arrivals_since(start)).sum();
+        let unheard: f64 = self
+            .pods
+            .iter()
+            .filter(|(name, _)| read_now.contains(name.as_str()))
+            .map(|(_, history)| history.unheard_arrivals(start, now))
+            .sum();
+        let arrivals = histories().map(|h| h.arrivals_since(start)).sum::<f64>() + unheard;
         let arrivals_per_second = arrivals / measured.as_secs_f64();
 
         let (mut arrived, mut completed, mut busy_seconds) = (0u64, 0u64, 0.0);
@@ -287,7 +311,7 @@ mod tests {
         let mut estimate = None;
         for t in 0..=10u64 {
             let s = snapshot(20 * t, 20 * t, 10.0 * t as f64);
-            estimate = rates.update(secs(t), SPAN, [("a", Some(&s))]);
+            estimate = rates.update(secs(t), SPAN, [("a", Some(&s), Duration::ZERO)]);
         }
         let estimate = estimate.unwrap();
         assert!((estimate.arrivals_per_second - 20.0).abs() < 1e-9);
@@ -295,25 +319,82 @@ mod tests {
         assert!((estimate.load - 10.0).abs() < 1e-9);
     }
 
+    /// A paced stream writes a busy pod's counters once per pace, out of step with the
+    /// decisions: each reading counts at its own time, and the arrivals not heard of yet at
+    /// the pod's rate. Stamped with the decision's time instead, a pace of 2 s read 0 and
+    /// then twice the rate on alternate seconds.
+    #[test]
+    fn paced_readings_count_at_their_own_time() {
+        for pace_ms in [250u64, 700, 1_000, 1_500, 2_000] {
+            let pace = Duration::from_millis(pace_ms);
+            let mut rates = RateTracker::default();
+            let mut estimates = Vec::new();
+            for t in 0..=40u64 {
+                let now = secs(t);
+                // The latest line by `now`: written at 0.37 s + k × pace.
+                let offset = Duration::from_millis(370);
+                let Some(since_first) = now.checked_sub(offset) else {
+                    continue;
+                };
+                let k = since_first.as_millis() / pace.as_millis();
+                let line = offset + pace * u32::try_from(k).unwrap();
+                let x = line.as_secs_f64();
+                // 20 arrivals/s of 0.5 s each, counted when the line was written.
+                let s = snapshot((20.0 * x) as u64, (20.0 * x) as u64, 10.0 * x);
+                let e = rates.update(now, SPAN, [("a", Some(&s), now - line)]);
+                if t >= 10 {
+                    estimates.push(e.unwrap().arrivals_per_second);
+                }
+            }
+            let (low, high) = estimates
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(l, h), e| (l.min(*e), h.max(*e)));
+            assert!(
+                low > 19.0 && high < 21.0,
+                "pace {pace:?}: estimates {low:.2}..{high:.2} of 20/s: {estimates:.2?}"
+            );
+        }
+    }
+
     #[test]
     fn no_rate_before_a_second_of_history() {
         let mut rates = RateTracker::default();
         let s = snapshot(0, 0, 0.0);
-        assert_eq!(rates.update(secs(0), SPAN, [("a", Some(&s))]), None);
+        assert_eq!(
+            rates.update(secs(0), SPAN, [("a", Some(&s), Duration::ZERO)]),
+            None
+        );
         let s = snapshot(5, 5, 1.0);
         let half = Duration::from_millis(500);
-        assert_eq!(rates.update(half, SPAN, [("a", Some(&s))]), None);
+        assert_eq!(
+            rates.update(half, SPAN, [("a", Some(&s), Duration::ZERO)]),
+            None
+        );
     }
 
     #[test]
     fn pods_rates_add_up_and_service_time_is_pooled() {
         let mut rates = RateTracker::default();
         let (a0, b0) = (snapshot(0, 0, 0.0), snapshot(0, 0, 0.0));
-        rates.update(secs(0), SPAN, [("a", Some(&a0)), ("b", Some(&b0))]);
+        rates.update(
+            secs(0),
+            SPAN,
+            [
+                ("a", Some(&a0), Duration::ZERO),
+                ("b", Some(&b0), Duration::ZERO),
+            ],
+        );
         // a: 10 arrivals at 1 s each; b: 30 arrivals at 1/3 s each, over 2 s.
         let (a1, b1) = (snapshot(20, 20, 20.0), snapshot(60, 60, 20.0));
         let e = rates
-            .update(secs(2), SPAN, [("a", Some(&a1)), ("b", Some(&b1))])
+            .update(
+                secs(2),
+                SPAN,
+                [
+                    ("a", Some(&a1), Duration::ZERO),
+                    ("b", Some(&b1), Duration::ZERO),
+                ],
+            )
             .unwrap();
         assert!((e.arrivals_per_second - 40.0).abs() < 1e-9);
         assert!((e.mean_service_seconds - 0.5).abs() < 1e-9);
@@ -323,16 +404,37 @@ mod tests {
     fn a_restarted_sidecar_counts_from_zero_since_its_last_reading() {
         let mut rates = RateTracker::default();
         let (a0, b0) = (snapshot(100, 100, 50.0), snapshot(0, 0, 0.0));
-        rates.update(secs(0), SPAN, [("a", Some(&a0)), ("b", Some(&b0))]);
+        rates.update(
+            secs(0),
+            SPAN,
+            [
+                ("a", Some(&a0), Duration::ZERO),
+                ("b", Some(&b0), Duration::ZERO),
+            ],
+        );
         // a restarted: its counters start over, and its 3 arrivals came after its last reading.
         let (a1, b1) = (snapshot(3, 3, 1.0), snapshot(10, 10, 5.0));
         let e = rates
-            .update(secs(2), SPAN, [("a", Some(&a1)), ("b", Some(&b1))])
+            .update(
+                secs(2),
+                SPAN,
+                [
+                    ("a", Some(&a1), Duration::ZERO),
+                    ("b", Some(&b1), Duration::ZERO),
+                ],
+            )
             .unwrap();
         assert!((e.arrivals_per_second - 6.5).abs() < 1e-9, "{e:?}");
         let (a2, b2) = (snapshot(13, 13, 6.0), snapshot(20, 20, 10.0));
         let e = rates
-            .update(secs(4), SPAN, [("a", Some(&a2)), ("b", Some(&b2))])
+            .update(
+                secs(4),
+                SPAN,
+                [
+                    ("a", Some(&a2), Duration::ZERO),
+                    ("b", Some(&b2), Duration::ZERO),
+                ],
+            )
             .unwrap();
         assert!((e.arrivals_per_second - 33.0 / 4.0).abs() < 1e-9, "{e:?}");
         assert!((e.mean_service_seconds - 16.0 / 33.0).abs() < 1e-9, "{e:?}");
@@ -341,9 +443,21 @@ mod tests {
     #[test]
     fn busy_seconds_stepping_back_by_a_rounding_error_is_no_restart() {
         let mut rates = RateTracker::default();
-        rates.update(secs(0), SPAN, [("a", Some(&snapshot(0, 0, 0.0)))]);
-        rates.update(secs(1), SPAN, [("a", Some(&snapshot(10, 10, 5.000_001)))]);
-        let e = rates.update(secs(2), SPAN, [("a", Some(&snapshot(20, 20, 5.0)))]);
+        rates.update(
+            secs(0),
+            SPAN,
+            [("a", Some(&snapshot(0, 0, 0.0)), Duration::ZERO)],
+        );
+        rates.update(
+            secs(1),
+            SPAN,
+            [("a", Some(&snapshot(10, 10, 5.000_001)), Duration::ZERO)],
+        );
+        let e = rates.update(
+            secs(2),
+            SPAN,
+            [("a", Some(&snapshot(20, 20, 5.0)), Duration::ZERO)],
+        );
         assert!(
             e.is_some_and(|e| (e.arrivals_per_second - 10.0).abs() < 1e-9),
             "{e:?}"
@@ -353,14 +467,26 @@ mod tests {
     #[test]
     fn nothing_completed_reuses_the_last_service_time() {
         let mut rates = RateTracker::default();
-        rates.update(secs(0), SPAN, [("a", Some(&snapshot(0, 0, 0.0)))]);
+        rates.update(
+            secs(0),
+            SPAN,
+            [("a", Some(&snapshot(0, 0, 0.0)), Duration::ZERO)],
+        );
         let e = rates
-            .update(secs(10), SPAN, [("a", Some(&snapshot(20, 20, 60.0)))])
+            .update(
+                secs(10),
+                SPAN,
+                [("a", Some(&snapshot(20, 20, 60.0)), Duration::ZERO)],
+            )
             .unwrap();
         assert!((e.mean_service_seconds - 3.0).abs() < 1e-9);
         // 10 arrivals/s and none completed since: still sized with 3 s each.
         let e = rates
-            .update(secs(20), SPAN, [("a", Some(&snapshot(120, 20, 110.0)))])
+            .update(
+                secs(20),
+                SPAN,
+                [("a", Some(&snapshot(120, 20, 110.0)), Duration::ZERO)],
+            )
             .unwrap();
         assert!((e.mean_service_seconds - 3.0).abs() < 1e-9);
         assert!((e.load - 30.0).abs() < 1e-9);
@@ -381,7 +507,7 @@ mod tests {
             busy += in_flight as f64;
             let completed = arrived - in_flight;
             let s = snapshot(arrived, completed, busy);
-            let e = rates.update(secs(t), SPAN, [("a", Some(&s))]);
+            let e = rates.update(secs(t), SPAN, [("a", Some(&s), Duration::ZERO)]);
             // Within 15 % below (the balance tolerance lets a little ramp in), never above.
             if t >= 40 {
                 let e = e.unwrap();
@@ -398,9 +524,16 @@ mod tests {
     #[test]
     fn no_service_time_ever_measured_means_no_estimate() {
         let mut rates = RateTracker::default();
-        rates.update(secs(0), SPAN, [("a", Some(&snapshot(0, 0, 0.0)))]);
+        rates.update(
+            secs(0),
+            SPAN,
+            [("a", Some(&snapshot(0, 0, 0.0)), Duration::ZERO)],
+        );
         let s = snapshot(50, 0, 20.0);
-        assert_eq!(rates.update(secs(3), SPAN, [("a", Some(&s))]), None);
+        assert_eq!(
+            rates.update(secs(3), SPAN, [("a", Some(&s), Duration::ZERO)]),
+            None
+        );
     }
 
     #[test]
@@ -411,14 +544,14 @@ mod tests {
         for t in 0..=40u64 {
             arrived += if t <= 30 { 1 } else { 10 };
             let s = snapshot(arrived, arrived, arrived as f64 * 0.1);
-            let e = rates.update(secs(t), SPAN, [("a", Some(&s))]);
+            let e = rates.update(secs(t), SPAN, [("a", Some(&s), Duration::ZERO)]);
             if t >= 37 {
                 assert!((e.unwrap().arrivals_per_second - 10.0).abs() < 1e-9);
             }
         }
         assert!(rates.pods["a"].readings.len() <= 8);
         // A pod that misses a read keeps its history; one that is gone loses it.
-        rates.update(secs(41), SPAN, [("a", None)]);
+        rates.update(secs(41), SPAN, [("a", None, Duration::ZERO)]);
         assert!(rates.pods.contains_key("a"));
         rates.update(secs(42), SPAN, std::iter::empty());
         assert!(rates.pods.is_empty());
@@ -448,7 +581,11 @@ mod tests {
                 };
                 readings.push((*pod, snapshot(count, count, count as f64 * 0.5)));
             }
-            let e = rates.update(secs(t), SPAN, readings.iter().map(|(p, s)| (*p, Some(s))));
+            let e = rates.update(
+                secs(t),
+                SPAN,
+                readings.iter().map(|(p, s)| (*p, Some(s), Duration::ZERO)),
+            );
             if t >= 20 {
                 after.push((t, e));
             }
@@ -508,9 +645,12 @@ mod tests {
         let mut rates = RateTracker::default();
         let mut s = snapshot(0, 0, 0.0);
         s.scope = Scope::Pool;
-        rates.update(secs(0), SPAN, [("a", Some(&s))]);
+        rates.update(secs(0), SPAN, [("a", Some(&s), Duration::ZERO)]);
         s.arrived_total = 100;
         s.completed_total = 100;
-        assert_eq!(rates.update(secs(5), SPAN, [("a", Some(&s))]), None);
+        assert_eq!(
+            rates.update(secs(5), SPAN, [("a", Some(&s), Duration::ZERO)]),
+            None
+        );
     }
 }

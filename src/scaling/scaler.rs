@@ -47,6 +47,9 @@ pub struct PodReading {
     /// values. Missing data is never read as zero. A snapshot that fails
     /// [`QueueSnapshot::validate`] counts as `None`.
     pub snapshot: Option<QueueSnapshot>,
+    /// How long before the observation the snapshot's figures were last known current: a
+    /// paced stream writes a busy pod's counters about once a second, not at every request.
+    pub age: Duration,
     /// No read of the pod's sidecar has finished yet (its reader is connecting): a ready pod
     /// in that state is starting, not missing, for up to [`FIRST_READ_PATIENCE`].
     pub unread: bool,
@@ -312,7 +315,7 @@ impl Scaler {
             policy.panic_window,
             obs.pods
                 .iter()
-                .map(|pod| (pod.name.as_str(), usable(pod.snapshot.as_ref()))),
+                .map(|pod| (pod.name.as_str(), usable(pod.snapshot.as_ref()), pod.age)),
         );
         match rates {
             Some(rates) => self

@@ -19,6 +19,7 @@ fn pod(name: &str, load: u64) -> PodReading {
     PodReading {
         name: name.to_owned(),
         snapshot: Some(snapshot(0, load)),
+        age: Duration::ZERO,
         unread: false,
         ready: true,
     }
@@ -28,6 +29,7 @@ fn silent(name: &str) -> PodReading {
     PodReading {
         name: name.to_owned(),
         snapshot: None,
+        age: Duration::ZERO,
         unread: false,
         ready: true,
     }
@@ -627,6 +629,7 @@ fn pool_scoped_readings_count_once() {
         PodReading {
             name: name.to_owned(),
             snapshot: Some(s),
+            age: Duration::ZERO,
             unread: false,
             ready: true,
         }
@@ -698,6 +701,7 @@ fn pods_whose_readers_have_not_read_yet_are_awaited_not_missing() {
         ..policy(20)
     };
     let unread = |name: &str| PodReading {
+        age: Duration::ZERO,
         unread: true,
         ..silent(name)
     };
@@ -1270,6 +1274,7 @@ impl Feed {
                 PodReading {
                     name: format!("p{i}"),
                     snapshot,
+                    age: Duration::ZERO,
                     unread: false,
                     ready: step.ready,
                 }
@@ -1458,6 +1463,7 @@ proptest! {
                     draining: s.5,
                     ..snapshot(0, 0)
                 }),
+                age: Duration::ZERO,
                 unread: false,
                 ready: s.6,
             }).collect();
@@ -1507,6 +1513,7 @@ fn run_counted_pool(
                 PodReading {
                     name: name.clone(),
                     snapshot: Some(s),
+                    age: Duration::ZERO,
                     unread: false,
                     ready: true,
                 }

@@ -75,6 +75,7 @@ impl Autoscaler for Operator {
                 PodReading {
                     name: pod.name.clone(),
                     snapshot: pod.is_ready().then(|| world.snapshot(index)),
+                    age: Duration::ZERO,
                     unread: false,
                     ready: pod.is_ready(),
                 }

@@ -150,6 +150,17 @@ impl Operator {
         mode: ReadMode,
         log: PathBuf,
     ) -> BenchResult<Self> {
+        Self::start_with(kubeconfig, namespace, mode, log, &[]).await
+    }
+
+    /// [`Operator::start`] with more flags.
+    pub async fn start_with(
+        kubeconfig: &Path,
+        namespace: &str,
+        mode: ReadMode,
+        log: PathBuf,
+        flags: &[String],
+    ) -> BenchResult<Self> {
         let port = crate::free_loopback_port()?;
         let file = std::fs::File::create(&log)?;
         let mut command = tokio::process::Command::new(crate::binary("asyncpool-operator"));
@@ -166,6 +177,7 @@ impl Operator {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--sidecar-image", "asyncpool/sidecar:bench"])
             .arg(mode.flag())
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

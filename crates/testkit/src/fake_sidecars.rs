@@ -2,9 +2,12 @@
 //! the admin port of every local address, which tells pods apart by the address each connection
 //! came to (kwok gives every pod its own 127.20.x.y). It answers `GET /queue`, follows
 //! `GET /queue?watch=true` with a line at each change and a heartbeat as a sidecar does, and
-//! serves a small `/metrics`, with the load the harness sets per pod address. It is not a
-//! sidecar (no proxy, no admission, no drain): only what the operator reads, at the cost of a
-//! task and a socket per watching reader, so that ten thousand pods fit in one process.
+//! serves a small `/metrics`, with the load the harness sets per pod address. With traffic, a
+//! pod's load is requests of a fixed service time passing through it: its counters move all the
+//! time and its watch streams write at the pace the reader asks for (every 20 ms without one),
+//! as a busy sidecar's do. It is not a sidecar (no proxy, no admission, no drain): only what the
+//! operator reads, at the cost of a task and a socket per watching reader, so that ten thousand
+//! pods fit in one process.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,12 +16,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use asyncpool_contract::queue::{CONTRACT_VERSION, QueueSnapshot, Scope};
+use asyncpool_contract::queue::{
+    CONTRACT_VERSION, QueueSnapshot, Scope, WATCH_MIN_INTERVAL, parse_watch_pace,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 16_384;
 /// Longest request head read; anything longer is answered 431 and closed.
 const MAX_HEAD: usize = 4096;
 /// A client that sends no complete request head in this time is dropped.
@@ -45,10 +53,72 @@ struct Counters {
     unknown: AtomicU64,
 }
 
+/// One pod's load since it last changed, and its counters then.
+#[derive(Debug, Clone, Copy)]
+struct PodLoad {
+    load: u64,
+    since: Instant,
+    arrived: f64,
+    busy_seconds: f64,
+}
+
+impl PodLoad {
+    fn new(load: u64) -> Self {
+        Self {
+            load,
+            since: Instant::now(),
+            arrived: 0.0,
+            busy_seconds: 0.0,
+        }
+    }
+
+    /// The figures at `now`: with traffic of `service` each, `load` requests are always in the
+    /// app, so `load / service` arrive and complete every second (Little's law).
+    fn snapshot(&self, now: Instant, service: Option<Duration>) -> QueueSnapshot {
+        let capacity = 10;
+        let (arrived, busy_seconds) = match service {
+            Some(service) => {
+                let elapsed = now.duration_since(self.since).as_secs_f64();
+                (
+                    self.arrived + self.load as f64 * elapsed / service.as_secs_f64(),
+                    self.busy_seconds + self.load as f64 * elapsed,
+                )
+            }
+            None => (self.arrived, self.busy_seconds),
+        };
+        QueueSnapshot {
+            version: CONTRACT_VERSION,
+            queued: self.load.saturating_sub(capacity),
+            in_flight: self.load.min(capacity),
+            capacity,
+            arrived_total: arrived as u64,
+            completed_total: arrived as u64,
+            busy_seconds_total: busy_seconds,
+            oldest_in_flight_seconds: 0.0,
+            draining: false,
+            scope: Scope::Pod,
+        }
+    }
+
+    /// A new load from now on, the counters carried over.
+    fn changed_to(&self, load: u64, service: Option<Duration>) -> Self {
+        let now = Instant::now();
+        let at_change = self.snapshot(now, service);
+        Self {
+            load,
+            since: now,
+            arrived: at_change.arrived_total as f64,
+            busy_seconds: at_change.busy_seconds_total,
+        }
+    }
+}
+
 struct Shared {
     /// Each pod address's load; a watch stream follows its receiver.
-    pods: RwLock<HashMap<IpAddr, watch::Sender<u64>>>,
+    pods: RwLock<HashMap<IpAddr, watch::Sender<PodLoad>>>,
     heartbeat: Duration,
+    /// Each request's time in the app when the pods carry traffic; `None`: counters stand still.
+    service: Option<Duration>,
     counters: Counters,
 }
 
@@ -61,13 +131,27 @@ pub struct FakeSidecars {
 
 impl FakeSidecars {
     /// Listens on `bind` (the wildcard address and the sidecar's admin port for the benchmark,
-    /// so that every pod address reaches it) and sends a watch heartbeat every `heartbeat`.
-    pub async fn start(bind: SocketAddr, heartbeat: Duration) -> io::Result<Self> {
-        let listener = TcpListener::bind(bind).await?;
+    /// so that every pod address reaches it) and sends a watch heartbeat every `heartbeat`. With
+    /// a `service` time, each pod's load is traffic of requests that long.
+    pub async fn start(
+        bind: SocketAddr,
+        heartbeat: Duration,
+        service: Option<Duration>,
+    ) -> io::Result<Self> {
+        // Every reader of a restarted operator connects at once: at the default backlog of 1,024
+        // the kernel drops the SYNs past it, and those readers wait a second for a retry.
+        let socket = match bind {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(bind)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
             pods: RwLock::default(),
             heartbeat,
+            service,
             counters: Counters::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -94,13 +178,15 @@ impl FakeSidecars {
         match pods.get(&ip) {
             Some(sender) => {
                 sender.send_if_modified(|current| {
-                    let changed = *current != load;
-                    *current = load;
+                    let changed = current.load != load;
+                    if changed {
+                        *current = current.changed_to(load, self.shared.service);
+                    }
                     changed
                 });
             }
             None => {
-                pods.insert(ip, watch::channel(load).0);
+                pods.insert(ip, watch::channel(PodLoad::new(load)).0);
             }
         }
     }
@@ -213,24 +299,40 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         return;
     };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut watch = false;
+    let mut pace = WATCH_MIN_INTERVAL;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            None if pair == "watch" => watch = true,
+            Some(("watch", "true" | "1")) => watch = true,
+            Some(("pace", value)) => pace = parse_watch_pace(value).unwrap_or(pace),
+            _ => {}
+        }
+    }
     match path {
-        "/queue"
-            if query
-                .split('&')
-                .any(|p| matches!(p, "watch" | "watch=true" | "watch=1")) =>
-        {
+        "/queue" if watch => {
             shared.counters.watches.fetch_add(1, Ordering::Relaxed);
             let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
             if stream.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
             loop {
-                let line = format!("{}\n", snapshot_json(*load.borrow_and_update()));
+                let now = Instant::now();
+                let current = *load.borrow_and_update();
+                let line = format!(
+                    "{}\n",
+                    snapshot_json(&current.snapshot(now, shared.service))
+                );
                 let chunk = format!("{:x}\r\n{line}\r\n", line.len());
                 if stream.write_all(chunk.as_bytes()).await.is_err() {
                     return;
                 }
                 shared.counters.lines.fetch_add(1, Ordering::Relaxed);
+                // Moving counters are written at the pace; a new load at once.
+                let next = match shared.service {
+                    Some(_) if current.load > 0 => now + pace,
+                    _ => now + shared.heartbeat,
+                };
                 tokio::select! {
                     changed = load.changed() => {
                         if changed.is_err() {
@@ -238,14 +340,15 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                             let _ = stream.write_all(b"0\r\n\r\n").await;
                             return;
                         }
+                        tokio::time::sleep_until(now + WATCH_MIN_INTERVAL).await;
                     }
-                    _ = tokio::time::sleep(shared.heartbeat) => {}
+                    _ = tokio::time::sleep_until(next) => {}
                 }
             }
         }
         "/queue" => {
             shared.counters.polls.fetch_add(1, Ordering::Relaxed);
-            let body = snapshot_json(*load.borrow());
+            let body = snapshot_json(&load.borrow().snapshot(Instant::now(), shared.service));
             let _ = stream
                 .write_all(&response("200 OK", "application/json", &body))
                 .await;
@@ -253,7 +356,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         "/metrics" => {
             let body = format!(
                 "# TYPE asyncpool_sidecar_queue_load gauge\nasyncpool_sidecar_queue_load {}\n",
-                *load.borrow()
+                load.borrow().load
             );
             let _ = stream
                 .write_all(&response("200 OK", "text/plain; version=0.0.4", &body))
@@ -275,23 +378,8 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A pod's snapshot with `load` requests in flight (all of them running, none queued, up to
-/// its capacity of 10 and queued beyond).
-fn snapshot_json(load: u64) -> String {
-    let capacity = 10;
-    let snapshot = QueueSnapshot {
-        version: CONTRACT_VERSION,
-        queued: load.saturating_sub(capacity),
-        in_flight: load.min(capacity),
-        capacity,
-        arrived_total: 0,
-        completed_total: 0,
-        busy_seconds_total: 0.0,
-        oldest_in_flight_seconds: 0.0,
-        draining: false,
-        scope: Scope::Pod,
-    };
-    serde_json::to_string(&snapshot).unwrap_or_default()
+fn snapshot_json(snapshot: &QueueSnapshot) -> String {
+    serde_json::to_string(snapshot).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -303,6 +391,7 @@ mod tests {
         FakeSidecars::start(
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             Duration::from_secs(60),
+            None,
         )
         .await
         .expect("listen")
@@ -376,6 +465,53 @@ mod tests {
         assert_eq!(received.matches("inFlight").count(), 2, "{received}");
         assert_eq!(fake.served().watches, 1);
         assert_eq!(fake.served().lines, 2);
+    }
+
+    #[tokio::test]
+    async fn with_traffic_the_counters_move_and_a_stream_writes_at_its_pace() {
+        let fake = FakeSidecars::start(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            Duration::from_secs(60),
+            Some(Duration::from_millis(100)),
+        )
+        .await
+        .expect("listen");
+        let ip = IpAddr::from([127, 0, 0, 6]);
+        // 5 requests of 100 ms always in the app: 50 arrive a second.
+        fake.set_load(ip, 5);
+        let mut stream = TcpStream::connect(at(&fake, [127, 0, 0, 6]))
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /queue?watch=true&pace=200ms HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut received = String::new();
+        read_until(&mut stream, &mut received, "inFlight").await;
+        let start = Instant::now();
+        let mut buffer = [0u8; 1024];
+        while received.matches("inFlight").count() < 6 {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "stream closed: {received}");
+            received.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        let elapsed = start.elapsed();
+        let arrived: Vec<u64> = received
+            .split("\"arrivedTotal\":")
+            .skip(1)
+            .filter_map(|rest| rest.split(',').next()?.parse().ok())
+            .collect();
+        assert_eq!(arrived.len(), 6, "{received}");
+        assert!(arrived.windows(2).all(|w| w[0] < w[1]), "{arrived:?}");
+        // Five lines after the first at the 200 ms pace, not the 20 ms of an unpaced stream.
+        assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+        let rate = (arrived[5] - arrived[0]) as f64 / elapsed.as_secs_f64();
+        assert!((35.0..=60.0).contains(&rate), "{rate:.1} arrivals/s of 50");
+        // A new load is written at once, not at the pace.
+        fake.set_load(ip, 0);
+        let changed = Instant::now();
+        read_until(&mut stream, &mut received, "\"inFlight\":0").await;
+        assert!(changed.elapsed() < Duration::from_millis(150));
     }
 
     /// Reads from `stream` into `received` until it holds `want`.
