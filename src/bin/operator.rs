@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, env = "ASYNCPOOL_WATCH_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
     watch_sidecars: bool,
     /// The pace asked of sidecar watch streams: counters and small load steps arrive within
-    /// it, coalesced; a load step of a quarter of the concurrency, a drain or a gap at once.
+    /// it, coalesced; a load step of half the concurrency, a drain or a gap at once.
     /// Between 20ms (every change) and 2s; it bounds the lines a busy fleet sends.
     #[arg(long, env = "ASYNCPOOL_WATCH_PACE", default_value = "1s", value_parser = parse_watch_pace)]
     watch_pace: Duration,

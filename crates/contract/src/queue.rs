@@ -30,11 +30,35 @@ pub fn parse_watch_pace(value: &str) -> Result<std::time::Duration, String> {
     Ok(pace)
 }
 
+/// The first instant at or after `after` at which the wall clock reads a whole multiple of
+/// `every`. Watch streams write their paced lines and heartbeats there, so that every sidecar's
+/// lines of a second reach the operator together: it wakes once for all of them instead of once
+/// for each (clocks kept by NTP agree to milliseconds). A step of the wall clock moves one line.
+pub fn on_the_clock(after: std::time::Instant, every: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let wall_after = match after.checked_duration_since(now) {
+        Some(ahead) => wall + ahead,
+        None => wall.saturating_sub(now - after),
+    };
+    after + until_multiple(wall_after, every)
+}
+
+/// From `time` to the next whole multiple of `every` (zero on one).
+fn until_multiple(time: std::time::Duration, every: std::time::Duration) -> std::time::Duration {
+    let every = every.as_nanos().max(1);
+    let past = time.as_nanos() % every;
+    let wait = if past == 0 { 0 } else { every - past };
+    std::time::Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
 /// Whether a paced watch stream (`GET /queue?watch=true&pace=1s`) writes `now` at once rather
 /// than at its pace, having last written `last`: the figures appeared or went missing, the
-/// drain began, the capacity or scope changed, or the load (queued + in flight) moved by a
-/// quarter of the capacity, and by at least two requests, since the last line. One request in
-/// or out is what steady traffic does all the time; a burst moves the load by far more.
+/// drain began, the capacity or scope changed, or the load (queued + in flight) moved by half
+/// the capacity, and by at least two requests, since the last line. A request or two in or out
+/// is what steady traffic does all the time; a burst moves the load by far more.
 pub fn moves_at_once(
     last: Option<&Result<QueueSnapshot, String>>,
     now: &Result<QueueSnapshot, String>,
@@ -42,7 +66,7 @@ pub fn moves_at_once(
     let (Some(Ok(last)), Ok(now)) = (last, now) else {
         return last.is_none_or(|last| last.is_ok() != now.is_ok());
     };
-    let step = now.capacity.div_ceil(4).max(2);
+    let step = now.capacity.div_ceil(2).max(2);
     last.draining != now.draining
         || last.capacity != now.capacity
         || last.scope != now.scope
@@ -245,7 +269,7 @@ mod tests {
             })
         };
         let last = at(0, 6, 10);
-        // Counters alone, or one or two requests in or out of ten: at the pace.
+        // Counters alone, or up to four requests in or out of ten: at the pace.
         let counted = Ok(QueueSnapshot {
             arrived_total: 500,
             busy_seconds_total: 12.5,
@@ -254,10 +278,10 @@ mod tests {
                 ..QueueSnapshot::of_pod(0, 6)
             }
         });
-        for quiet in [counted, at(0, 7, 10), at(0, 4, 10), at(1, 7, 10)] {
+        for quiet in [counted, at(0, 7, 10), at(0, 2, 10), at(3, 7, 10)] {
             assert!(!moves_at_once(Some(&last), &quiet), "{quiet:?}");
         }
-        // A quarter of the capacity (rounded up), a drain, a new capacity, a gap: at once.
+        // Half the capacity (rounded up), a drain, a new capacity, a gap: at once.
         let draining = Ok(QueueSnapshot {
             draining: true,
             ..QueueSnapshot {
@@ -266,9 +290,9 @@ mod tests {
             }
         });
         for moved in [
-            at(0, 9, 10),
-            at(3, 6, 10),
-            at(0, 3, 10),
+            at(1, 10, 10),
+            at(5, 6, 10),
+            at(0, 1, 10),
             draining,
             at(0, 6, 12),
         ] {
@@ -282,8 +306,28 @@ mod tests {
         assert!(moves_at_once(None, &last));
         assert!(!moves_at_once(Some(&at(0, 1, 1)), &at(0, 0, 1)));
         assert!(moves_at_once(Some(&at(0, 1, 1)), &at(2, 1, 1)));
-        // A large worker moves at once only by a quarter: 25 of 100.
-        assert!(!moves_at_once(Some(&at(0, 50, 100)), &at(0, 74, 100)));
-        assert!(moves_at_once(Some(&at(0, 50, 100)), &at(0, 75, 100)));
+        // A large worker moves at once only by half: 50 of 100.
+        assert!(!moves_at_once(Some(&at(0, 50, 100)), &at(49, 50, 100)));
+        assert!(moves_at_once(Some(&at(0, 50, 100)), &at(50, 50, 100)));
+    }
+
+    #[test]
+    fn lines_go_out_on_whole_multiples_of_the_pace() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(until_multiple(ms(12_300), ms(1_000)), ms(700));
+        assert_eq!(until_multiple(ms(12_000), ms(1_000)), ms(0));
+        assert_eq!(until_multiple(ms(12_999), ms(2_000)), ms(1_001));
+        assert_eq!(until_multiple(ms(5), ms(20)), ms(15));
+        let start = std::time::Instant::now();
+        let at = on_the_clock(start, ms(250));
+        assert!(at >= start && at <= start + ms(250), "{:?}", at - start);
+        // Two streams asking at different moments of one period meet at its end (to within
+        // the time between this test's clock readings).
+        let later = on_the_clock(start + ms(100), ms(250));
+        let apart = later.saturating_duration_since(at);
+        assert!(
+            apart < ms(1) || apart.abs_diff(ms(250)) < ms(1),
+            "{apart:?}"
+        );
     }
 }

@@ -26,7 +26,8 @@ use crate::server_builder;
 use crate::source::Source;
 use crate::source::report::Report;
 use asyncpool_contract::queue::{
-    QueueSnapshot, Scope, WATCH_HEARTBEAT, WATCH_MIN_INTERVAL, moves_at_once, parse_watch_pace,
+    QueueSnapshot, Scope, WATCH_HEARTBEAT, WATCH_MIN_INTERVAL, moves_at_once, on_the_clock,
+    parse_watch_pace,
 };
 /// Bound on a report's body and on the time to send it.
 const MAX_REPORT_BYTES: usize = 4096;
@@ -168,7 +169,8 @@ impl Admin {
     /// One JSON object per line: at once, then on every change (coalesced to one line per
     /// [`WATCH_MIN_INTERVAL`]), and at least every [`WATCH_HEARTBEAT`]. With a `pace`, a change
     /// that does not move the scaler ([`moves_at_once`]) waits up to that long, coalesced with
-    /// the changes after it: a busy pod's counters move with every request.
+    /// the changes after it: a busy pod's counters move with every request. Held lines and
+    /// heartbeats go out [`on_the_clock`], with every other sidecar's.
     fn watch(self: Arc<Self>, pace: Option<Duration>) -> Response<AdminBody> {
         struct Watch {
             admin: Arc<Admin>,
@@ -186,10 +188,11 @@ impl Admin {
             if let Some((last, sent)) = &watch.last_sent {
                 let mut held = false;
                 loop {
-                    let due = match pace {
-                        Some(pace) if held => *last + pace,
-                        _ => *last + WATCH_HEARTBEAT,
-                    };
+                    let earliest = (*last + WATCH_MIN_INTERVAL).into_std();
+                    let due = Instant::from_std(match pace {
+                        Some(pace) if held => on_the_clock(earliest, pace),
+                        _ => on_the_clock(earliest, WATCH_HEARTBEAT),
+                    });
                     tokio::select! {
                         changed = watch.source.changed() => changed.ok()?,
                         changed = watch.phase.changed() => changed.ok()?,

@@ -17,7 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use asyncpool_contract::queue::{
-    CONTRACT_VERSION, QueueSnapshot, Scope, WATCH_MIN_INTERVAL, parse_watch_pace,
+    CONTRACT_VERSION, QueueSnapshot, Scope, WATCH_MIN_INTERVAL, on_the_clock, parse_watch_pace,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -328,11 +328,14 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
                     return;
                 }
                 shared.counters.lines.fetch_add(1, Ordering::Relaxed);
-                // Moving counters are written at the pace; a new load at once.
-                let next = match shared.service {
-                    Some(_) if current.load > 0 => now + pace,
-                    _ => now + shared.heartbeat,
+                // Moving counters are written at the pace, a new load at once, both on the
+                // clock as a sidecar does.
+                let every = match shared.service {
+                    Some(_) if current.load > 0 => pace,
+                    _ => shared.heartbeat,
                 };
+                let next =
+                    Instant::from_std(on_the_clock((now + WATCH_MIN_INTERVAL).into_std(), every));
                 tokio::select! {
                     changed = load.changed() => {
                         if changed.is_err() {
@@ -503,8 +506,9 @@ mod tests {
             .collect();
         assert_eq!(arrived.len(), 6, "{received}");
         assert!(arrived.windows(2).all(|w| w[0] < w[1]), "{arrived:?}");
-        // Five lines after the first at the 200 ms pace, not the 20 ms of an unpaced stream.
-        assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+        // Five lines after the first at the 200 ms pace (the first of them on the clock, which may
+        // be soon), not the 20 ms of an unpaced stream.
+        assert!(elapsed >= Duration::from_millis(750), "{elapsed:?}");
         let rate = (arrived[5] - arrived[0]) as f64 / elapsed.as_secs_f64();
         assert!((35.0..=60.0).contains(&rate), "{rate:.1} arrivals/s of 50");
         // A new load is written at once, not at the pace.
