@@ -112,15 +112,18 @@ impl History {
 
     /// Arrivals from the latest reading until `now`, not heard of yet: a paced stream writes
     /// a busy pod's counters about once a second, so the latest reading is up to that old.
-    /// Counted at the pod's own rate since `start`, once that rate spans a second; leaving
-    /// them out would read every busy pool low by half the pace over the window.
-    fn unheard_arrivals(&self, start: Duration, now: Duration) -> f64 {
-        let heard = self.latest.at.saturating_sub(start.max(self.first_at()));
-        let unheard = now.saturating_sub(self.latest.at);
-        if heard < MIN_RATE_SPAN || unheard.is_zero() {
+    /// Counted at the pod's rate over the readings it keeps (from the newest one at or before
+    /// the window's start), and for no longer than those span: leaving them out would read
+    /// every busy pool low by half the pace over the window, which is most of a 1 s window.
+    fn unheard_arrivals(&self, now: Duration) -> f64 {
+        let first = self.readings.front().unwrap_or(&self.latest);
+        let heard = self.latest.at.saturating_sub(first.at);
+        let unheard = now.saturating_sub(self.latest.at).min(heard);
+        if heard.is_zero() || unheard.is_zero() {
             return 0.0;
         }
-        self.arrivals_since(start) / heard.as_secs_f64() * unheard.as_secs_f64()
+        let arrived = self.latest.arrived.saturating_sub(first.arrived) as f64;
+        arrived / heard.as_secs_f64() * unheard.as_secs_f64()
     }
 
     /// The counters have not moved since before `start`.
@@ -246,7 +249,7 @@ impl RateTracker {
             .pods
             .iter()
             .filter(|(name, _)| read_now.contains(name.as_str()))
-            .map(|(_, history)| history.unheard_arrivals(start, now))
+            .map(|(_, history)| history.unheard_arrivals(now))
             .sum();
         let arrivals = histories().map(|h| h.arrivals_since(start)).sum::<f64>() + unheard;
         let arrivals_per_second = arrivals / measured.as_secs_f64();
@@ -325,7 +328,12 @@ mod tests {
     /// then twice the rate on alternate seconds.
     #[test]
     fn paced_readings_count_at_their_own_time() {
-        for pace_ms in [250u64, 700, 1_000, 1_500, 2_000] {
+        // Each pace under the default window, and under the shortest one, a second.
+        let cases = [250u64, 700, 1_000, 1_500, 2_000]
+            .map(|pace| (pace, SPAN))
+            .into_iter()
+            .chain([250u64, 700, 1_000].map(|pace| (pace, Duration::from_secs(1))));
+        for (pace_ms, span) in cases {
             let pace = Duration::from_millis(pace_ms);
             let mut rates = RateTracker::default();
             let mut estimates = Vec::new();
@@ -341,7 +349,7 @@ mod tests {
                 let x = line.as_secs_f64();
                 // 20 arrivals/s of 0.5 s each, counted when the line was written.
                 let s = snapshot((20.0 * x) as u64, (20.0 * x) as u64, 10.0 * x);
-                let e = rates.update(now, SPAN, [("a", Some(&s), now - line)]);
+                let e = rates.update(now, span, [("a", Some(&s), now - line)]);
                 if t >= 10 {
                     estimates.push(e.unwrap().arrivals_per_second);
                 }
@@ -351,7 +359,7 @@ mod tests {
                 .fold((f64::MAX, 0.0f64), |(l, h), e| (l.min(*e), h.max(*e)));
             assert!(
                 low > 19.0 && high < 21.0,
-                "pace {pace:?}: estimates {low:.2}..{high:.2} of 20/s: {estimates:.2?}"
+                "pace {pace:?}, window {span:?}: estimates {low:.2}..{high:.2} of 20/s: {estimates:.2?}"
             );
         }
     }
