@@ -426,6 +426,14 @@ async fn pause_and_kubectl_scale_behave_as_documented() {
     let history = ReplicaHistory::start(&s.deployments, "api").await;
     let scale = kubectl(&["scale", "-n", &s.ns.name, "awp/api", "--replicas=5"]);
     assert!(scale.status.success());
+    // The request shows as a move to 5 even where the load had already taken the pool down
+    // (the status reports the lower load up to its write interval late); only then to 3.
+    eventually(
+        "the Deployment moved to the requested 5",
+        Duration::from_secs(15),
+        || async { history.values().contains(&5).then_some(()) },
+    )
+    .await;
     wait_replicas(&s.deployments, "api", 3, Duration::from_secs(30)).await;
     let seen = history.values();
     let at_five = seen.iter().position(|r| *r == 5);
