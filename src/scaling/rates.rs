@@ -1,7 +1,7 @@
 //! Arrival rate and mean service time from the sidecars' monotonic counters: the inputs of
 //! Little's law. Counters survive a missed read, so a rate is right even across a gap.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use asyncpool_contract::queue::{QueueSnapshot, Scope};
@@ -192,14 +192,14 @@ impl RateTracker {
         span: Duration,
         pods: impl IntoIterator<Item = (&'a str, Option<&'a QueueSnapshot>, Duration)>,
     ) -> Option<RateEstimate> {
-        let mut present = BTreeSet::new();
-        let mut read_now = BTreeSet::new();
+        // Every pod named this round, and whether it had a usable reading.
+        let mut present = BTreeMap::new();
         for (name, snapshot, age) in pods {
-            present.insert(name);
+            present.insert(name, false);
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
                 continue;
             };
-            read_now.insert(name);
+            present.insert(name, true);
             let reading = Counters::read(now.saturating_sub(age), snapshot);
             match self.pods.get_mut(name) {
                 Some(history) if reading.went_back_from(&history.latest) => {
@@ -225,7 +225,7 @@ impl RateTracker {
         let gone: Vec<String> = self
             .pods
             .keys()
-            .filter(|name| !present.contains(name.as_str()))
+            .filter(|name| !present.contains_key(name.as_str()))
             .cloned()
             .collect();
         for name in gone {
@@ -248,7 +248,7 @@ impl RateTracker {
         let unheard: f64 = self
             .pods
             .iter()
-            .filter(|(name, _)| read_now.contains(name.as_str()))
+            .filter(|(name, _)| present.get(name.as_str()) == Some(&true))
             .map(|(_, history)| history.unheard_arrivals(now))
             .sum();
         let arrivals = histories().map(|h| h.arrivals_since(start)).sum::<f64>() + unheard;
