@@ -54,6 +54,25 @@ fn until_multiple(time: std::time::Duration, every: std::time::Duration) -> std:
     std::time::Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
 }
 
+/// `GET /queue`'s query: `None` for one snapshot, `Some(pace)` for a watch stream (`watch=true`,
+/// with an optional `pace=<duration>` between 20 ms and 2 s). Other parameters are ignored, so
+/// that readers may add their own.
+pub fn watch_query(query: Option<&str>) -> Result<Option<Option<std::time::Duration>>, String> {
+    let mut watch = false;
+    let mut pace = None;
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            None if pair == "watch" => watch = true,
+            Some(("watch", "true" | "1")) => watch = true,
+            Some(("pace", value)) => {
+                pace = Some(parse_watch_pace(value).map_err(|e| format!("pace: {e}"))?);
+            }
+            _ => {}
+        }
+    }
+    Ok(watch.then_some(pace))
+}
+
 /// Whether a paced watch stream (`GET /queue?watch=true&pace=1s`) writes `now` at once rather
 /// than at its pace, having last written `last`: the figures appeared or went missing, the
 /// drain began, the capacity or scope changed, or the load (queued + in flight) moved by half
@@ -329,5 +348,27 @@ mod tests {
             apart < ms(1) || apart.abs_diff(ms(250)) < ms(1),
             "{apart:?}"
         );
+    }
+
+    #[test]
+    fn watch_queries() {
+        assert_eq!(watch_query(Some("watch=true")), Ok(Some(None)));
+        assert_eq!(watch_query(Some("a=b&watch=1")), Ok(Some(None)));
+        assert_eq!(watch_query(Some("watch=false")), Ok(None));
+        assert_eq!(watch_query(None), Ok(None));
+        assert_eq!(
+            watch_query(Some("watch&pace=1s")),
+            Ok(Some(Some(std::time::Duration::from_secs(1))))
+        );
+        assert_eq!(
+            watch_query(Some("pace=250ms&watch=true")),
+            Ok(Some(Some(std::time::Duration::from_millis(250))))
+        );
+        // A pace without a watch is one snapshot, as before.
+        assert_eq!(watch_query(Some("pace=1s")), Ok(None));
+        for wrong in ["pace=1", "pace=fast", "pace=", "pace=10ms", "pace=3s"] {
+            let error = watch_query(Some(&format!("watch=true&{wrong}"))).unwrap_err();
+            assert!(error.starts_with("pace: "), "{wrong}: {error}");
+        }
     }
 }

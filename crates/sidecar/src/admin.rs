@@ -27,7 +27,7 @@ use crate::source::Source;
 use crate::source::report::Report;
 use asyncpool_contract::queue::{
     QueueSnapshot, Scope, WATCH_HEARTBEAT, WATCH_MIN_INTERVAL, moves_at_once, on_the_clock,
-    parse_watch_pace,
+    watch_query,
 };
 /// Bound on a report's body and on the time to send it.
 const MAX_REPORT_BYTES: usize = 4096;
@@ -440,25 +440,6 @@ impl Admin {
     }
 }
 
-/// `GET /queue`'s query: `None` for one snapshot, `Some(pace)` for a watch stream (`watch=true`,
-/// with an optional `pace=<duration>` between 20 ms and 2 s). Other parameters are ignored, so
-/// that readers may add their own.
-fn watch_query(query: Option<&str>) -> Result<Option<Option<Duration>>, String> {
-    let mut watch = false;
-    let mut pace = None;
-    for pair in query.unwrap_or_default().split('&') {
-        match pair.split_once('=') {
-            None if pair == "watch" => watch = true,
-            Some(("watch", "true" | "1")) => watch = true,
-            Some(("pace", value)) => {
-                pace = Some(parse_watch_pace(value).map_err(|e| format!("pace: {e}"))?);
-            }
-            _ => {}
-        }
-    }
-    Ok(watch.then_some(pace))
-}
-
 /// Loopback in the wide sense: any 127.0.0.0/8 address (pods in the test cluster listen on
 /// 127.x addresses) and ::1, including IPv4-mapped IPv6.
 fn is_loopback(ip: IpAddr) -> bool {
@@ -535,28 +516,6 @@ mod tests {
             "fe80::1",
         ] {
             assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn watch_queries() {
-        assert_eq!(watch_query(Some("watch=true")), Ok(Some(None)));
-        assert_eq!(watch_query(Some("a=b&watch=1")), Ok(Some(None)));
-        assert_eq!(watch_query(Some("watch=false")), Ok(None));
-        assert_eq!(watch_query(None), Ok(None));
-        assert_eq!(
-            watch_query(Some("watch&pace=1s")),
-            Ok(Some(Some(Duration::from_secs(1))))
-        );
-        assert_eq!(
-            watch_query(Some("pace=250ms&watch=true")),
-            Ok(Some(Some(Duration::from_millis(250))))
-        );
-        // A pace without a watch is one snapshot, as before.
-        assert_eq!(watch_query(Some("pace=1s")), Ok(None));
-        for wrong in ["pace=1", "pace=fast", "pace=", "pace=10ms", "pace=3s"] {
-            let error = watch_query(Some(&format!("watch=true&{wrong}"))).unwrap_err();
-            assert!(error.starts_with("pace: "), "{wrong}: {error}");
         }
     }
 

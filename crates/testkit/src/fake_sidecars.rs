@@ -17,7 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use asyncpool_contract::queue::{
-    CONTRACT_VERSION, QueueSnapshot, Scope, WATCH_MIN_INTERVAL, on_the_clock, parse_watch_pace,
+    CONTRACT_VERSION, QueueSnapshot, Scope, WATCH_MIN_INTERVAL, on_the_clock, watch_query,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -299,18 +299,16 @@ async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         return;
     };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let mut watch = false;
-    let mut pace = WATCH_MIN_INTERVAL;
-    for pair in query.split('&') {
-        match pair.split_once('=') {
-            None if pair == "watch" => watch = true,
-            Some(("watch", "true" | "1")) => watch = true,
-            Some(("pace", value)) => pace = parse_watch_pace(value).unwrap_or(pace),
-            _ => {}
-        }
-    }
+    let Ok(watch) = watch_query(Some(query)) else {
+        // An invalid pace, refused as a sidecar does.
+        let _ = stream
+            .write_all(&response("400 Bad Request", "text/plain", "bad pace\n"))
+            .await;
+        return;
+    };
     match path {
-        "/queue" if watch => {
+        "/queue" if watch.is_some() => {
+            let pace = watch.flatten().unwrap_or(WATCH_MIN_INTERVAL);
             shared.counters.watches.fetch_add(1, Ordering::Relaxed);
             let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
             if stream.write_all(head.as_bytes()).await.is_err() {
