@@ -65,9 +65,9 @@ struct Args {
     watch_sidecars: bool,
     /// The pace asked of sidecar watch streams: counters and small load steps arrive within
     /// it, coalesced; a load step of half the concurrency, a drain or a gap at once.
-    /// Between 20ms (every change, the default) and 2s; 1s bounds the lines a busy fleet sends
+    /// Between 20ms (every change) and 2s; the default 1s bounds the lines a busy fleet sends
     /// to about one per worker a second.
-    #[arg(long, env = "ASYNCPOOL_WATCH_PACE", default_value = "20ms", value_parser = parse_watch_pace)]
+    #[arg(long, env = "ASYNCPOOL_WATCH_PACE", default_value = "1s", value_parser = parse_watch_pace)]
     watch_pace: Duration,
     /// Time between polls of one sidecar when it is polled.
     #[arg(long, env = "ASYNCPOOL_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]

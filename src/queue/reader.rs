@@ -31,8 +31,8 @@ pub struct ReaderConfig {
     pub watch: bool,
     /// The pace asked of watch streams: a change that does not move the scaler (a busy pod's
     /// counters move with every request) reaches the operator within this, coalesced; a load
-    /// step, a drain or a gap at once. Bounds the lines a busy fleet sends; by default every
-    /// change (20 ms).
+    /// step, a drain or a gap at once. Bounds the lines a busy fleet sends to about one per
+    /// busy pod a second by default.
     pub watch_pace: Duration,
     /// Time between polls of one pod (also the pace at which a broken watch is retried).
     pub poll_interval: Duration,
@@ -51,7 +51,7 @@ impl Default for ReaderConfig {
         Self {
             port: asyncpool_contract::pod::ADMIN_PORT,
             watch: true,
-            watch_pace: asyncpool_contract::queue::WATCH_MIN_INTERVAL,
+            watch_pace: Duration::from_secs(1),
             poll_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(1),
             watch_idle_timeout: Duration::from_secs(6),

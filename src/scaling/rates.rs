@@ -90,9 +90,10 @@ impl History {
             .map_or(self.latest.at, |first| first.at)
     }
 
-    /// Arrivals from `start` to the latest reading. The stretch that straddles `start` is
-    /// counted pro rata: arrivals are assumed even within one second's stretch.
-    fn arrivals_since(&self, start: Duration) -> f64 {
+    /// Arrivals from `start` to `end` (or to the latest reading, if earlier). The stretches
+    /// that straddle either end are counted pro rata: arrivals are assumed even within one
+    /// second's stretch.
+    fn arrivals_between(&self, start: Duration, end: Duration) -> f64 {
         let mut previous: Option<&Counters> = None;
         let mut arrivals = 0.0;
         for reading in self.readings.iter().chain([&self.latest]) {
@@ -101,6 +102,7 @@ impl History {
                 let stretch = (reading.at - earlier.at).as_secs_f64();
                 let inside = reading
                     .at
+                    .min(end)
                     .saturating_sub(start.max(earlier.at))
                     .as_secs_f64();
                 arrivals += count * (inside / stretch).min(1.0);
@@ -108,22 +110,6 @@ impl History {
             previous = Some(reading);
         }
         arrivals
-    }
-
-    /// Arrivals from the latest reading until `now`, not heard of yet: a paced stream writes
-    /// a busy pod's counters about once a second, so the latest reading is up to that old.
-    /// Counted at the pod's rate over the readings it keeps (from the newest one at or before
-    /// the window's start), and for no longer than those span: leaving them out would read
-    /// every busy pool low by half the pace over the window, which is most of a 1 s window.
-    fn unheard_arrivals(&self, now: Duration) -> f64 {
-        let first = self.readings.front().unwrap_or(&self.latest);
-        let heard = self.latest.at.saturating_sub(first.at);
-        let unheard = now.saturating_sub(self.latest.at).min(heard);
-        if heard.is_zero() || unheard.is_zero() {
-            return 0.0;
-        }
-        let arrived = self.latest.arrived.saturating_sub(first.arrived) as f64;
-        arrived / heard.as_secs_f64() * unheard.as_secs_f64()
     }
 
     /// The counters have not moved since before `start`.
@@ -232,7 +218,19 @@ impl RateTracker {
             self.ended.extend(self.pods.remove(&name));
         }
 
-        let window_start = now.saturating_sub(span);
+        // The window ends where every pod read this round has been heard up to: a paced
+        // stream's latest line is up to a pace old (the fleet's lines arrive together, on the
+        // clock), and counting to `now` would read every busy pool low by what is not heard
+        // yet, or guess it from a young pod's first moments. With no pod read this round, the
+        // window ends now and the rate decays with what is known.
+        let end = self
+            .pods
+            .iter()
+            .filter(|(name, _)| present.get(name.as_str()) == Some(&true))
+            .map(|(_, history)| history.latest.at)
+            .min()
+            .unwrap_or(now);
+        let window_start = end.saturating_sub(span);
         self.ended
             .retain(|history| history.latest.at > window_start);
         for history in self.pods.values_mut().chain(&mut self.ended) {
@@ -241,17 +239,11 @@ impl RateTracker {
         let histories = || self.pods.values().chain(&self.ended);
         let oldest = histories().map(History::first_at).min()?;
         let start = window_start.max(oldest);
-        let measured = now.saturating_sub(start);
+        let measured = end.saturating_sub(start);
         if measured < MIN_RATE_SPAN {
             return None;
         }
-        let unheard: f64 = self
-            .pods
-            .iter()
-            .filter(|(name, _)| present.get(name.as_str()) == Some(&true))
-            .map(|(_, history)| history.unheard_arrivals(now))
-            .sum();
-        let arrivals = histories().map(|h| h.arrivals_since(start)).sum::<f64>() + unheard;
+        let arrivals: f64 = histories().map(|h| h.arrivals_between(start, end)).sum();
         let arrivals_per_second = arrivals / measured.as_secs_f64();
 
         let (mut arrived, mut completed, mut busy_seconds) = (0u64, 0u64, 0.0);
@@ -322,12 +314,15 @@ mod tests {
         assert!((estimate.load - 10.0).abs() < 1e-9);
     }
 
-    /// A paced stream writes a busy pod's counters once per pace, out of step with the
-    /// decisions: each reading counts at its own time, and the arrivals not heard of yet at
-    /// the pod's rate. Stamped with the decision's time instead, a pace of 2 s read 0 and
-    /// then twice the rate on alternate seconds.
+    /// A paced stream writes a busy pod's counters on whole multiples of its pace on the clock
+    /// (and once at once when the reader connects), out of step with the decisions. Each
+    /// reading counts at its own time and the window ends at the latest one. Stamped with the
+    /// decision's time instead, a pace of 2 s read 0 and then twice the rate on alternate
+    /// seconds; with the window ending at the decision and the unheard part guessed from a
+    /// young tracker's first 50 ms, a 1 s pace read 1.2 of 20/s: a new leader's first
+    /// estimates told it to shrink a busy pool.
     #[test]
-    fn paced_readings_count_at_their_own_time() {
+    fn paced_readings_count_at_their_own_time_from_the_first_estimate() {
         // Each pace under the default window, and under the shortest one, a second.
         let cases = [250u64, 700, 1_000, 1_500, 2_000]
             .map(|pace| (pace, SPAN))
@@ -335,32 +330,47 @@ mod tests {
             .chain([250u64, 700, 1_000].map(|pace| (pace, Duration::from_secs(1))));
         for (pace_ms, span) in cases {
             let pace = Duration::from_millis(pace_ms);
-            let mut rates = RateTracker::default();
-            let mut estimates = Vec::new();
-            for t in 0..=40u64 {
-                let now = secs(t);
-                // The latest line by `now`: written at 0.37 s + k × pace.
-                let offset = Duration::from_millis(370);
-                let Some(since_first) = now.checked_sub(offset) else {
-                    continue;
-                };
-                let k = since_first.as_millis() / pace.as_millis();
-                let line = offset + pace * u32::try_from(k).unwrap();
-                let x = line.as_secs_f64();
-                // 20 arrivals/s of 0.5 s each, counted when the line was written.
-                let s = snapshot((20.0 * x) as u64, (20.0 * x) as u64, 10.0 * x);
-                let e = rates.update(now, span, [("a", Some(&s), now - line)]);
-                if t >= 10 {
-                    estimates.push(e.unwrap().arrivals_per_second);
+            // When the reader connects, and when the decisions come within each second.
+            for (connect_ms, phase_ms) in [(0, 0), (50, 990), (300, 370), (600, 990), (950, 990)] {
+                let connect = Duration::from_millis(connect_ms);
+                let mut rates = RateTracker::default();
+                let mut estimates = Vec::new();
+                for t in 0..40u64 {
+                    let now = secs(t) + Duration::from_millis(phase_ms);
+                    if now < connect {
+                        continue;
+                    }
+                    // The latest line by `now`: the first at connect, then on the clock.
+                    let tick = pace * u32::try_from(now.as_millis() / pace.as_millis()).unwrap();
+                    let line = tick.max(connect);
+                    let x = line.as_secs_f64();
+                    // 20 arrivals/s of 0.5 s each, counted when the line was written.
+                    let arrived = (1_000.0 + 20.0 * x).round() as u64;
+                    let s = snapshot(arrived, arrived, 10.0 * x);
+                    let age = (now - line).min(pace);
+                    let e = rates.update(now, span, [("a", Some(&s), age)]);
+                    estimates.push((now, e.map(|e| e.arrivals_per_second)));
+                }
+                let first = estimates
+                    .iter()
+                    .position(|(_, e)| e.is_some())
+                    .expect("an estimate");
+                // A rate once a second has been heard since the first decision's reading (up
+                // to a pace old), at the decision after that.
+                let (first_decision, first_at) = (estimates[0].0, estimates[first].0);
+                assert!(
+                    first_at <= first_decision + pace + MIN_RATE_SPAN + secs(1),
+                    "pace {pace:?}: first estimate at {first_at:?}: {estimates:.2?}"
+                );
+                for (now, e) in &estimates[first..] {
+                    let e = e.unwrap_or_else(|| panic!("pace {pace:?}: no estimate at {now:?}"));
+                    assert!(
+                        e > 19.0 && e < 21.0,
+                        "pace {pace:?}, window {span:?}, connected at {connect:?}: \
+                         {e:.2} of 20/s at {now:?}: {estimates:.2?}"
+                    );
                 }
             }
-            let (low, high) = estimates
-                .iter()
-                .fold((f64::MAX, 0.0f64), |(l, h), e| (l.min(*e), h.max(*e)));
-            assert!(
-                low > 19.0 && high < 21.0,
-                "pace {pace:?}, window {span:?}: estimates {low:.2}..{high:.2} of 20/s: {estimates:.2?}"
-            );
         }
     }
 
