@@ -29,6 +29,10 @@ pub(crate) struct PoolMemory {
     pub(crate) surged: bool,
     /// The last plan was at rest, with the cluster showing it (see `reconcile::decision_round`).
     pub(crate) rest: Option<Rest>,
+    /// The `kubectl scale` request the last plan acted on. The status says so once written,
+    /// but a reconcile may come before that write shows: acting on the request again would
+    /// reset the scaler and lose the recommendations made since.
+    pub(crate) handled_request: Option<i32>,
 }
 
 /// A pool at rest: what its plan was made from, and until when rounds found all of it unchanged.
@@ -179,6 +183,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         recycling: None,
         surged: false,
         rest: None,
+        handled_request: handled,
     });
     // Rounds left the pool alone while it rested: its readings, counters included, held still.
     if let Some(until) = entry.rest.take().and_then(|rest| rest.unchanged_until) {
@@ -192,9 +197,12 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         entry.surged = false;
     }
 
-    // `kubectl scale` while autoscaling: move there at once and carry on from that size.
+    // `kubectl scale` while autoscaling: move there at once and carry on from that size. A
+    // request pinned while paused was handled then.
+    let unhandled = request != handled && request != entry.handled_request;
+    entry.handled_request = request;
     if let Some(requested) = request
-        && request != handled
+        && unhandled
         && !pool.spec.paused
     {
         let replicas = clamp(requested);
@@ -423,6 +431,7 @@ mod tests {
             recycling: None,
             surged: false,
             rest: None,
+            handled_request: None,
         }
     }
 
@@ -548,6 +557,30 @@ spec:
                 .as_deref()
                 .is_some_and(|n| n.contains("pinned at 5"))
         );
+    }
+
+    /// The status that says a request was handled is written after the plan; a reconcile may
+    /// come before it shows (the unpause right after a pin, a second event).
+    #[test]
+    fn a_request_is_handled_once_while_its_status_is_not_written_yet() {
+        let (pinned, effective) = pool_with("  paused: true\n  replicas: 3");
+        let mut memory = None;
+        let moved = plan_three(&pinned, &effective, 30, &mut memory);
+        assert_eq!(moved.handled_request, Some(3));
+        // Unpaused, the same request, the status not showing it handled yet.
+        let (unpaused, effective) = pool_with("  replicas: 3");
+        let after = plan_three(&unpaused, &effective, 30, &mut memory);
+        assert!(
+            after.decision.is_some(),
+            "the pinned request was acted on again, resetting the scaler"
+        );
+        // Autoscaling on, a request handled, and reconciled again before its status shows.
+        let (requested, effective) = pool_with("  replicas: 2");
+        let first = plan_three(&requested, &effective, 30, &mut memory);
+        assert!(first.decision.is_none());
+        assert_eq!(first.replicas, 2);
+        let again = plan_three(&requested, &effective, 30, &mut memory);
+        assert!(again.decision.is_some(), "the request was handled twice");
     }
 
     /// Plans a pool of three at `deployment_replicas` under `load` queued at each of a and b.

@@ -160,6 +160,7 @@ mod tests {
             recycling: None,
             surged: false,
             rest: None,
+            handled_request: None,
         }
     }
 
