@@ -1,8 +1,10 @@
 //! Reading every worker's sidecar: one task per pod keeps the latest snapshot, from a watch
 //! stream (`GET /queue?watch=true`) when the sidecar offers one, else by polling `GET /queue`.
 //! A pod that does not answer, answers garbage or answers out-of-range values has no reading:
-//! missing data, never zero. Each change wakes the pool's reconcile at once, which is how the
-//! reaction time gets close to a network round trip instead of a polling interval.
+//! missing data, never zero. A change that moves the scaler (a load step of half a worker's
+//! concurrency, a drain, a gap) wakes the pool's reconcile at once, which is how the reaction
+//! time gets close to a network round trip instead of a polling interval; smaller changes are
+//! planned at the next decision round.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -357,15 +359,15 @@ fn record(
             None => pools.entry(key.pool.clone()).or_default(),
         };
         let previous = entry.pods.get_mut(key.pod.as_str());
-        // What the scaler acts on (a wake), and anything a plan reads (a new version).
+        // What moves the scaler wakes the pool at once: the rule by which a paced stream
+        // sends a line at once (`moves_at_once`). Anything else a plan reads (a request or two in or out,
+        // counters) is a new version, planned at the next decision round; under traffic
+        // nearly every line differs from the last in that way.
         let (changed, differs) = match (previous.as_deref(), &reading) {
             (
                 Some(Reading::Snapshot { snapshot: old, .. }),
                 Reading::Snapshot { snapshot: new, .. },
-            ) => (
-                old.load() != new.load() || old.draining != new.draining,
-                old != new,
-            ),
+            ) => (new.moved_from(old), old != new),
             (Some(Reading::Failed { .. }), Reading::Failed { .. }) => (false, false),
             _ => (true, true),
         };
@@ -835,6 +837,21 @@ mod tests {
         assert!(second > first);
         assert!(woken.try_recv().is_err(), "woken for an unchanged load");
         assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok());
+        // A request more in flight (5 → 6 of 10): planned at the next round, no wake.
+        lines
+            .send(SNAPSHOT.replace("\"inFlight\":2", "\"inFlight\":3"))
+            .unwrap();
+        read(4).await;
+        let third = readers.version(&pool);
+        assert!(third > second);
+        assert!(woken.try_recv().is_err(), "woken for one request more");
+        // Half the concurrency more (6 → 11): at once.
+        lines
+            .send(SNAPSHOT.replace("\"inFlight\":2", "\"inFlight\":8"))
+            .unwrap();
+        read(5).await;
+        assert!(woken.try_recv().is_ok(), "not woken for a load step");
+        let second = readers.version(&pool);
 
         // Silence: at stale_after the reading is recorded as failed, and the pool woken.
         timeout(Duration::from_secs(5), woken.recv())

@@ -85,11 +85,7 @@ pub fn moves_at_once(
     let (Some(Ok(last)), Ok(now)) = (last, now) else {
         return last.is_none_or(|last| last.is_ok() != now.is_ok());
     };
-    let step = now.capacity.div_ceil(2).max(2);
-    last.draining != now.draining
-        || last.capacity != now.capacity
-        || last.scope != now.scope
-        || last.load().abs_diff(now.load()) >= step
+    now.moved_from(last)
 }
 
 /// Upper bound on any gauge or counter a sane sidecar reports; larger values are garbage.
@@ -165,6 +161,17 @@ impl QueueSnapshot {
     /// A pod's load: what waits plus what runs.
     pub fn load(&self) -> u64 {
         self.queued + self.in_flight
+    }
+
+    /// Whether this reading moves the scaler away from `last` (see [`moves_at_once`]): the
+    /// drain began or ended, the capacity or scope changed, or the load moved by half the
+    /// capacity, and by at least two requests.
+    pub fn moved_from(&self, last: &QueueSnapshot) -> bool {
+        let step = self.capacity.div_ceil(2).max(2);
+        last.draining != self.draining
+            || last.capacity != self.capacity
+            || last.scope != self.scope
+            || last.load().abs_diff(self.load()) >= step
     }
 
     /// Parses and checks one snapshot. Anything that fails here is missing data, never zero.
