@@ -72,13 +72,23 @@ impl PodLoad {
         }
     }
 
-    /// The figures at `now`: with traffic of `service` each, `load` requests are always in the
-    /// app, so `load / service` arrive and complete every second (Little's law).
+    /// The figures at `now`: with traffic of `service` each, `load` requests are in the app on
+    /// average, so `load / service` arrive and complete every second (Little's law). The
+    /// requests in the app wobble by one around it from one half second to the next, as
+    /// traffic's do: nearly every line differs from the last, by less than moves a scaler.
     fn snapshot(&self, now: Instant, service: Option<Duration>) -> QueueSnapshot {
         let capacity = 10;
+        let elapsed = now.duration_since(self.since);
+        let load = match service {
+            Some(_) if self.load > 0 => {
+                let half_seconds = (elapsed.as_millis() / 500) as usize;
+                (self.load + [1, 2, 1, 0][half_seconds % 4]).saturating_sub(1)
+            }
+            _ => self.load,
+        };
         let (arrived, busy_seconds) = match service {
             Some(service) => {
-                let elapsed = now.duration_since(self.since).as_secs_f64();
+                let elapsed = elapsed.as_secs_f64();
                 (
                     self.arrived + self.load as f64 * elapsed / service.as_secs_f64(),
                     self.busy_seconds + self.load as f64 * elapsed,
@@ -88,8 +98,8 @@ impl PodLoad {
         };
         QueueSnapshot {
             version: CONTRACT_VERSION,
-            queued: self.load.saturating_sub(capacity),
-            in_flight: self.load.min(capacity),
+            queued: load.saturating_sub(capacity),
+            in_flight: load.min(capacity),
             capacity,
             arrived_total: arrived as u64,
             completed_total: arrived as u64,
