@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -213,7 +213,7 @@ struct Observed {
     service: Option<Arc<Service>>,
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
-    pods: Vec<WorkerPod>,
+    pods: Arc<[WorkerPod]>,
 }
 
 pub async fn reconcile(
@@ -487,10 +487,11 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
         return Round::ReconcileDue;
     }
     let judgements = judge(pool, &observed, &plan);
-    let previous = pool.status.clone().unwrap_or_default();
+    let none_yet = AsyncWorkerPoolStatus::default();
+    let previous = pool.status.as_ref().unwrap_or(&none_yet);
     let next = next_status(
         pool,
-        &previous,
+        previous,
         &key,
         &observed,
         Some(&plan),
@@ -499,7 +500,7 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
     );
     ctx.metrics
         .record_pool(&key, &figures(pool, &next, Some(&plan)));
-    let change = status_change(&previous, &next);
+    let change = status_change(previous, &next, load_step(pool));
     // At rest only with the status showing the plan: a figure held back by the status
     // throttle still needs the round that writes it.
     let rest = (plan.at_rest && change == StatusChange::None).then(|| Rest {
@@ -587,14 +588,7 @@ fn assemble(
         }
         other => other,
     };
-    let pods: Vec<WorkerPod> = ctx
-        .caches
-        .pods
-        .pods_of(key)
-        .iter()
-        .filter(|p| !p.leaving)
-        .map(|p| p.worker.clone())
-        .collect();
+    let pods = ctx.caches.pods.workers_of(key);
     Observed {
         deployment,
         service,
@@ -889,7 +883,7 @@ async fn write_status(
     let previous = pool.status.clone().unwrap_or_default();
     let next = next_status(pool, &previous, key, observed, plan, judgements, urgent);
     ctx.metrics.record_pool(key, &figures(pool, &next, plan));
-    let change = status_change(&previous, &next);
+    let change = status_change(&previous, &next, load_step(pool));
     if change == StatusChange::None {
         return Ok(());
     }
@@ -991,6 +985,8 @@ fn figures(
 /// How a status differs from the one the pool shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StatusChange {
+    /// Nothing, or only the noise of steady traffic: the load within a step of the one shown
+    /// (see `load_step`) and the Scaling message's reasoning.
     None,
     /// Only load and replica figures, or condition messages that quote them.
     FiguresOnly,
@@ -998,54 +994,59 @@ enum StatusChange {
     Conditions,
 }
 
-fn status_change(previous: &AsyncWorkerPoolStatus, next: &AsyncWorkerPoolStatus) -> StatusChange {
+/// The smallest move of a pool's load that its status shows: half a worker's concurrency, and
+/// at least two requests, the step that moves a scaler (a paced sidecar sends it at once).
+/// Under steady traffic the load wobbles by a request or a few every second; showing each
+/// wobble would write every busy pool's status at the throttle's pace (at 1,000 pools, 500
+/// writes a second). The live figure is the `asyncpool_pool_load` metric.
+fn load_step(pool: &AsyncWorkerPool) -> f64 {
+    (f64::from(pool.spec.concurrency) / 2.0).ceil().max(2.0)
+}
+
+fn status_change(
+    previous: &AsyncWorkerPoolStatus,
+    next: &AsyncWorkerPoolStatus,
+    load_step: f64,
+) -> StatusChange {
     if next == previous {
         return StatusChange::None;
     }
+    // Compared in place: a busy pool's status is compared every second. Each condition type
+    // appears once, in a stable order.
+    let same_but_figures = next.observed_generation == previous.observed_generation
+        && next.desired_replicas == previous.desired_replicas
+        && next.last_scale_time == previous.last_scale_time
+        && next.selector == previous.selector
+        && next.handled_replicas_request == previous.handled_replicas_request
+        && next.conditions.len() == previous.conditions.len();
+    let conditions_match = |messages_may_differ: &dyn Fn(&Condition) -> bool| {
+        next.conditions
+            .iter()
+            .zip(&previous.conditions)
+            .all(|(n, p)| {
+                n.type_ == p.type_
+                    && n.status == p.status
+                    && n.reason == p.reason
+                    && n.last_transition_time == p.last_transition_time
+                    && n.observed_generation == p.observed_generation
+                    && (n.message == p.message || messages_may_differ(n))
+            })
+    };
+    let load_within_noise = match (next.load, previous.load) {
+        (Some(next), Some(previous)) => (next - previous).abs() < load_step,
+        (next, previous) => next == previous,
+    };
+    let same_figures = load_within_noise
+        && next.replicas == previous.replicas
+        && next.ready_replicas == previous.ready_replicas;
     // The Scaling message quotes the last decision's reasoning, whose figures (means, rates)
-    // wobble every second under steady traffic: on its own it is no change, or every pool
-    // with traffic would be written at the throttle's pace (at 1,000 pools, 500 writes a
-    // second). It goes out with the next change that is one.
-    let mut without_reasoning = next.clone();
-    keep_scaling_message(previous, &mut without_reasoning);
-    if without_reasoning == *previous {
-        return StatusChange::None;
-    }
-    let mut without_figures = without_reasoning;
-    without_figures.load = previous.load;
-    without_figures.replicas = previous.replicas;
-    without_figures.ready_replicas = previous.ready_replicas;
-    for condition in &mut without_figures.conditions {
-        if let Some(before) = previous.conditions.iter().find(|c| {
-            c.type_ == condition.type_
-                && c.status == condition.status
-                && c.reason == condition.reason
-        }) {
-            condition.message.clone_from(&before.message);
-        }
-    }
-    if without_figures == *previous {
+    // wobble with the load: it goes out with the next change that is one.
+    if same_but_figures && same_figures && conditions_match(&|n| n.type_ == status::SCALING) {
+        StatusChange::None
+    } else if same_but_figures && conditions_match(&|_| true) {
         StatusChange::FiguresOnly
     } else {
         StatusChange::Conditions
-    }
-}
-
-/// Gives `next` the Scaling message of `previous` when the condition is otherwise the same.
-fn keep_scaling_message(previous: &AsyncWorkerPoolStatus, next: &mut AsyncWorkerPoolStatus) {
-    let before = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == status::SCALING);
-    let after = next
-        .conditions
-        .iter_mut()
-        .find(|c| c.type_ == status::SCALING);
-    if let (Some(before), Some(after)) = (before, after)
-        && before.status == after.status
-        && before.reason == after.reason
-    {
-        after.message.clone_from(&before.message);
     }
 }
 
@@ -1134,6 +1135,8 @@ mod tests {
 
     #[test]
     fn what_a_status_change_is() {
+        /// A pool of concurrency 4 (or less).
+        const STEP: f64 = 2.0;
         let status = |load: f64, scaling: &str, ready: &str, metrics: &str| AsyncWorkerPoolStatus {
             load: Some(load),
             desired_replicas: 4,
@@ -1155,7 +1158,10 @@ mod tests {
             "4 of 4",
             "AllWorkersReport",
         );
-        assert_eq!(status_change(&before, &before.clone()), StatusChange::None);
+        assert_eq!(
+            status_change(&before, &before.clone(), STEP),
+            StatusChange::None
+        );
         // The reasoning's wobble under steady traffic is no change.
         let wobble = status(
             20.0,
@@ -1163,22 +1169,35 @@ mod tests {
             "4 of 4",
             "AllWorkersReport",
         );
-        assert_eq!(status_change(&before, &wobble), StatusChange::None);
-        // Figures, and messages that quote them, are.
-        let load = status(
-            21.0,
+        assert_eq!(status_change(&before, &wobble, STEP), StatusChange::None);
+        // So is a load within a step of the one shown, a figure beyond it is a change.
+        let noise = status(
+            21.5,
             "arrivals 9.9/s × 0.5 s; holding 4",
             "4 of 4",
             "AllWorkersReport",
         );
-        assert_eq!(status_change(&before, &load), StatusChange::FiguresOnly);
+        assert_eq!(status_change(&before, &noise, STEP), StatusChange::None);
+        let load = status(
+            22.0,
+            "arrivals 9.9/s × 0.5 s; holding 4",
+            "4 of 4",
+            "AllWorkersReport",
+        );
+        assert_eq!(
+            status_change(&before, &load, STEP),
+            StatusChange::FiguresOnly
+        );
         let ready = status(
             20.0,
             "arrivals 10.1/s × 0.5 s; holding 4",
             "3 of 4",
             "AllWorkersReport",
         );
-        assert_eq!(status_change(&before, &ready), StatusChange::FiguresOnly);
+        assert_eq!(
+            status_change(&before, &ready, STEP),
+            StatusChange::FiguresOnly
+        );
         // A reason is a condition change; so is a size asked for.
         let silent = status(
             20.0,
@@ -1186,10 +1205,16 @@ mod tests {
             "4 of 4",
             "SomeWorkersSilent",
         );
-        assert_eq!(status_change(&before, &silent), StatusChange::Conditions);
+        assert_eq!(
+            status_change(&before, &silent, STEP),
+            StatusChange::Conditions
+        );
         let mut grown = before.clone();
         grown.desired_replicas = 5;
-        assert_eq!(status_change(&before, &grown), StatusChange::Conditions);
+        assert_eq!(
+            status_change(&before, &grown, STEP),
+            StatusChange::Conditions
+        );
     }
 
     #[test]
