@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -79,6 +79,16 @@ type PodName = (String, String);
 struct PoolPods {
     pods: BTreeMap<String, Arc<IndexedPod>>,
     version: u64,
+    /// Its workers (the pods not leaving), made on first read after a change: a busy pool is
+    /// planned every second, and its pods change far less often.
+    workers: OnceLock<Arc<[WorkerPod]>>,
+}
+
+impl PoolPods {
+    fn changed(&mut self, change: u64) {
+        self.version = change;
+        self.workers = OnceLock::new();
+    }
 }
 
 #[derive(Default)]
@@ -104,7 +114,7 @@ impl Pods {
         entry
             .pods
             .insert(name.1.clone(), Arc::new(IndexedPod::of(pod)));
-        entry.version = change;
+        entry.changed(change);
         self.pool_of.insert(name, pool);
     }
 
@@ -118,7 +128,7 @@ impl Pods {
     fn remove_from(&mut self, pool: &PoolKey, pod: &str, change: u64) {
         if let Some(entry) = self.by_pool.get_mut(pool) {
             entry.pods.remove(pod);
-            entry.version = change;
+            entry.changed(change);
             if entry.pods.is_empty() {
                 self.by_pool.remove(pool);
             }
@@ -194,13 +204,24 @@ impl PodIndex {
         }
     }
 
-    /// The pods of `pool`, by name.
-    pub(crate) fn pods_of(&self, pool: &PoolKey) -> Vec<Arc<IndexedPod>> {
-        read(&self.pods)
-            .by_pool
-            .get(pool)
-            .map(|entry| entry.pods.values().cloned().collect())
-            .unwrap_or_default()
+    /// The workers of `pool` (its pods not leaving), by name.
+    pub(crate) fn workers_of(&self, pool: &PoolKey) -> Arc<[WorkerPod]> {
+        read(&self.pods).by_pool.get(pool).map_or_else(
+            || Arc::from([]),
+            |entry| {
+                entry
+                    .workers
+                    .get_or_init(|| {
+                        entry
+                            .pods
+                            .values()
+                            .filter(|p| !p.leaving)
+                            .map(|p| p.worker.clone())
+                            .collect()
+                    })
+                    .clone()
+            },
+        )
     }
 
     /// A number that changes whenever the pods of `pool` change (0: it has none).
@@ -240,7 +261,7 @@ impl PodIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use watcher::Event;
 
     fn pod(namespace: &str, name: &str, pool: &str) -> Pod {
@@ -264,10 +285,26 @@ mod tests {
 
     fn names(index: &PodIndex, pool: &PoolKey) -> Vec<String> {
         index
-            .pods_of(pool)
+            .workers_of(pool)
             .iter()
-            .map(|p| p.worker.name.clone())
+            .map(|p| p.name.clone())
             .collect()
+    }
+
+    #[test]
+    fn workers_follow_every_change_and_leave_out_the_leaving() {
+        let index = PodIndex::default();
+        let web = key("a", "web");
+        index.apply(&Event::Apply(pod("a", "web-1", "web")));
+        assert_eq!(names(&index, &web), ["web-1"]);
+        index.apply(&Event::Apply(pod("a", "web-2", "web")));
+        assert_eq!(names(&index, &web), ["web-1", "web-2"]);
+        let mut deleting = pod("a", "web-1", "web");
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        index.apply(&Event::Apply(deleting));
+        assert_eq!(names(&index, &web), ["web-2"]);
+        index.apply(&Event::Delete(pod("a", "web-2", "web")));
+        assert!(names(&index, &web).is_empty());
     }
 
     #[test]
@@ -281,7 +318,7 @@ mod tests {
         assert_eq!(names(&index, &key("a", "web")), ["web-1", "web-2"]);
         assert_eq!(names(&index, &key("a", "api")), ["api-1"]);
         assert_eq!(names(&index, &key("b", "web")), ["web-9"]);
-        assert!(index.pods_of(&key("c", "web")).is_empty());
+        assert!(index.workers_of(&key("c", "web")).is_empty());
         assert_eq!(index.len(), 4);
     }
 
@@ -299,7 +336,7 @@ mod tests {
 
         index.apply(&Event::Delete(pod("a", "web-1", "web")));
         assert!(index.get("a", "web-1").is_none());
-        assert!(index.pods_of(&key("a", "web")).is_empty());
+        assert!(index.workers_of(&key("a", "web")).is_empty());
         assert!(index.is_empty());
         // A delete of something never seen changes nothing.
         index.apply(&Event::Delete(pod("a", "ghost", "web")));
@@ -311,7 +348,7 @@ mod tests {
         let index = PodIndex::default();
         index.apply(&Event::Apply(pod("a", "w-1", "web")));
         index.apply(&Event::Apply(pod("a", "w-1", "api")));
-        assert!(index.pods_of(&key("a", "web")).is_empty());
+        assert!(index.workers_of(&key("a", "web")).is_empty());
         assert_eq!(names(&index, &key("a", "api")), ["w-1"]);
         assert_eq!(index.len(), 1);
     }
