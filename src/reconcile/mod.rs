@@ -500,7 +500,7 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
     );
     ctx.metrics
         .record_pool(&key, &figures(pool, &next, Some(&plan)));
-    let change = status_change(previous, &next, load_step(pool));
+    let change = status_change(previous, &next, load_step(pool, previous.load));
     // At rest only with the status showing the plan: a figure held back by the status
     // throttle still needs the round that writes it.
     let rest = (plan.at_rest && change == StatusChange::None).then(|| Rest {
@@ -883,7 +883,7 @@ async fn write_status(
     let previous = pool.status.clone().unwrap_or_default();
     let next = next_status(pool, &previous, key, observed, plan, judgements, urgent);
     ctx.metrics.record_pool(key, &figures(pool, &next, plan));
-    let change = status_change(&previous, &next, load_step(pool));
+    let change = status_change(&previous, &next, load_step(pool, previous.load));
     if change == StatusChange::None {
         return Ok(());
     }
@@ -994,13 +994,18 @@ enum StatusChange {
     Conditions,
 }
 
-/// The smallest move of a pool's load that its status shows: half a worker's concurrency, and
-/// at least two requests, the step that moves a scaler (a paced sidecar sends it at once).
-/// Under steady traffic the load wobbles by a request or a few every second; showing each
-/// wobble would write every busy pool's status at the throttle's pace (at 1,000 pools, 500
-/// writes a second). The live figure is the `asyncpool_pool_load` metric.
-fn load_step(pool: &AsyncWorkerPool) -> f64 {
-    (f64::from(pool.spec.concurrency) / 2.0).ceil().max(2.0)
+/// The smallest move of a pool's load from `shown` that its status shows: beyond the noise of
+/// steady traffic (requests in the app at a steady rate vary like a Poisson count, by about the
+/// square root of their number; three times that), and at least half a worker's concurrency
+/// and two requests, the step that moves a scaler (a paced sidecar sends it at once). Writing
+/// each wobble would write every busy pool's status at the throttle's pace (at 1,000 pools,
+/// 500 writes a second). The live figure is the `asyncpool_pool_load` metric.
+fn load_step(pool: &AsyncWorkerPool, shown: Option<f64>) -> f64 {
+    let noise = 3.0 * shown.unwrap_or(0.0).max(0.0).sqrt();
+    (f64::from(pool.spec.concurrency) / 2.0)
+        .ceil()
+        .max(2.0)
+        .max(noise)
 }
 
 fn status_change(
@@ -1131,6 +1136,29 @@ mod tests {
             observed_generation: Some(1),
             last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
         }
+    }
+
+    #[test]
+    fn the_load_shown_moves_beyond_a_scalers_step_and_the_noise_of_traffic() {
+        let pool = |concurrency: i32| {
+            crate::manifest::load_pool(
+                &format!(
+                    "apiVersion: asyncpool.dev/v1alpha1\nkind: AsyncWorkerPool\n\
+                     metadata: {{name: chat, namespace: team}}\n\
+                     spec: {{minReplicas: 1, maxReplicas: 4, concurrency: {concurrency}, \
+                     template: {{spec: {{containers: \
+                     [{{name: app, image: chat:1}}]}}}}}}\n"
+                ),
+                None,
+            )
+            .expect("a valid pool")
+        };
+        // Half a worker's concurrency, two requests at least, while the load is small.
+        assert_eq!(load_step(&pool(10), None), 5.0);
+        assert_eq!(load_step(&pool(7), Some(1.0)), 4.0);
+        assert_eq!(load_step(&pool(1), Some(0.0)), 2.0);
+        // Three times the square root of a large load.
+        assert_eq!(load_step(&pool(10), Some(900.0)), 90.0);
     }
 
     #[test]
