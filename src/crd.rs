@@ -414,7 +414,8 @@ pub struct AsyncWorkerPoolStatus {
     pub desired_replicas: i32,
     /// Requests queued plus in flight across the pool, as a decision read it; rewritten once it
     /// moves beyond the noise of steady traffic (three times its square root) and half a
-    /// worker's concurrency, or with any other status change. Absent while no worker reports.
+    /// worker's concurrency, falls to zero, or with any other status change. Absent while no
+    /// worker reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<f64>,
     /// When the pool last changed size.

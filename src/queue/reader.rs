@@ -360,9 +360,9 @@ fn record(
         };
         let previous = entry.pods.get_mut(key.pod.as_str());
         // What moves the scaler wakes the pool at once: the rule by which a paced stream
-        // sends a line at once (`moves_at_once`). Anything else a plan reads (a request or two in or out,
-        // counters) is a new version, planned at the next decision round; under traffic
-        // nearly every line differs from the last in that way.
+        // sends a line at once (`moves_at_once`). Anything else a plan reads (a request or
+        // two in or out, counters) is a new version, planned at the next decision round;
+        // under traffic nearly every line differs from the last in that way.
         let (changed, differs) = match (previous.as_deref(), &reading) {
             (
                 Some(Reading::Snapshot { snapshot: old, .. }),

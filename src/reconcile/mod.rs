@@ -1037,8 +1037,11 @@ fn status_change(
                     && (n.message == p.message || messages_may_differ(n))
             })
     };
+    // A pool gone idle says so: no traffic has no noise.
     let load_within_noise = match (next.load, previous.load) {
-        (Some(next), Some(previous)) => (next - previous).abs() < load_step,
+        (Some(next), Some(previous)) => {
+            (next - previous).abs() < load_step && (next != 0.0 || previous == 0.0)
+        }
         (next, previous) => next == previous,
     };
     let same_figures = load_within_noise
@@ -1206,6 +1209,16 @@ mod tests {
             "AllWorkersReport",
         );
         assert_eq!(status_change(&before, &noise, STEP), StatusChange::None);
+        // A pool gone idle is shown at once; one request after idling is noise.
+        let idle = |load: f64| status(load, "holding 4", "4 of 4", "AllWorkersReport");
+        assert_eq!(
+            status_change(&idle(1.0), &idle(0.0), STEP),
+            StatusChange::FiguresOnly
+        );
+        assert_eq!(
+            status_change(&idle(0.0), &idle(1.0), STEP),
+            StatusChange::None
+        );
         let load = status(
             22.0,
             "arrivals 9.9/s × 0.5 s; holding 4",
