@@ -1,7 +1,7 @@
 //! Arrival rate and mean service time from the sidecars' monotonic counters: the inputs of
 //! Little's law. Counters survive a missed read, so a rate is right even across a gap.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use asyncpool_contract::queue::{QueueSnapshot, Scope};
@@ -178,16 +178,21 @@ impl RateTracker {
         span: Duration,
         pods: impl IntoIterator<Item = (&'a str, Option<&'a QueueSnapshot>, Duration)>,
     ) -> Option<RateEstimate> {
-        // Every pod named this round, and whether it had a usable reading.
-        let mut present = BTreeMap::new();
+        // Every pod named this round, and where the window ends: where every pod read this
+        // round has been heard up to. A paced stream's latest line is up to a pace old (the
+        // fleet's lines arrive together, on the clock), and counting to `now` would read every
+        // busy pool low by what is not heard yet, or guess it from a young pod's first
+        // moments. With no pod read this round, the window ends now and the rate decays with
+        // what is known.
+        let mut present = BTreeSet::new();
+        let mut end: Option<Duration> = None;
         for (name, snapshot, age) in pods {
-            present.insert(name, false);
+            present.insert(name);
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
                 continue;
             };
-            present.insert(name, true);
             let reading = Counters::read(now.saturating_sub(age), snapshot);
-            match self.pods.get_mut(name) {
+            let heard = match self.pods.get_mut(name) {
                 Some(history) if reading.went_back_from(&history.latest) => {
                     // The sidecar restarted since its last reading and counted from zero.
                     let restart = Counters {
@@ -198,38 +203,34 @@ impl RateTracker {
                     };
                     let mut after = History::starting_at(restart);
                     after.record(reading);
+                    let heard = after.latest.at;
                     self.ended.push(std::mem::replace(history, after));
+                    heard
                 }
-                Some(history) => history.record(reading),
+                Some(history) => {
+                    history.record(reading);
+                    history.latest.at
+                }
                 None => {
                     self.pods
                         .insert(name.to_owned(), History::starting_at(reading));
+                    reading.at
                 }
-            }
+            };
+            end = Some(end.map_or(heard, |end| end.min(heard)));
         }
         // Usually nobody left: only the names of those who did are collected.
         let gone: Vec<String> = self
             .pods
             .keys()
-            .filter(|name| !present.contains_key(name.as_str()))
+            .filter(|name| !present.contains(name.as_str()))
             .cloned()
             .collect();
         for name in gone {
             self.ended.extend(self.pods.remove(&name));
         }
 
-        // The window ends where every pod read this round has been heard up to: a paced
-        // stream's latest line is up to a pace old (the fleet's lines arrive together, on the
-        // clock), and counting to `now` would read every busy pool low by what is not heard
-        // yet, or guess it from a young pod's first moments. With no pod read this round, the
-        // window ends now and the rate decays with what is known.
-        let end = self
-            .pods
-            .iter()
-            .filter(|(name, _)| present.get(name.as_str()) == Some(&true))
-            .map(|(_, history)| history.latest.at)
-            .min()
-            .unwrap_or(now);
+        let end = end.unwrap_or(now);
         let window_start = end.saturating_sub(span);
         self.ended
             .retain(|history| history.latest.at > window_start);
