@@ -1002,10 +1002,8 @@ enum StatusChange {
 /// 500 writes a second). The live figure is the `asyncpool_pool_load` metric.
 fn load_step(pool: &AsyncWorkerPool, shown: Option<f64>) -> f64 {
     let noise = 3.0 * shown.unwrap_or(0.0).max(0.0).sqrt();
-    (f64::from(pool.spec.concurrency) / 2.0)
-        .ceil()
-        .max(2.0)
-        .max(noise)
+    let capacity = u64::try_from(pool.spec.concurrency).unwrap_or(1);
+    (asyncpool_contract::queue::load_step(capacity) as f64).max(noise)
 }
 
 fn status_change(

@@ -88,6 +88,13 @@ pub fn moves_at_once(
     now.moved_from(last)
 }
 
+/// The smallest move of the load that moves a scaler, for a worker of `capacity`: half of it,
+/// and at least two requests. A request or two in or out is what steady traffic does all the
+/// time; a burst moves the load by far more.
+pub fn load_step(capacity: u64) -> u64 {
+    capacity.div_ceil(2).max(2)
+}
+
 /// Upper bound on any gauge or counter a sane sidecar reports; larger values are garbage.
 const MAX_COUNT: u64 = 1 << 53;
 
@@ -167,11 +174,10 @@ impl QueueSnapshot {
     /// drain began or ended, the capacity or scope changed, or the load moved by half the
     /// capacity, and by at least two requests.
     pub fn moved_from(&self, last: &QueueSnapshot) -> bool {
-        let step = self.capacity.div_ceil(2).max(2);
         last.draining != self.draining
             || last.capacity != self.capacity
             || last.scope != self.scope
-            || last.load().abs_diff(self.load()) >= step
+            || last.load().abs_diff(self.load()) >= load_step(self.capacity)
     }
 
     /// Parses and checks one snapshot. Anything that fails here is missing data, never zero.
