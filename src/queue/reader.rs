@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -61,12 +62,6 @@ impl Default for ReaderConfig {
             max_concurrent_polls: 64,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PodKey {
-    pool: PoolKey,
-    pod: String,
 }
 
 /// The latest thing learned about one pod's sidecar.
@@ -171,15 +166,15 @@ struct Running {
     task: AbortHandle,
 }
 
-/// The latest reading of each pod, by pool, so that a pool's readings are found without
-/// building a key per pod.
-type Readings = Mutex<AllReadings>;
+/// Changes recorded so far across all pools: a pool's version is the change that last touched
+/// it, so a pool removed and read again never repeats a version a plan remembers.
+type ChangeCounter = AtomicU64;
 
-#[derive(Default)]
-struct AllReadings {
-    pools: HashMap<PoolKey, PoolReadings>,
-    /// Changes recorded so far: each pool's version is the change that last touched it.
-    changes: u64,
+/// One pool's latest readings, shared by its pod readers: a reader records into its own pool's
+/// slot, with no lookup of the pool per line.
+struct PoolSlot {
+    pool: PoolKey,
+    readings: Mutex<PoolReadings>,
 }
 
 #[derive(Default)]
@@ -188,22 +183,25 @@ struct PoolReadings {
     version: u64,
 }
 
-impl AllReadings {
-    /// Marks `pool`'s readings changed (it has an entry).
-    fn touch(&mut self, pool: &PoolKey) {
-        self.changes += 1;
-        if let Some(entry) = self.pools.get_mut(pool) {
-            entry.version = self.changes;
-        }
+impl PoolReadings {
+    /// Marks the pool's readings changed.
+    fn touch(&mut self, counter: &ChangeCounter) {
+        self.version = counter.fetch_add(1, Ordering::Relaxed) + 1;
     }
+}
+
+/// A pool's readers by pod name, and the readings they record.
+struct PoolReaders {
+    slot: Arc<PoolSlot>,
+    running: HashMap<String, Running>,
 }
 
 /// All per-pod reader tasks, and their latest readings.
 pub struct SidecarReaders {
-    config: ReaderConfig,
-    readings: Arc<Readings>,
-    /// Each pool's readers by pod name: a pool's sync touches its own readers only.
-    running: Mutex<HashMap<PoolKey, HashMap<String, Running>>>,
+    config: Arc<ReaderConfig>,
+    /// Each pool's readers: a pool's sync touches its own readers only.
+    pools: Mutex<HashMap<PoolKey, PoolReaders>>,
+    counter: Arc<ChangeCounter>,
     changes: mpsc::UnboundedSender<PoolKey>,
     polls: Arc<Semaphore>,
     observer: Arc<dyn ReadObserver>,
@@ -223,9 +221,9 @@ impl SidecarReaders {
     ) -> Self {
         let polls = Arc::new(Semaphore::new(config.max_concurrent_polls.max(1)));
         Self {
-            config,
-            readings: Arc::default(),
-            running: Mutex::default(),
+            config: Arc::new(config),
+            pools: Mutex::default(),
+            counter: Arc::default(),
             changes,
             polls,
             observer,
@@ -235,46 +233,48 @@ impl SidecarReaders {
     /// Makes the set of read pods of `pool` exactly `pods` (name and address): starts readers
     /// for new pods or new addresses, stops the ones for pods that are gone.
     pub fn sync_pool(&self, pool: &PoolKey, pods: &[(String, IpAddr)]) {
-        let mut running = lock(&self.running);
-        if pods.is_empty() && !running.contains_key(pool) {
+        let mut pools = lock(&self.pools);
+        if pods.is_empty() && !pools.contains_key(pool) {
             return;
         }
         let wanted: HashMap<&str, IpAddr> = pods.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
-        let readers = running.entry(pool.clone()).or_default();
-        readers.retain(|pod, reader| {
+        let readers = pools.entry(pool.clone()).or_insert_with(|| PoolReaders {
+            slot: Arc::new(PoolSlot {
+                pool: pool.clone(),
+                readings: Mutex::default(),
+            }),
+            running: HashMap::new(),
+        });
+        let slot = &readers.slot;
+        readers.running.retain(|pod, reader| {
             let keep = wanted.get(pod.as_str()) == Some(&reader.address);
             if !keep {
                 reader.task.abort();
-                let mut readings = lock(&self.readings);
-                readings.touch(pool);
-                if let Some(pool_readings) = readings.pools.get_mut(pool) {
-                    pool_readings.pods.remove(pod);
-                    if pool_readings.pods.is_empty() {
-                        readings.pools.remove(pool);
-                    }
-                }
+                let mut readings = lock(&slot.readings);
+                readings.pods.remove(pod);
+                readings.touch(&self.counter);
             }
             keep
         });
         for (name, address) in pods {
-            if readers.contains_key(name) {
+            if readers.running.contains_key(name) {
                 continue;
             }
-            let key = PodKey {
-                pool: pool.clone(),
+            let reader = PodReader {
+                slot: readers.slot.clone(),
                 pod: name.clone(),
+                counter: self.counter.clone(),
+                changes: self.changes.clone(),
             };
             let task = tokio::spawn(read_pod(
-                key,
+                reader,
                 SocketAddr::new(*address, self.config.port),
                 self.config.clone(),
-                self.readings.clone(),
-                self.changes.clone(),
                 self.polls.clone(),
                 self.observer.clone(),
             ))
             .abort_handle();
-            readers.insert(
+            readers.running.insert(
                 name.clone(),
                 Running {
                     address: *address,
@@ -282,14 +282,21 @@ impl SidecarReaders {
                 },
             );
         }
-        if readers.is_empty() {
-            running.remove(pool);
+        if readers.running.is_empty() {
+            pools.remove(pool);
         }
     }
 
     /// Stops reading every pod of a pool (the pool is gone, or this replica stopped leading).
     pub fn forget_pool(&self, pool: &PoolKey) {
         self.sync_pool(pool, &[]);
+    }
+
+    /// The pool's readings slot, if any of its pods is read.
+    fn slot(&self, pool: &PoolKey) -> Option<Arc<PoolSlot>> {
+        lock(&self.pools)
+            .get(pool)
+            .map(|readers| readers.slot.clone())
     }
 
     /// The current snapshot of each named pod, in order; why not where data is missing or
@@ -299,26 +306,28 @@ impl SidecarReaders {
         pool: &PoolKey,
         pods: impl IntoIterator<Item = &'a str>,
     ) -> Vec<Result<Current, Unavailable>> {
-        let readings = lock(&self.readings);
-        let pool_readings = readings.pools.get(pool);
+        let slot = self.slot(pool);
+        let readings = slot.as_ref().map(|slot| lock(&slot.readings));
         let now = Instant::now();
         pods.into_iter()
-            .map(|pod| match pool_readings.and_then(|r| r.pods.get(pod)) {
-                Some(Reading::Snapshot {
-                    snapshot,
-                    at,
-                    held_back,
-                }) if now.duration_since(*at) <= self.config.stale_after => Ok(Current {
-                    snapshot: snapshot.clone(),
-                    age: now.duration_since(*at).min(*held_back),
-                }),
-                Some(Reading::Snapshot { at, .. }) => Err(Unavailable::Failed(format!(
-                    "last reading is {:.1}s old",
-                    now.duration_since(*at).as_secs_f64()
-                ))),
-                Some(Reading::Failed { error }) => Err(Unavailable::Failed(error.clone())),
-                None => Err(Unavailable::NotReadYet),
-            })
+            .map(
+                |pod| match readings.as_ref().and_then(|r| r.pods.get(pod)) {
+                    Some(Reading::Snapshot {
+                        snapshot,
+                        at,
+                        held_back,
+                    }) if now.duration_since(*at) <= self.config.stale_after => Ok(Current {
+                        snapshot: snapshot.clone(),
+                        age: now.duration_since(*at).min(*held_back),
+                    }),
+                    Some(Reading::Snapshot { at, .. }) => Err(Unavailable::Failed(format!(
+                        "last reading is {:.1}s old",
+                        now.duration_since(*at).as_secs_f64()
+                    ))),
+                    Some(Reading::Failed { error }) => Err(Unavailable::Failed(error.clone())),
+                    None => Err(Unavailable::NotReadYet),
+                },
+            )
             .collect()
     }
 
@@ -327,74 +336,74 @@ impl SidecarReaders {
     /// [`SidecarReaders::snapshots`], as long as none has gone stale; the readers record a
     /// watch stream that stays silent that long as a failure, so that this holds.
     pub fn version(&self, pool: &PoolKey) -> u64 {
-        lock(&self.readings)
-            .pools
-            .get(pool)
-            .map_or(0, |entry| entry.version)
+        self.slot(pool)
+            .map_or(0, |slot| lock(&slot.readings).version)
     }
 }
 
 impl Drop for SidecarReaders {
     fn drop(&mut self) {
-        for reader in lock(&self.running).values().flat_map(HashMap::values) {
+        for reader in lock(&self.pools)
+            .values()
+            .flat_map(|readers| readers.running.values())
+        {
             reader.task.abort();
         }
     }
 }
 
-/// Stores a reading and announces the pool when what the scaler sees changed.
-fn record(
-    key: &PodKey,
-    reading: Reading,
-    readings: &Readings,
-    changes: &mpsc::UnboundedSender<PoolKey>,
-) {
-    let changed = {
-        let mut all = lock(readings);
-        let AllReadings { pools, changes } = &mut *all;
-        // Entry by reference first: a pool's map exists for as long as it has readings, so
-        // the key is cloned once per pool and pod, not once per reading.
-        let entry = match pools.get_mut(&key.pool) {
-            Some(entry) => entry,
-            None => pools.entry(key.pool.clone()).or_default(),
-        };
-        let previous = entry.pods.get_mut(key.pod.as_str());
-        // What moves the scaler wakes the pool at once: the rule by which a paced stream
-        // sends a line at once (`moves_at_once`). Anything else a plan reads (a request or
-        // two in or out, counters) is a new version, planned at the next decision round;
-        // under traffic nearly every line differs from the last in that way.
-        let (changed, differs) = match (previous.as_deref(), &reading) {
-            (
-                Some(Reading::Snapshot { snapshot: old, .. }),
-                Reading::Snapshot { snapshot: new, .. },
-            ) => (new.moved_from(old), old != new),
-            (Some(Reading::Failed { .. }), Reading::Failed { .. }) => (false, false),
-            _ => (true, true),
-        };
-        match previous {
-            Some(slot) => *slot = reading,
-            None => {
-                entry.pods.insert(key.pod.clone(), reading);
+/// What one pod's reader records into, and whom it wakes.
+struct PodReader {
+    slot: Arc<PoolSlot>,
+    pod: String,
+    counter: Arc<ChangeCounter>,
+    changes: mpsc::UnboundedSender<PoolKey>,
+}
+
+impl PodReader {
+    /// Stores a reading and announces the pool when what the scaler sees changed.
+    fn record(&self, reading: Reading) {
+        let changed = {
+            let mut readings = lock(&self.slot.readings);
+            let previous = readings.pods.get_mut(self.pod.as_str());
+            // What moves the scaler wakes the pool at once: the rule by which a paced stream
+            // sends a line at once (`moves_at_once`). Anything else a plan reads (a request or
+            // two in or out, counters) is a new version, planned at the next decision round;
+            // under traffic nearly every line differs from the last in that way.
+            let (changed, differs) = match (previous.as_deref(), &reading) {
+                (
+                    Some(Reading::Snapshot { snapshot: old, .. }),
+                    Reading::Snapshot { snapshot: new, .. },
+                ) => (new.moved_from(old), old != new),
+                (Some(Reading::Failed { .. }), Reading::Failed { .. }) => (false, false),
+                _ => (true, true),
+            };
+            match previous {
+                Some(slot) => *slot = reading,
+                None => {
+                    readings.pods.insert(self.pod.clone(), reading);
+                }
             }
+            if differs {
+                readings.touch(&self.counter);
+            }
+            changed
+        };
+        if changed {
+            // The receiver is gone only while the operator shuts down.
+            let _ = self.changes.send(self.slot.pool.clone());
         }
-        if differs {
-            *changes += 1;
-            entry.version = *changes;
-        }
-        changed
-    };
-    if changed {
-        // The receiver is gone only while the operator shuts down.
-        let _ = changes.send(key.pool.clone());
     }
 }
 
+/// Follows one pod's sidecar for as long as the task lives: its watch stream, or polls while
+/// the stream does not work. The task's state is mostly the watch stream's (the stream is where
+/// a reader spends its life); the connects and polls live in boxes of their own while they run,
+/// since ten thousand readers make every hundred bytes of it a megabyte.
 async fn read_pod(
-    key: PodKey,
+    reader: PodReader,
     address: SocketAddr,
-    config: ReaderConfig,
-    readings: Arc<Readings>,
-    changes: mpsc::UnboundedSender<PoolKey>,
+    config: Arc<ReaderConfig>,
     polls: Arc<Semaphore>,
     observer: Arc<dyn ReadObserver>,
 ) {
@@ -404,19 +413,14 @@ async fn read_pod(
             let outcome = watch_stream(address, &config, |event| match event {
                 WatchEvent::Line(snapshot, latency) => {
                     observer.read_ok(latency, true);
-                    record(
-                        &key,
-                        Reading::fresh(snapshot, config.watch_pace),
-                        &readings,
-                        &changes,
-                    );
+                    reader.record(Reading::fresh(snapshot, config.watch_pace));
                 }
                 WatchEvent::Silent(for_how_long) => {
                     let error = format!(
                         "no line from the watch stream for {:.1}s",
                         for_how_long.as_secs_f64()
                     );
-                    record(&key, Reading::Failed { error }, &readings, &changes);
+                    reader.record(Reading::Failed { error });
                 }
             })
             .await;
@@ -429,38 +433,39 @@ async fn read_pod(
                 _ => Instant::now() + config.poll_interval * 10,
             };
             if let Err(error) = outcome {
-                tracing::debug!(pool = %key.pool.name, pod = %key.pod, %error, "watch stream ended; polling");
+                tracing::debug!(pool = %reader.slot.pool.name, pod = %reader.pod, %error, "watch stream ended; polling");
             }
         }
-        let started = Instant::now();
-        let result = {
-            let _permit = polls.acquire().await;
-            poll_once(address, &config).await
-        };
-        match result {
-            Ok(snapshot) => {
-                observer.read_ok(started.elapsed(), false);
-                record(
-                    &key,
-                    Reading::fresh(snapshot, Duration::ZERO),
-                    &readings,
-                    &changes,
-                );
-            }
-            Err(error) => {
-                observer.read_failed(error.category());
-                record(
-                    &key,
-                    Reading::Failed {
-                        error: error.to_string(),
-                    },
-                    &readings,
-                    &changes,
-                );
-            }
-        }
-        tokio::time::sleep_until(started + config.poll_interval).await;
+        Box::pin(poll_and_wait(&reader, address, &config, &polls, &*observer)).await;
     }
+}
+
+/// One poll of the pod's sidecar, recorded, then the wait until the next one is due.
+async fn poll_and_wait(
+    reader: &PodReader,
+    address: SocketAddr,
+    config: &ReaderConfig,
+    polls: &Semaphore,
+    observer: &dyn ReadObserver,
+) {
+    let started = Instant::now();
+    let result = {
+        let _permit = polls.acquire().await;
+        poll_once(address, config).await
+    };
+    match result {
+        Ok(snapshot) => {
+            observer.read_ok(started.elapsed(), false);
+            reader.record(Reading::fresh(snapshot, Duration::ZERO));
+        }
+        Err(error) => {
+            observer.read_failed(error.category());
+            reader.record(Reading::Failed {
+                error: error.to_string(),
+            });
+        }
+    }
+    tokio::time::sleep_until(started + config.poll_interval).await;
 }
 
 async fn connect(address: SocketAddr, config: &ReaderConfig) -> Result<TcpStream, ReadError> {
@@ -477,7 +482,7 @@ async fn get(
     address: SocketAddr,
     path: &str,
     config: &ReaderConfig,
-) -> Result<sidecar_http::Response<TcpStream>, ReadError> {
+) -> Result<sidecar_http::Response, ReadError> {
     let stream = connect(address, config).await?;
     sidecar_http::get(stream, &address.to_string(), path)
         .await
@@ -538,10 +543,10 @@ async fn watch_stream(
     mut on_event: impl FnMut(WatchEvent),
 ) -> Result<(), ReadError> {
     let started = Instant::now();
-    let mut response = timeout(
+    let mut response = Box::pin(timeout(
         config.request_timeout,
         get(address, &watch_target(config.watch_pace), config),
-    )
+    ))
     .await
     .map_err(|_| ReadError::Timeout)??;
     if !(200..300).contains(&response.status) {
@@ -596,7 +601,10 @@ async fn watch_stream(
             first = false;
             on_event(WatchEvent::Line(snapshot, latency));
         }
-        if buffer.remaining() > MAX_BODY {
+        if buffer.is_empty() {
+            // Lines come whole, a second or more apart: hold no memory between them.
+            buffer = BytesMut::new();
+        } else if buffer.remaining() > MAX_BODY {
             return Err(ReadError::Invalid("line too long".into()));
         }
     }
@@ -888,11 +896,9 @@ mod tests {
         readers.sync_pool(&pool("a"), &[]);
         assert!(readers.snapshots(&pool("a"), ["a-1"])[0].is_err());
         assert!(readers.snapshots(&pool("b"), ["b-1"])[0].is_ok());
-        assert_eq!(lock(&readers.running).len(), 1, "pool a keeps no entry");
-        assert!(
-            !lock(&readers.readings).pools.contains_key(&pool("a")),
-            "nor any reading"
-        );
+        let pools = lock(&readers.pools);
+        assert_eq!(pools.len(), 1, "pool a keeps no entry, nor any reading");
+        assert!(pools.contains_key(&pool("b")));
     }
 
     #[tokio::test]
@@ -909,5 +915,33 @@ mod tests {
         readers.forget_pool(&pool);
         let after = readers.snapshots(&pool, ["pod-a"]);
         assert_eq!(after[0], Err(Unavailable::NotReadYet));
+    }
+
+    #[test]
+    fn a_readers_task_stays_small() {
+        // Ten thousand readers make every hundred bytes of a reader's state a megabyte: what
+        // runs rarely (connects, polls) is boxed while it runs, not kept in every task.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let reader = PodReader {
+            slot: Arc::new(PoolSlot {
+                pool: PoolKey {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                },
+                readings: Mutex::default(),
+            }),
+            pod: "p-1".into(),
+            counter: Arc::default(),
+            changes: tx,
+        };
+        let task = read_pod(
+            reader,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            Arc::new(ReaderConfig::default()),
+            Arc::new(Semaphore::new(1)),
+            Arc::new(NoMetrics),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1200, "a reader's task holds {size} bytes");
     }
 }
