@@ -1,14 +1,18 @@
 //! The few bytes of HTTP/1.1 the operator speaks to sidecars: one `GET`, a response head parsed
 //! with httparse, then the body framed by Content-Length, chunked encoding or the connection's
-//! end, read 1 KiB at a time. A general client holds buffers of 8 KiB and more per connection;
+//! end, read as it arrives. A general client holds buffers of 8 KiB and more per connection;
 //! at one watch stream per worker pod that was most of the operator's memory at ten thousand
-//! pods. Anything malformed or oversized is an error, never a guess.
+//! pods. Here a connection holds no buffer while it waits: it waits until the socket is
+//! readable, and only then takes one. Anything malformed or oversized is an error, never a
+//! guess.
+
+use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-/// Bytes read at a time: a snapshot line is about 250, and a buffer stays with every watched
-/// pod.
+/// Bytes read at a time at least: a snapshot line is about 250.
 const READ_SIZE: usize = 512;
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -43,21 +47,18 @@ enum Framing {
 }
 
 /// A response whose body is read piece by piece.
-pub struct Response<S> {
+pub struct Response {
     pub status: u16,
-    stream: S,
+    stream: TcpStream,
     buffer: BytesMut,
     framing: Framing,
 }
 
 /// Sends `GET path` on `stream` and reads the response head.
-pub async fn get<S>(mut stream: S, host: &str, path: &str) -> Result<Response<S>, HttpError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn get(mut stream: TcpStream, host: &str, path: &str) -> Result<Response, HttpError> {
     let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\naccept: */*\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
-    let mut buffer = BytesMut::with_capacity(READ_SIZE);
+    let mut buffer = BytesMut::new();
     loop {
         match parse_head(&buffer)? {
             Some((status, framing, length)) => {
@@ -70,7 +71,7 @@ where
                 });
             }
             None if buffer.len() < MAX_HEAD => {
-                if read_more(&mut stream, &mut buffer).await? == 0 {
+                if read_more(&stream, &mut buffer).await? == 0 {
                     return Err(HttpError::Closed);
                 }
             }
@@ -123,15 +124,25 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HttpError> {
     }
 }
 
-async fn read_more<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buffer: &mut BytesMut,
-) -> Result<usize, HttpError> {
-    buffer.reserve(READ_SIZE);
-    Ok(stream.read_buf(buffer).await?)
+/// Reads what has arrived onto `buffer`; 0 at the end of the stream. An empty buffer gives its
+/// memory back before the wait: an idle watch stream (all of them, between lines) holds none.
+async fn read_more(stream: &TcpStream, buffer: &mut BytesMut) -> Result<usize, HttpError> {
+    loop {
+        if buffer.is_empty() {
+            *buffer = BytesMut::new();
+        }
+        stream.readable().await?;
+        buffer.reserve(READ_SIZE);
+        match stream.try_read_buf(buffer) {
+            Ok(read) => return Ok(read),
+            // Readiness can be spurious: wait again.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
-impl<S: AsyncRead + Unpin> Response<S> {
+impl Response {
     /// The next piece of the body; `None` once it has all arrived.
     pub async fn data(&mut self) -> Result<Option<Bytes>, HttpError> {
         loop {
@@ -173,13 +184,13 @@ impl<S: AsyncRead + Unpin> Response<S> {
                     return Ok(Some(self.buffer.split().freeze()));
                 }
                 Framing::UntilClose => {
-                    if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+                    if read_more(&self.stream, &mut self.buffer).await? == 0 {
                         self.framing = Framing::Done;
                         return Ok(None);
                     }
                 }
                 Framing::Length(_) | Framing::Chunked(Some(_)) => {
-                    if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+                    if read_more(&self.stream, &mut self.buffer).await? == 0 {
                         return Err(HttpError::Closed);
                     }
                 }
@@ -198,7 +209,7 @@ impl<S: AsyncRead + Unpin> Response<S> {
             if self.buffer.len() > max {
                 return Err(HttpError::Malformed("line too long"));
             }
-            if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+            if read_more(&self.stream, &mut self.buffer).await? == 0 {
                 return Err(HttpError::Closed);
             }
         }
@@ -228,12 +239,31 @@ fn chunk_size(line: &[u8]) -> Result<u64, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
-    /// The response to one GET, from `wire` as the server sent it (the request goes nowhere).
+    /// Both ends of a loopback TCP connection: the client's, the server's.
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (client, server) = tokio::join!(TcpStream::connect(address), listener.accept());
+        (client.expect("connect"), server.expect("accept").0)
+    }
+
+    /// The response to one GET, from `wire` as the server sent it (the request goes unread).
     async fn exchange(wire: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
-        let (client, mut server) = tokio::io::duplex(64 * 1024);
-        server.write_all(wire).await.expect("write");
-        drop(server.shutdown().await);
+        let (client, mut server) = connection().await;
+        let wire = wire.to_vec();
+        // Written beside the reading: a response longer than the socket's buffers must not
+        // wait for a reader that has not started.
+        tokio::spawn(async move {
+            // A client that refuses the head early may close before the rest is written.
+            drop(server.write_all(&wire).await);
+            drop(server.shutdown().await);
+            // Keep the server's end open until the client has read (no reset).
+            let mut rest = Vec::new();
+            drop(server.read_to_end(&mut rest).await);
+        });
         let mut response = get(client, "pod", "/queue").await?;
         let mut body = Vec::new();
         while let Some(piece) = response.data().await? {
@@ -293,7 +323,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_hands_over_each_piece_as_it_arrives() {
-        let (client, mut server) = tokio::io::duplex(1024);
+        let (client, mut server) = connection().await;
         let reading = tokio::spawn(async move {
             let mut response = get(client, "pod", "/queue?watch=true").await?;
             let first = response.data().await?;
