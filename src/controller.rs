@@ -144,6 +144,17 @@ pub async fn run(
     result
 }
 
+/// What the pool cache keeps: everything reconcile reads. The field managers (a tree per
+/// writer, several KiB a pool) and the copy `kubectl apply` keeps of the whole manifest are
+/// read by nobody here; status is written by server-side apply, which needs neither.
+fn trim_pool(pool: &mut AsyncWorkerPool) {
+    pool.managed_fields_mut().clear();
+    pool.annotations_mut().remove(LAST_APPLIED);
+}
+
+/// Where client-side `kubectl apply` keeps the manifest it applied last.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// What the Deployment cache keeps: reconcile reads a Deployment's owner, annotations, replicas
 /// and status, and builds the desired one afresh, so its pod template (most of it) is left out.
 fn trim_deployment(deployment: &mut Deployment) {
@@ -225,7 +236,13 @@ async fn run_controller(
 
     let triggers = UnboundedReceiverStream(changes_rx)
         .map(|pool| ObjectRef::<AsyncWorkerPool>::new(&pool.name).within(&pool.namespace));
-    let controller = Controller::new(pools, watcher::Config::default().any_semantic())
+    let (pool_store, pool_writer) = reflector::store();
+    let pool_events = watcher(pools, watcher::Config::default().any_semantic())
+        .modify(trim_pool)
+        .reflect(pool_writer)
+        .default_backoff()
+        .applied_objects();
+    let controller = Controller::for_stream(pool_events, pool_store.clone())
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .watches_stream(pod_events, |pod: Pod| {
@@ -235,7 +252,6 @@ async fn run_controller(
         .reconcile_on(triggers)
         .with_config(kube::runtime::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown);
-    let pool_store = controller.store();
 
     // Ready, and reconciling, once every cache holds a full list.
     let readiness = {
