@@ -392,10 +392,8 @@ impl Scaler {
     /// turning ready (or within [`FIRST_READ_PATIENCE`] while their reader has not finished a
     /// read): starting, not missing.
     fn awaiting_first_reading(&mut self, now: Duration, obs: &Observation) -> Vec<bool> {
-        let listed: HashSet<&str> = obs.pods.iter().map(|pod| pod.name.as_str()).collect();
-        self.first_readings
-            .retain(|name, _| listed.contains(name.as_str()));
-        obs.pods
+        let awaited = obs
+            .pods
             .iter()
             .map(|pod| {
                 // Garbage is an answer too: the reader got through.
@@ -422,7 +420,20 @@ impl Scaler {
                     None => false,
                 }
             })
-            .collect()
+            .collect();
+        // Every entry is a listed pod's unless pods left (names are unique): the set of names
+        // is made only then, not every second for every busy pool.
+        let kept = obs
+            .pods
+            .iter()
+            .filter(|pod| self.first_readings.contains_key(&pod.name))
+            .count();
+        if self.first_readings.len() > kept {
+            let listed: HashSet<&str> = obs.pods.iter().map(|pod| pod.name.as_str()).collect();
+            self.first_readings
+                .retain(|name, _| listed.contains(name.as_str()));
+        }
+        awaited
     }
 
     fn classify(&mut self, now: Duration, reading: &Reading) -> MetricsState {
