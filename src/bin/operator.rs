@@ -18,6 +18,11 @@ use asyncpool_contract::queue::parse_watch_pace;
 use asyncpool_contract::redis::RedisTls;
 use clap::Parser;
 
+/// Resident memory at ten thousand worker pods is about a quarter lower than under glibc's
+/// malloc, whose per-thread arenas keep freed pages (docs/benchmarks.md, "Operator at scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "asyncpool-operator", version, about)]
 struct Args {
