@@ -58,15 +58,25 @@ struct Counters {
 struct PodLoad {
     load: u64,
     since: Instant,
+    /// Where in its wobble the pod starts: pods wobble independently of each other, as
+    /// independent requests do, so a pool's sum varies by about the square root of its pods,
+    /// not by their number.
+    phase: usize,
     arrived: f64,
     busy_seconds: f64,
 }
 
 impl PodLoad {
-    fn new(load: u64) -> Self {
+    fn new(load: u64, address: IpAddr) -> Self {
+        let bits = match address {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6) as u64,
+        };
         Self {
             load,
             since: Instant::now(),
+            // A multiplicative hash: neighbouring addresses land on unrelated phases.
+            phase: (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 62) as usize,
             arrived: 0.0,
             busy_seconds: 0.0,
         }
@@ -82,7 +92,7 @@ impl PodLoad {
         let load = match service {
             Some(_) if self.load > 0 => {
                 let half_seconds = (elapsed.as_millis() / 500) as usize;
-                (self.load + [1, 2, 1, 0][half_seconds % 4]).saturating_sub(1)
+                (self.load + [1, 2, 1, 0][(half_seconds + self.phase) % 4]).saturating_sub(1)
             }
             _ => self.load,
         };
@@ -117,6 +127,7 @@ impl PodLoad {
         Self {
             load,
             since: now,
+            phase: self.phase,
             arrived: at_change.arrived_total as f64,
             busy_seconds: at_change.busy_seconds_total,
         }
@@ -196,7 +207,7 @@ impl FakeSidecars {
                 });
             }
             None => {
-                pods.insert(ip, watch::channel(PodLoad::new(load)).0);
+                pods.insert(ip, watch::channel(PodLoad::new(load, ip)).0);
             }
         }
     }
