@@ -401,10 +401,10 @@ async fn run_count(
     let rest_reconciles_per_s = (metrics1.sum("asyncpool_reconciles_total", "")
         - metrics0.sum("asyncpool_reconciles_total", ""))
         / rest_wall.as_secs_f64();
-    let rest_rss = memory_mib(pid).map_or(f64::NAN, |m| m.0);
+    let (rest_rss, peak_so_far) = memory_mib(pid).unwrap_or((f64::NAN, f64::NAN));
     let rest_pools_at_rest = metrics1.sum("asyncpool_pools_at_rest", "");
     println!(
-        "at rest: {rest_pools_at_rest:.0} pools left out of the decision rounds; CPU {rest_cpu_percent:.1} % of a core, RSS {rest_rss:.1} MiB, {rest_reconciles_per_s:.0} reconciles/s, \
+        "at rest: {rest_pools_at_rest:.0} pools left out of the decision rounds; CPU {rest_cpu_percent:.1} % of a core, RSS {rest_rss:.1} MiB (peak so far {peak_so_far:.1}), {rest_reconciles_per_s:.0} reconciles/s, \
          writes: {rest_deployment_writes:.0} Deployment, {rest_status_writes:.0} pool; \
          the sidecars sent {rest_lines_per_s:.0} watch lines/s and answered {rest_polls_per_s:.0} polls/s"
     );
