@@ -392,6 +392,8 @@ impl Scaler {
     /// turning ready (or within [`FIRST_READ_PATIENCE`] while their reader has not finished a
     /// read): starting, not missing.
     fn awaiting_first_reading(&mut self, now: Duration, obs: &Observation) -> Vec<bool> {
+        // Listed pods with an entry, counted as they are looked up.
+        let mut kept = 0;
         let awaited = obs
             .pods
             .iter()
@@ -400,6 +402,7 @@ impl Scaler {
                 let answered = pod.snapshot.is_some();
                 match self.first_readings.get_mut(&pod.name) {
                     Some(entry) => {
+                        kept += 1;
                         if answered {
                             *entry = None;
                         }
@@ -410,10 +413,12 @@ impl Scaler {
                         })
                     }
                     None if answered => {
+                        kept += 1;
                         self.first_readings.insert(pod.name.clone(), None);
                         false
                     }
                     None if pod.ready => {
+                        kept += 1;
                         self.first_readings.insert(pod.name.clone(), Some(now));
                         true
                     }
@@ -423,11 +428,6 @@ impl Scaler {
             .collect();
         // Every entry is a listed pod's unless pods left (names are unique): the set of names
         // is made only then, not every second for every busy pool.
-        let kept = obs
-            .pods
-            .iter()
-            .filter(|pod| self.first_readings.contains_key(&pod.name))
-            .count();
         if self.first_readings.len() > kept {
             let listed: HashSet<&str> = obs.pods.iter().map(|pod| pod.name.as_str()).collect();
             self.first_readings
