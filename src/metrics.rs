@@ -37,6 +37,11 @@ pub struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub namespace: String,
     pub pool: String,
@@ -61,6 +66,8 @@ pub struct Metrics {
     /// Each API request's wait for the client's rate limit (`api_rate`).
     pub api_wait_seconds: Histogram,
     pub decisions: Family<KindLabel, Counter>,
+    /// From a sidecar reading that moves the scaler to each stage of its reconcile.
+    pub reaction_seconds: Family<StageLabel, Histogram>,
     pub pool_load: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     pub pool_replicas: Family<PoolReplicaLabels, Gauge>,
     pub read_seconds: Family<ModeLabel, Histogram>,
@@ -122,6 +129,15 @@ impl Default for Metrics {
             "Scaling decisions carried out by a reconcile, by kind",
             decisions.clone(),
         );
+        let reaction_seconds = Family::<StageLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "reaction_duration_seconds",
+            "From a sidecar reading that moves the scaler to its pool's reconcile starting \
+             (stage=started) and to the Deployment's new replicas written (stage=scaled)",
+            reaction_seconds.clone(),
+        );
         let pool_load = Family::<PoolLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "pool_load",
@@ -163,6 +179,7 @@ impl Default for Metrics {
             pools_at_rest,
             api_wait_seconds,
             decisions,
+            reaction_seconds,
             pool_load,
             pool_replicas,
             read_seconds,
@@ -275,6 +292,15 @@ impl Metrics {
                 kind,
             });
         }
+    }
+}
+
+impl Metrics {
+    /// One stage of a reaction that began when a reading woke its pool at `woken_at`.
+    pub fn reaction_reached(&self, stage: &'static str, woken_at: tokio::time::Instant) {
+        self.reaction_seconds
+            .get_or_create(&StageLabel { stage })
+            .observe(woken_at.elapsed().as_secs_f64());
     }
 }
 

@@ -339,6 +339,16 @@ async fn run_pool_count(
             bench.reset(&pool).await?;
         }
         let after = operator.metrics().await?;
+        let reaction = "asyncpool_reaction_duration_seconds";
+        let started = after.histogram_since(&before, reaction, "stage=\"started\"");
+        let scaled = after.histogram_since(&before, reaction, "stage=\"scaled\"");
+        println!(
+            "   the operator's part: reading to reconcile started median {:.1} ms; to the Deployment written median {:.1} ms, p90 {:.1} ms ({} resizes)",
+            started.quantile(0.5).unwrap_or(f64::NAN) * 1000.0,
+            scaled.quantile(0.5).unwrap_or(f64::NAN) * 1000.0,
+            scaled.quantile(0.9).unwrap_or(f64::NAN) * 1000.0,
+            scaled.count(),
+        );
         cell.rounds.push(RoundFigures {
             mode,
             reconciles: after.sum("asyncpool_reconciles_total", "")

@@ -40,8 +40,8 @@ use kube::api::{Api, PostParams};
 use tokio::time::{Instant, sleep};
 
 use asyncpool_testkit::bench::{
-    BenchResult, Metrics, Namespaces, Operator, ReadMode, output_dir, poll_until, reaction_pool,
-    warn_about_leftovers,
+    BenchResult, Metrics, Namespaces, Observed, Operator, ReadMode, output_dir, poll_until,
+    reaction_pool, warn_about_leftovers,
 };
 use asyncpool_testkit::cluster::{install_crd, kubeconfig_path, try_client};
 use asyncpool_testkit::deployments::Deployments;
@@ -245,6 +245,10 @@ struct Row {
     rest_deployment_writes: f64,
     rest_status_writes: f64,
     reactions: Vec<Duration>,
+    /// The operator's own part of the reactions (`asyncpool_reaction_duration_seconds`): from
+    /// the reading that woke a pool to its reconcile starting, and to its Deployment written.
+    operator_started: Observed,
+    operator_scaled: Observed,
     timeouts: usize,
     deployment_writes_per_resize: f64,
     /// Time the operator's requests waited for its client's rate limit: during start-up, and
@@ -256,6 +260,8 @@ struct Row {
 
 /// Seconds the operator's API requests have waited for its rate limit so far.
 const CLIENT_WAIT: &str = "asyncpool_api_client_wait_duration_seconds_sum";
+/// The operator's reaction histogram, by stage.
+const REACTION: &str = "asyncpool_reaction_duration_seconds";
 
 async fn run_count(
     client: &Client,
@@ -425,6 +431,7 @@ async fn run_count(
     let mut reactions = Vec::new();
     let mut timeouts = 0;
     let (mut deployment_writes, mut resized, mut change_client_wait) = (0.0, 0.0, 0.0);
+    let (mut operator_started, mut operator_scaled) = (Observed::default(), Observed::default());
     for round in 0..args.rounds {
         let sample: Vec<usize> = (0..count).filter(|i| i % 10 == round % 10).collect();
         let before_writes = api_requests(client).await?;
@@ -458,6 +465,19 @@ async fn run_count(
         resized += resizes(&after_metrics) - resizes(&before_metrics);
         change_client_wait +=
             after_metrics.sum(CLIENT_WAIT, "") - before_metrics.sum(CLIENT_WAIT, "");
+        let started = after_metrics.histogram_since(&before_metrics, REACTION, "stage=\"started\"");
+        let scaled = after_metrics.histogram_since(&before_metrics, REACTION, "stage=\"scaled\"");
+        println!(
+            "round {round}, the operator's part: reading to reconcile started median {} ms, p99 {} ms ({} wakes); to the Deployment written median {} ms, p99 {} ms ({} resizes)",
+            millis(started.quantile(0.5)),
+            millis(started.quantile(0.99)),
+            started.count(),
+            millis(scaled.quantile(0.5)),
+            millis(scaled.quantile(0.99)),
+            scaled.count(),
+        );
+        operator_started.add(&started);
+        operator_scaled.add(&scaled);
         // Back to rest, and settled, before the next round.
         for &i in &sample {
             fleet.set_pool_load(&pool_name(i), REST_LOAD);
@@ -499,6 +519,8 @@ async fn run_count(
         rest_deployment_writes,
         rest_status_writes,
         reactions,
+        operator_started,
+        operator_scaled,
         timeouts,
         deployment_writes_per_resize: if resized > 0.0 {
             deployment_writes / resized
@@ -511,15 +533,20 @@ async fn run_count(
     })
 }
 
+/// Seconds as whole milliseconds, or a dash.
+fn millis(seconds: Option<f64>) -> String {
+    seconds.map_or("–".to_owned(), |s| format!("{:.0}", s * 1000.0))
+}
+
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | watch lines/s at rest | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | watch lines/s at rest | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | operator's part to reconcile start / to Deployment written, median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} | {} | {:.2} | {:.2} / {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} | {} / {} | {} / {} | {} | {:.2} | {:.2} / {:.2} |",
             r.pools,
             r.pods,
             r.ready.as_secs_f64(),
@@ -535,6 +562,10 @@ fn table(rows: &[Row]) -> String {
             r.rest_status_writes,
             fmt(percentile(&r.reactions, 50.0)),
             fmt(percentile(&r.reactions, 99.0)),
+            millis(r.operator_started.quantile(0.5)),
+            millis(r.operator_scaled.quantile(0.5)),
+            millis(r.operator_started.quantile(0.99)),
+            millis(r.operator_scaled.quantile(0.99)),
             r.timeouts,
             r.deployment_writes_per_resize,
             r.startup_client_wait,

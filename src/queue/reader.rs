@@ -181,6 +181,9 @@ struct PoolSlot {
 struct PoolReadings {
     pods: HashMap<String, Reading>,
     version: u64,
+    /// When a reading that moves the scaler first woke the pool since a reconcile last took
+    /// it ([`SidecarReaders::take_wake`]): where the operator's reaction time starts.
+    woken_at: Option<Instant>,
 }
 
 impl PoolReadings {
@@ -339,6 +342,13 @@ impl SidecarReaders {
         self.slot(pool)
             .map_or(0, |slot| lock(&slot.readings).version)
     }
+
+    /// When a reading that moves the scaler first woke `pool` since the last call, if one did:
+    /// a reconcile takes it as it starts, to time the operator's reaction.
+    pub fn take_wake(&self, pool: &PoolKey) -> Option<Instant> {
+        self.slot(pool)
+            .and_then(|slot| lock(&slot.readings).woken_at.take())
+    }
 }
 
 impl Drop for SidecarReaders {
@@ -386,6 +396,9 @@ impl PodReader {
             }
             if differs {
                 readings.touch(&self.counter);
+            }
+            if changed {
+                readings.woken_at.get_or_insert_with(Instant::now);
             }
             changed
         };
@@ -829,6 +842,8 @@ mod tests {
         let first = readers.version(&pool);
         assert!(first > 0);
         assert!(woken.try_recv().is_ok(), "a first reading wakes the pool");
+        let wake = readers.take_wake(&pool).expect("the wake is timed");
+        assert!(readers.take_wake(&pool).is_none(), "a wake is taken once");
         // A heartbeat repeats the line: nothing changed.
         lines.send(SNAPSHOT.to_owned()).unwrap();
         read(2).await;
@@ -853,12 +868,20 @@ mod tests {
         let third = readers.version(&pool);
         assert!(third > second);
         assert!(woken.try_recv().is_err(), "woken for one request more");
+        assert!(
+            readers.take_wake(&pool).is_none(),
+            "a wake timed for no wake"
+        );
         // Half the concurrency more (6 → 11): at once.
         lines
             .send(SNAPSHOT.replace("\"inFlight\":2", "\"inFlight\":8"))
             .unwrap();
         read(5).await;
         assert!(woken.try_recv().is_ok(), "not woken for a load step");
+        assert!(
+            readers.take_wake(&pool).is_some_and(|at| at > wake),
+            "the load step's wake is timed from when it came"
+        );
         let second = readers.version(&pool);
 
         // Silence: at stale_after the reading is recorded as failed, and the pool woken.

@@ -304,6 +304,10 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     // Planned before the caches hold a full list, a pool would see no pods (and report that),
     // and each missing Deployment and Service would cost a GET: after a restart, thousands.
     ctx.caches.synced().await;
+    let woken_at = ctx.readers.take_wake(&key);
+    if let Some(woken_at) = woken_at {
+        ctx.metrics.reaction_reached("started", woken_at);
+    }
     let observed = observe(pool, &key, ctx).await?;
     let effective = match accept(pool, &observed) {
         Ok(effective) => effective,
@@ -340,7 +344,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
 
     let scaled_from = live_replicas(&observed);
     mark_victims(ctx, &namespace, &plan.victims).await?;
-    apply_if_changed(
+    let applied = apply_if_changed(
         ctx,
         &namespace,
         deployment,
@@ -349,6 +353,11 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         |live, desired| deployment_replicas(live) != deployment_replicas(desired),
     )
     .await?;
+    if let (Some(woken_at), Applied::Written, Some(from)) = (woken_at, applied, scaled_from)
+        && from != plan.replicas
+    {
+        ctx.metrics.reaction_reached("scaled", woken_at);
+    }
     apply_if_changed(
         ctx,
         &namespace,
@@ -371,7 +380,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     ctx.pools.set_carried_out(&key, true);
 
     if let (true, Some(from)) = (scaled, scaled_from) {
-        publish_scale_event(pool, ctx, from, &plan).await;
+        publish_scale_event(pool, ctx, from, &plan);
     }
     Ok(Action::requeue(RESYNC))
 }
@@ -695,6 +704,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Whether [`apply_if_changed`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Unchanged,
+    Written,
+}
+
 /// Server-side applies `desired` unless the live object already carries the same content and
 /// has not `drifted` from it (someone changed a field we own behind our back, e.g. `kubectl
 /// scale deployment`: the hash annotation alone would not show it).
@@ -705,7 +721,7 @@ async fn apply_if_changed<K>(
     live: Option<&K>,
     what: &'static str,
     drifted: impl Fn(&K, &K) -> bool,
-) -> Result<(), ReconcileError>
+) -> Result<Applied, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
@@ -717,7 +733,7 @@ where
     if live
         .is_some_and(|l| l.annotations().get(APPLIED_HASH) == Some(&hash) && !drifted(l, &desired))
     {
-        return Ok(());
+        return Ok(Applied::Unchanged);
     }
     desired.annotations_mut().insert(APPLIED_HASH.into(), hash);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
@@ -729,7 +745,7 @@ where
     )
     .await
     .map_err(|source| ReconcileError::Apply { what, source })?;
-    Ok(())
+    Ok(Applied::Written)
 }
 
 fn deployment_replicas(deployment: &Deployment) -> Option<i32> {
@@ -1069,7 +1085,7 @@ fn status_written_recently(ctx: &Context, key: &PoolKey) -> bool {
 
 // --- events ------------------------------------------------------------------------------------
 
-async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, plan: &Plan) {
+fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, plan: &Plan) {
     let why = match (&plan.note, &plan.decision) {
         (Some(note), _) => note.clone(),
         (None, Some(decision)) => decision.reason.clone(),
@@ -1095,10 +1111,16 @@ async fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, p
         action: "Scale".into(),
         secondary: None,
     };
-    // Events are best effort: a failure to record one must not fail the reconcile.
-    if let Err(error) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        tracing::debug!(%error, "could not publish the scale event");
-    }
+    // Sent on the side: the reconcile's slot goes to the next pool instead of waiting on an
+    // Event (when a hundred pools scale at once, the API server answers slowly). Events are
+    // best effort: a failure to record one must not fail the reconcile.
+    let recorder = ctx.recorder.clone();
+    let reference = pool.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "could not publish the scale event");
+        }
+    });
 }
 
 /// A Warning Event for a problem the user must fix (kubectl describe, event exporters, alerts).

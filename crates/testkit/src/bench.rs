@@ -274,6 +274,100 @@ impl Metrics {
             // An empty float sum is -0.0, which would print as "-0".
             .fold(0.0, |sum, value| sum + value)
     }
+
+    /// The cumulative bucket counts of histogram `name` (without `_bucket`) whose labels
+    /// contain `labels`, by upper bound, ascending (`+Inf` last).
+    fn buckets(&self, name: &str, labels: &str) -> Vec<(f64, f64)> {
+        let bucket = format!("{name}_bucket");
+        let mut buckets: Vec<(f64, f64)> = self
+            .0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = series.split_once('{')?;
+                if metric != bucket || !rest.contains(labels) {
+                    return None;
+                }
+                let le = rest.split_once("le=\"")?.1.split_once('"')?.0;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, value.parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
+
+    /// What histogram `name` observed between `before` and `self`.
+    pub fn histogram_since(&self, before: &Metrics, name: &str, labels: &str) -> Observed {
+        let earlier = before.buckets(name, labels);
+        Observed(
+            self.buckets(name, labels)
+                .into_iter()
+                .map(|(le, count)| {
+                    let then = earlier
+                        .iter()
+                        .find(|(bound, _)| *bound == le)
+                        .map_or(0.0, |(_, c)| *c);
+                    (le, count - then)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A histogram's observations over a stretch of time: cumulative counts by upper bound,
+/// ascending, `+Inf` last.
+#[derive(Debug, Clone, Default)]
+pub struct Observed(Vec<(f64, f64)>);
+
+impl Observed {
+    /// Adds another stretch's observations of the same histogram.
+    pub fn add(&mut self, other: &Observed) {
+        if self.0.is_empty() {
+            self.0 = other.0.clone();
+            return;
+        }
+        for (bucket, (_, count)) in self.0.iter_mut().zip(&other.0) {
+            bucket.1 += count;
+        }
+    }
+
+    pub fn count(&self) -> f64 {
+        self.0.last().map_or(0.0, |(_, count)| *count)
+    }
+
+    /// Quantile `q` (0..=1), interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does (the highest finite bound when it falls past it); `None`
+    /// without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(le, count) in &self.0 {
+            if count >= rank {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                let within = count - below;
+                let share = if within > 0.0 {
+                    (rank - below) / within
+                } else {
+                    1.0
+                };
+                return Some(lower + (le - lower) * share);
+            }
+            (lower, below) = (le, count);
+        }
+        Some(lower)
+    }
 }
 
 /// A pool of the benchmarks that time reactions: between `min` and `max` workers of 10
@@ -307,4 +401,46 @@ pub fn reaction_pool(
             }
         }
     }))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    fn histogram(counts: [u64; 4]) -> Metrics {
+        let bounds = ["0.01", "0.1", "1.0", "+Inf"];
+        let mut text = String::from("# TYPE x histogram\n");
+        for (le, count) in bounds.iter().zip(counts) {
+            text.push_str(&format!("x_bucket{{stage=\"a\",le=\"{le}\"}} {count}\n"));
+            text.push_str(&format!("x_bucket{{stage=\"b\",le=\"{le}\"}} 1000\n"));
+        }
+        Metrics(text)
+    }
+
+    #[test]
+    fn quantiles_come_from_what_was_observed_between_two_scrapes() {
+        let before = histogram([5, 5, 5, 5]);
+        // Since then: 10 under 10 ms, 10 between 10 and 100 ms, none later.
+        let after = histogram([15, 25, 25, 25]);
+        let observed = after.histogram_since(&before, "x", "stage=\"a\"");
+        assert_eq!(observed.count(), 20.0);
+        assert_eq!(observed.quantile(0.5), Some(0.01));
+        let p75 = observed.quantile(0.75).unwrap();
+        assert!((p75 - 0.055).abs() < 1e-9, "{p75}");
+        let none = before.histogram_since(&before, "x", "stage=\"a\"");
+        assert_eq!(none.quantile(0.5), None);
+        // Two stretches add up.
+        let mut both = observed.clone();
+        both.add(&observed);
+        assert_eq!(both.count(), 40.0);
+        assert_eq!(both.quantile(0.5), Some(0.01));
+    }
+
+    #[test]
+    fn a_quantile_past_the_last_bound_is_that_bound() {
+        let before = histogram([0, 0, 0, 0]);
+        let after = histogram([0, 0, 1, 4]);
+        let observed = after.histogram_since(&before, "x", "stage=\"a\"");
+        assert_eq!(observed.quantile(0.99), Some(1.0));
+    }
 }
