@@ -230,6 +230,75 @@ async fn victims_are_marked_before_replicas_drop() {
     );
 }
 
+#[tokio::test]
+async fn a_resize_alone_patches_the_size_and_anything_else_applies_the_whole_deployment() {
+    let api = MockApi::default();
+    let ctx = Arc::new(Context::for_tests(api.client(), Settings::default()));
+    api.insert(
+        POOL,
+        serde_json::to_value(pool(json!({"replicas": 3}))).unwrap(),
+    );
+    reconcile_once(stored_pool(&api), &ctx).await;
+    let created = api.object(DEPLOYMENT).expect("created");
+    assert_eq!(created["spec"]["replicas"], 3);
+
+    // `kubectl scale --replicas 5`: the size alone goes out, without the pod template.
+    api.clear_requests();
+    let mut scaled = stored_pool(&api);
+    scaled.spec.replicas = Some(5);
+    api.insert(POOL, serde_json::to_value(&scaled).unwrap());
+    reconcile_once(stored_pool(&api), &ctx).await;
+    let writes: Vec<Recorded> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.path == DEPLOYMENT)
+        .collect();
+    assert_eq!(writes.len(), 1, "one write: {}", describe(&writes));
+    assert_eq!(writes[0].body["spec"]["replicas"], 5);
+    assert!(
+        writes[0].body["spec"].get("template").is_none(),
+        "the size went out with the whole object: {}",
+        writes[0].body
+    );
+    let resized = api.object(DEPLOYMENT).expect("still there");
+    assert_eq!(resized["spec"]["replicas"], 5);
+    assert_eq!(resized["spec"]["template"], created["spec"]["template"]);
+
+    // The hash it left is the one a whole apply leaves: the next reconcile writes nothing.
+    api.clear_requests();
+    reconcile_once(stored_pool(&api), &ctx).await;
+    assert!(
+        api.writes().iter().all(|w| w.path != DEPLOYMENT),
+        "the resized Deployment was written again: {}",
+        describe(&api.writes())
+    );
+
+    // A new image and a new size together: the whole object is applied.
+    let mut changed = stored_pool(&api);
+    changed.spec.replicas = Some(2);
+    changed
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .expect("a pod spec")
+        .containers[0]
+        .image = Some("example/chat:2".into());
+    api.insert(POOL, serde_json::to_value(&changed).unwrap());
+    api.clear_requests();
+    reconcile_once(stored_pool(&api), &ctx).await;
+    let applied = api.object(DEPLOYMENT).expect("still there");
+    assert_eq!(applied["spec"]["replicas"], 2);
+    let containers = applied["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .clone();
+    assert!(
+        containers.iter().any(|c| c["image"] == "example/chat:2"),
+        "the new image was not applied: {containers:?}"
+    );
+}
+
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/team/leases/asyncpool-operator";
 
 fn elector(api: &MockApi, identity: &str) -> LeaderElector {

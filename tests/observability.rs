@@ -406,6 +406,7 @@ fn every_operator_family() -> String {
         .decisions
         .get_or_create(&KindLabel { kind: "hold" })
         .inc();
+    metrics.reaction_reached("scaled", tokio::time::Instant::now());
     metrics.read_ok(std::time::Duration::from_millis(2), false);
     metrics.read_failed("timeout");
     metrics.leader.set(1);

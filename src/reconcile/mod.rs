@@ -344,15 +344,8 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
 
     let scaled_from = live_replicas(&observed);
     mark_victims(ctx, &namespace, &plan.victims).await?;
-    let applied = apply_if_changed(
-        ctx,
-        &namespace,
-        deployment,
-        observed.deployment.as_deref(),
-        "Deployment",
-        |live, desired| deployment_replicas(live) != deployment_replicas(desired),
-    )
-    .await?;
+    let applied =
+        write_deployment(ctx, &namespace, deployment, observed.deployment.as_deref()).await?;
     if let (Some(woken_at), Applied::Written, Some(from)) = (woken_at, applied, scaled_from)
         && from != plan.replicas
     {
@@ -746,6 +739,59 @@ where
     .await
     .map_err(|source| ReconcileError::Apply { what, source })?;
     Ok(Applied::Written)
+}
+
+/// Writes the pool's Deployment where it differs from `desired`. A change of size alone (what
+/// nearly every decision is) goes as a merge patch of `spec.replicas` and the applied hash:
+/// server-side apply of the whole object has the API server merge every field of the pod
+/// template against its managers' field sets, several times the work, and when a hundred pools
+/// resize at once their writes queue behind each other there. Anything else is applied whole,
+/// which also takes `spec.replicas` back into the apply's field set.
+async fn write_deployment(
+    ctx: &Context,
+    namespace: &str,
+    desired: Deployment,
+    live: Option<&Deployment>,
+) -> Result<Applied, ReconcileError> {
+    if let Some(live) = live
+        && let Some((from, to)) = deployment_replicas(live).zip(deployment_replicas(&desired))
+        && from != to
+    {
+        // The live object is what we applied last, at its present size: only the size moves.
+        let mut at_live_size = desired.clone();
+        if let Some(spec) = at_live_size.spec.as_mut() {
+            spec.replicas = Some(from);
+        }
+        if live.annotations().get(APPLIED_HASH) == Some(&content_hash(&at_live_size, "Deployment")?)
+        {
+            let hash = content_hash(&desired, "Deployment")?;
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {APPLIED_HASH: hash}},
+                "spec": {"replicas": to},
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            api.patch(&desired.name_any(), &params, &Patch::Merge(&patch))
+                .await
+                .map_err(|source| ReconcileError::Apply {
+                    what: "Deployment",
+                    source,
+                })?;
+            return Ok(Applied::Written);
+        }
+    }
+    apply_if_changed(
+        ctx,
+        namespace,
+        desired,
+        live,
+        "Deployment",
+        |live, desired| deployment_replicas(live) != deployment_replicas(desired),
+    )
+    .await
 }
 
 fn deployment_replicas(deployment: &Deployment) -> Option<i32> {
