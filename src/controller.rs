@@ -164,6 +164,18 @@ fn trim_deployment(deployment: &mut Deployment) {
     }
 }
 
+/// Objects per page of the caches' lists. A page is held whole twice over while it is read
+/// (its JSON, then every object parsed with its field managers) before the caches trim what
+/// they keep, and the four caches list at once: at client-go's and kube's 500, the operator's
+/// first seconds at 3,000 pools swung between 57 and 133 MiB before it opened a single watch
+/// stream (it holds 121 MiB at rest, streams included). A fifth of that costs a few more list
+/// requests at start-up (one per hundred pods).
+const LIST_PAGE_SIZE: u32 = 100;
+
+fn list_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
 async fn run_controller(
     client: Client,
     config: &OperatorConfig,
@@ -177,7 +189,7 @@ async fn run_controller(
 
     let pod_index = PodIndex::default();
     // The index keeps a few facts of each pod; the objects themselves pass through.
-    let pod_events = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
+    let pod_events = watcher(pods, list_config().labels(POOL_LABEL))
         .inspect_ok({
             let index = pod_index.clone();
             move |event| index.apply(event)
@@ -187,7 +199,7 @@ async fn run_controller(
     let (deployment_store, deployment_writer) = reflector::store();
     let deployment_events = watcher(
         api::<Deployment>(&client, namespace),
-        watcher::Config::default().labels(POOL_LABEL),
+        list_config().labels(POOL_LABEL),
     )
     .modify(trim_deployment)
     .reflect(deployment_writer)
@@ -196,7 +208,7 @@ async fn run_controller(
     let (service_store, service_writer) = reflector::store();
     let service_events = watcher(
         api::<Service>(&client, namespace),
-        watcher::Config::default().labels(POOL_LABEL),
+        list_config().labels(POOL_LABEL),
     )
     .modify(|s: &mut Service| s.managed_fields_mut().clear())
     .reflect(service_writer)
@@ -237,7 +249,7 @@ async fn run_controller(
     let triggers = UnboundedReceiverStream(changes_rx)
         .map(|pool| ObjectRef::<AsyncWorkerPool>::new(&pool.name).within(&pool.namespace));
     let (pool_store, pool_writer) = reflector::store();
-    let pool_events = watcher(pools, watcher::Config::default().any_semantic())
+    let pool_events = watcher(pools, list_config().any_semantic())
         .modify(trim_pool)
         .reflect(pool_writer)
         .default_backoff()
