@@ -168,8 +168,8 @@ fn trim_deployment(deployment: &mut Deployment) {
 /// (its JSON, then every object parsed with its field managers) before the caches trim what
 /// they keep, and the four caches list at once: at client-go's and kube's 500, the operator's
 /// first seconds at 3,000 pools swung between 57 and 133 MiB before it opened a single watch
-/// stream (it holds 121 MiB at rest, streams included). A fifth of that costs a few more list
-/// requests at start-up (one per hundred pods).
+/// stream (it holds 121 MiB at rest, streams included). A fifth of that costs one list
+/// request per hundred pods: listing 10,380 pods took about 7 s instead of about 4.
 const LIST_PAGE_SIZE: u32 = 100;
 
 fn list_config() -> watcher::Config {

@@ -214,6 +214,13 @@ impl Metrics {
         text
     }
 
+    /// One stage of a reaction that began when a reading woke its pool at `woken_at`.
+    pub fn reaction_reached(&self, stage: &'static str, woken_at: tokio::time::Instant) {
+        self.reaction_seconds
+            .get_or_create(&StageLabel { stage })
+            .observe(woken_at.elapsed().as_secs_f64());
+    }
+
     pub fn record_pool(&self, pool: &PoolKey, figures: &PoolFigures) {
         let mut recorded = self
             .recorded_pools
@@ -292,15 +299,6 @@ impl Metrics {
                 kind,
             });
         }
-    }
-}
-
-impl Metrics {
-    /// One stage of a reaction that began when a reading woke its pool at `woken_at`.
-    pub fn reaction_reached(&self, stage: &'static str, woken_at: tokio::time::Instant) {
-        self.reaction_seconds
-            .get_or_create(&StageLabel { stage })
-            .observe(woken_at.elapsed().as_secs_f64());
     }
 }
 

