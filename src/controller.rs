@@ -157,7 +157,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What the Deployment cache keeps: reconcile reads a Deployment's owner, annotations, replicas
 /// and status, and builds the desired one afresh, so its pod template (most of it) is left out.
-fn trim_deployment(deployment: &mut Deployment) {
+pub(crate) fn trim_deployment(deployment: &mut Deployment) {
     deployment.managed_fields_mut().clear();
     if let Some(spec) = deployment.spec.as_mut() {
         spec.template = Default::default();

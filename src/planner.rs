@@ -25,8 +25,11 @@ pub(crate) struct PoolMemory {
     pub(crate) last_status_write: Option<Instant>,
     /// The worker being recycled, and why.
     pub(crate) recycling: Option<(String, String)>,
-    /// Whether the Deployment runs one worker above the decision for that recycling.
-    pub(crate) surged: bool,
+    /// The Deployment size that carries that recycling's extra worker. The scaler sees one
+    /// worker less only while the Deployment is at this size: a write that failed, or has not
+    /// shown in the cache yet, leaves it elsewhere, and taking one off that size would have the
+    /// scaler act on a pool smaller than it is (its scale-down delay skipped).
+    pub(crate) surge: Option<i32>,
     /// The last plan was at rest, with the cluster showing it (see `reconcile::decision_round`).
     pub(crate) rest: Option<Rest>,
     /// The `kubectl scale` request the last plan acted on. The status says so once written,
@@ -181,7 +184,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
         last_status_write: None,
         recycling: None,
-        surged: false,
+        surge: None,
         rest: None,
         handled_request: handled,
     });
@@ -194,7 +197,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         && !workers.iter().any(|p| &p.name == pod)
     {
         entry.recycling = None;
-        entry.surged = false;
+        entry.surge = None;
     }
 
     // `kubectl scale` while autoscaling: move there at once and carry on from that size. A
@@ -208,7 +211,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         let replicas = clamp(requested);
         entry.scaler = Scaler::new(now, u32::try_from(replicas).unwrap_or(0));
         entry.recycling = None;
-        entry.surged = false;
+        entry.surge = None;
         return Plan {
             replicas,
             decision: None,
@@ -223,7 +226,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
     }
 
     // The surge worker of a recycling is not the scaler's: it sees the size it chose.
-    let scaler_current = current - i32::from(entry.surged && current > 0);
+    let scaler_current = current - i32::from(entry.surge == Some(current) && current > 0);
     let observation = Observation {
         now,
         current_replicas: u32::try_from(scaler_current).unwrap_or(0),
@@ -356,14 +359,14 @@ fn recycle_step(
         Some((pod, why)) => {
             let ready_others = pods.iter().filter(|p| p.ready && p.name != pod).count();
             if ready_others >= usize::try_from(decided).unwrap_or(0) {
-                memory.surged = false;
+                memory.surge = None;
                 RecycleStep {
                     replicas: decided,
                     retiring: Some(pod.clone()),
                     note: Some(format!("retiring {pod}: {why}")),
                 }
             } else {
-                memory.surged = true;
+                memory.surge = Some(decided + 1);
                 RecycleStep {
                     replicas: decided + 1,
                     ..hold
@@ -385,7 +388,7 @@ fn recycle_step(
             match crashed.or(due.filter(|_| settled)) {
                 Some((pod, why)) if decided > 0 => {
                     memory.recycling = Some((pod, why.clone()));
-                    memory.surged = true;
+                    memory.surge = Some(decided + 1);
                     RecycleStep {
                         replicas: decided + 1,
                         retiring: None,
@@ -429,7 +432,7 @@ mod tests {
             scaler: Scaler::new(Duration::ZERO, 2),
             last_status_write: None,
             recycling: None,
-            surged: false,
+            surge: None,
             rest: None,
             handled_request: None,
         }
@@ -675,7 +678,7 @@ spec:
 
         let surge = recycle_step(&mut memory, &rules, &readings, &pods, None, 2, 2);
         assert_eq!(surge.replicas, 3);
-        assert!(memory.surged);
+        assert_eq!(memory.surge, Some(3));
         assert_eq!(memory.recycling.as_ref().map(|r| r.0.as_str()), Some("a"));
 
         // The extra worker is not ready yet: keep the surge.
@@ -688,7 +691,7 @@ spec:
         let retire = recycle_step(&mut memory, &rules, &readings, &settled, None, 2, 3);
         assert_eq!(retire.replicas, 2);
         assert_eq!(retire.retiring.as_deref(), Some("a"));
-        assert!(!memory.surged);
+        assert_eq!(memory.surge, None);
         let candidates: Vec<Candidate> = ["a", "b", "c"]
             .iter()
             .map(|n| Candidate {
@@ -698,6 +701,49 @@ spec:
             })
             .collect();
         assert_eq!(shrink_victims(3, 2, &candidates, Some("a")), ["a"]);
+    }
+
+    /// The surge's write may fail, or the next plan may come before the cache shows it: the
+    /// scaler must then see the pool at its real size, not one less, or a size held by its
+    /// scale-down delay drops (with a worker retired) under the same load.
+    #[test]
+    fn a_surge_that_does_not_show_leaves_the_scalers_size_alone() {
+        let (pool, effective) =
+            pool_with("  supervision: {maxRequests: 100, maxRequestsJitter: 0}");
+        let workers = [pod("a", true), pod("b", true), pod("c", true)];
+        let worn = |completed| {
+            Ok(Current::just_read(QueueSnapshot {
+                arrived_total: completed,
+                completed_total: completed,
+                ..QueueSnapshot::of_pod(0, 0)
+            }))
+        };
+        let plan_at = |deployment_replicas, seconds, memory: &mut Option<PoolMemory>| {
+            plan(
+                PlanInput {
+                    pool: &pool,
+                    effective: &effective,
+                    deployment_replicas: Some(deployment_replicas),
+                    pods: &workers,
+                    readings: vec![worn(150), worn(3), worn(3)],
+                    own_reading: None,
+                    now: Duration::from_secs(seconds),
+                },
+                memory,
+            )
+        };
+        // Idle, but the scale-down delay holds three: a is worn out, so one extra first.
+        let mut memory = None;
+        let surge = plan_at(3, 100, &mut memory);
+        assert_eq!(surge.replicas, 4, "{:?}", surge.note);
+        // The Deployment still shows three: the surge is asked for again, nobody retires.
+        let again = plan_at(3, 101, &mut memory);
+        assert_eq!(again.replicas, 4, "{:?} {:?}", again.note, again.decision);
+        assert!(again.victims.is_empty(), "{:?}", again.victims);
+        // Once it shows, the scaler sees its three (the fourth worker is not ready yet).
+        let shown = plan_at(4, 102, &mut memory);
+        assert_eq!(shown.decision.map(|d| d.replicas), Some(3));
+        assert_eq!(shown.replicas, 4);
     }
 
     #[test]

@@ -478,6 +478,66 @@ impl CachedContext {
     }
 }
 
+/// The cache shows a write some milliseconds after it returns (far longer on a busy control
+/// plane). A reconcile or a round in between must plan from the write, not from the size
+/// before it: acting on that would write the old size back.
+#[tokio::test]
+async fn a_write_the_cache_does_not_show_yet_is_planned_from_and_not_repeated() {
+    let api = MockApi::default();
+    let mut cached = CachedContext::new(&api);
+    api.insert(
+        POOL,
+        serde_json::to_value(pool(json!({"replicas": 3}))).unwrap(),
+    );
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    cached.sync(&api);
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    cached.sync(&api);
+
+    // `kubectl scale --replicas 5`, carried out; the cache still shows three.
+    let mut scaled = stored_pool(&api);
+    scaled.spec.replicas = Some(5);
+    api.insert(POOL, serde_json::to_value(&scaled).unwrap());
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    assert_eq!(
+        api.object(DEPLOYMENT).expect("there")["spec"]["replicas"],
+        5
+    );
+    api.clear_requests();
+    for _ in 0..2 {
+        reconcile_once(stored_pool(&api), &cached.ctx).await;
+        assert_eq!(
+            stored_pool(&api).status.expect("a status").desired_replicas,
+            5,
+            "a reconcile planned from the size before its write"
+        );
+        assert_eq!(
+            decision_round(&stored_pool(&api), &cached.ctx),
+            Round::InSync,
+            "a round planned from the cache a write behind"
+        );
+    }
+    let deployment_writes: Vec<Recorded> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.path == DEPLOYMENT)
+        .collect();
+    assert!(
+        deployment_writes.is_empty(),
+        "the Deployment was written again before the cache showed it: {}",
+        describe(&deployment_writes)
+    );
+    assert_eq!(
+        api.object(DEPLOYMENT).expect("there")["spec"]["replicas"],
+        5
+    );
+
+    // The cache catches up: nothing changes, nothing is written.
+    cached.sync(&api);
+    reconcile_once(stored_pool(&api), &cached.ctx).await;
+    assert!(api.writes().iter().all(|w| w.path != DEPLOYMENT));
+}
+
 #[tokio::test]
 async fn a_decision_round_asks_for_a_reconcile_only_when_the_plan_moved() {
     let api = MockApi::default();

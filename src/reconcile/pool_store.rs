@@ -1,13 +1,14 @@
 //! What the operator remembers about each pool between reconciles: the planner's memory (load
 //! windows, the scaler's state, last status write), the failed reconciles in a row that the
-//! retry backs off with, and which pools have their plan carried out (the decision rounds'
-//! business). Kept apart from the shared infrastructure in `reconcile::Context`, and
-//! forgotten when the pool is deleted.
+//! retry backs off with, which pools have their plan carried out (the decision rounds'
+//! business), and the Deployments it wrote that the cache does not show yet. Kept apart from the
+//! shared infrastructure in `reconcile::Context`, and forgotten when the pool is deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use tokio::time::Instant;
 
 use crate::planner::PoolMemory;
@@ -22,6 +23,9 @@ pub struct PoolStore {
     carried_out: Mutex<HashSet<PoolKey>>,
     /// Pools with a reconcile in flight.
     reconciling: Mutex<HashSet<PoolKey>>,
+    /// Each pool's Deployment as the operator's last write of its spec returned it, until the
+    /// cache shows that write (see [`PoolStore::freshest_deployment`]).
+    written: Mutex<HashMap<PoolKey, Arc<Deployment>>>,
 }
 
 impl Default for PoolStore {
@@ -32,6 +36,7 @@ impl Default for PoolStore {
             failures: Mutex::default(),
             carried_out: Mutex::default(),
             reconciling: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 }
@@ -121,8 +126,36 @@ impl PoolStore {
         lock(&self.reconciling).contains(key)
     }
 
+    /// Keeps the Deployment as the API server returned it from the operator's write, trimmed as
+    /// the cache trims it, until the cache shows its generation.
+    pub fn wrote_deployment(&self, key: &PoolKey, written: Deployment) {
+        let mut written = written;
+        crate::controller::trim_deployment(&mut written);
+        lock(&self.written).insert(key.clone(), Arc::new(written));
+    }
+
+    /// The pool's Deployment as the cache shows it, unless the operator has since written a
+    /// spec the cache does not show yet: then as that write returned it. A plan made from a
+    /// cache a write behind would take the old size for the present one, and write it again.
+    pub fn freshest_deployment(&self, key: &PoolKey, cached: Arc<Deployment>) -> Arc<Deployment> {
+        let mut written = lock(&self.written);
+        // Nearly always empty: the cache shows a write within milliseconds.
+        if written.is_empty() {
+            return cached;
+        }
+        match written.get(key) {
+            Some(ours) if shows_older_spec(&cached, ours) => ours.clone(),
+            Some(_) => {
+                written.remove(key);
+                cached
+            }
+            None => cached,
+        }
+    }
+
     /// Drops what is kept for pools not in `live`; returns those that had a memory.
     pub fn forget_except(&self, live: &HashSet<PoolKey>) -> Vec<PoolKey> {
+        lock(&self.written).retain(|k, _| live.contains(k));
         lock(&self.failures).retain(|k, _| live.contains(k));
         lock(&self.carried_out).retain(|k| live.contains(k));
         let mut memory = lock(&self.memory);
@@ -134,6 +167,15 @@ impl PoolStore {
         memory.retain(|k, _| live.contains(k));
         gone
     }
+}
+
+/// Whether `cached` is the same Deployment as `written` at an older spec: a lower
+/// `metadata.generation`, which the API server raises on every change of spec. (Resource
+/// versions are opaque and may not be compared for order; generations may.) A Deployment
+/// re-created since, or changed by someone else after the write, is not older.
+fn shows_older_spec(cached: &Deployment, written: &Deployment) -> bool {
+    cached.metadata.uid == written.metadata.uid
+        && cached.metadata.generation.unwrap_or(0) < written.metadata.generation.unwrap_or(0)
 }
 
 /// A reconcile in flight; see [`PoolStore::reconciling`].
@@ -158,7 +200,7 @@ mod tests {
             scaler: Scaler::new(Duration::ZERO, 1),
             last_status_write: None,
             recycling: None,
-            surged: false,
+            surge: None,
             rest: None,
             handled_request: None,
         }
@@ -227,5 +269,63 @@ mod tests {
         assert!(store.carried_out(&key("b")));
         store.forget_except(&HashSet::new());
         assert!(!store.carried_out(&key("b")), "forgotten with the pool");
+    }
+
+    fn deployment(uid: &str, generation: i64, replicas: i32) -> Deployment {
+        Deployment {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                uid: Some(uid.into()),
+                generation: Some(generation),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn replicas_of(deployment: &Deployment) -> Option<i32> {
+        deployment.spec.as_ref()?.replicas
+    }
+
+    #[test]
+    fn a_written_deployment_stands_in_for_the_cache_until_the_cache_shows_it() {
+        let store = PoolStore::default();
+        let at = |uid, generation, replicas| Arc::new(deployment(uid, generation, replicas));
+        // Nothing written: the cache as it is.
+        let shown = store.freshest_deployment(&key("a"), at("u1", 4, 3));
+        assert_eq!(replicas_of(&shown), Some(3));
+
+        store.wrote_deployment(&key("a"), deployment("u1", 5, 4));
+        // The cache a write behind: the write's answer, every time it is asked.
+        for _ in 0..2 {
+            let behind = store.freshest_deployment(&key("a"), at("u1", 4, 3));
+            assert_eq!(replicas_of(&behind), Some(4));
+        }
+        // Another pool's cache is its own.
+        let other = store.freshest_deployment(&key("b"), at("u2", 1, 1));
+        assert_eq!(replicas_of(&other), Some(1));
+        // Caught up (or past it, someone else wrote since): the cache, and the write is dropped.
+        let caught_up = store.freshest_deployment(&key("a"), at("u1", 6, 7));
+        assert_eq!(replicas_of(&caught_up), Some(7));
+        let after = store.freshest_deployment(&key("a"), at("u1", 4, 3));
+        assert_eq!(
+            replicas_of(&after),
+            Some(3),
+            "the write was kept once shown"
+        );
+
+        // A Deployment re-created under the same name starts at generation 1 again.
+        store.wrote_deployment(&key("a"), deployment("u1", 9, 4));
+        let recreated = store.freshest_deployment(&key("a"), at("u3", 1, 2));
+        assert_eq!(replicas_of(&recreated), Some(2));
+
+        // Forgotten with the pool.
+        store.wrote_deployment(&key("c"), deployment("u4", 9, 4));
+        store.forget_except(&HashSet::new());
+        let fresh = store.freshest_deployment(&key("c"), at("u4", 2, 1));
+        assert_eq!(replicas_of(&fresh), Some(1));
     }
 }

@@ -2,7 +2,8 @@
 //! service (as kube-rs's controller-rs tests do) answered by an in-memory object store that
 //! records every request. It speaks just enough of the API's semantics for the operator: get,
 //! create (409 if present), replace (409 on a stale resourceVersion), merge and apply patches,
-//! the status subresource, delete, and 404 as a `Status`. Paths are the API's own
+//! the status subresource, delete, 404 as a `Status`, and the uid, generation and
+//! resourceVersion every write sets. Paths are the API's own
 //! (`/apis/apps/v1/namespaces/team/deployments/chat`).
 
 use std::collections::BTreeMap;
@@ -98,7 +99,8 @@ impl MockApi {
     /// Puts `object` at `path`, as if someone had created it.
     pub fn insert(&self, path: &str, mut object: Value) {
         let mut state = lock(&self.state);
-        stamp(&mut state, &mut object);
+        let previous = state.objects.get(path).cloned();
+        stamp(&mut state, previous.as_ref(), &mut object);
         state.objects.insert(path.to_owned(), object);
     }
 
@@ -126,14 +128,27 @@ impl MockApi {
     }
 }
 
-/// A new resourceVersion on `object`, as every write gets.
-fn stamp(state: &mut State, object: &mut Value) {
+/// What the API server sets on every write of `object` over `previous`: a new
+/// resourceVersion, the uid it was created with, and a generation raised by a change of spec.
+fn stamp(state: &mut State, previous: Option<&Value>, object: &mut Value) {
     state.resource_version += 1;
+    let version = state.resource_version;
+    let generation = match previous {
+        Some(previous) => {
+            let was = previous["metadata"]["generation"].as_i64().unwrap_or(1);
+            was + i64::from(previous.get("spec") != object.get("spec"))
+        }
+        None => object["metadata"]["generation"].as_i64().unwrap_or(1),
+    };
+    let uid = previous
+        .and_then(|p| p["metadata"].get("uid"))
+        .or(object["metadata"].get("uid"))
+        .cloned()
+        .unwrap_or_else(|| format!("uid-{version}").into());
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert(
-            "resourceVersion".into(),
-            state.resource_version.to_string().into(),
-        );
+        metadata.insert("resourceVersion".into(), version.to_string().into());
+        metadata.insert("uid".into(), uid);
+        metadata.insert("generation".into(), generation.into());
     }
 }
 
@@ -170,7 +185,7 @@ fn answer(state: &mut State, request: &Recorded, is_apply: bool) -> (StatusCode,
                 return (StatusCode::CONFLICT, None);
             }
             let mut object = request.body.clone();
-            stamp(state, &mut object);
+            stamp(state, None, &mut object);
             state.objects.insert(path, object.clone());
             (StatusCode::CREATED, Some(object))
         }
@@ -183,13 +198,13 @@ fn answer(state: &mut State, request: &Recorded, is_apply: bool) -> (StatusCode,
                 return (StatusCode::CONFLICT, None);
             }
             let mut object = request.body.clone();
-            stamp(state, &mut object);
+            stamp(state, Some(&existing), &mut object);
             state.objects.insert(path, object.clone());
             (StatusCode::OK, Some(object))
         }
         Method::PATCH => {
-            let mut object = match existing {
-                Some(object) => object,
+            let mut object = match &existing {
+                Some(object) => object.clone(),
                 // Server-side apply creates; a merge patch needs something to patch.
                 None if is_apply && !subresource_status => json!({}),
                 None => return (StatusCode::NOT_FOUND, None),
@@ -199,7 +214,7 @@ fn answer(state: &mut State, request: &Recorded, is_apply: bool) -> (StatusCode,
             } else {
                 merge_patch(&mut object, &request.body);
             }
-            stamp(state, &mut object);
+            stamp(state, existing.as_ref(), &mut object);
             state.objects.insert(path, object.clone());
             (StatusCode::OK, Some(object))
         }
