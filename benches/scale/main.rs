@@ -68,6 +68,9 @@ struct Args {
     service: Option<Duration>,
     /// The operator's `--watch-pace`, when not its default.
     watch_pace: Option<String>,
+    /// The controller-manager's client QPS while the fleet is built (`scripts/cluster qps`); it
+    /// runs at its default while the operator is measured. `None`: left as the cluster runs.
+    build_qps: Option<String>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
@@ -83,6 +86,7 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         pods_per_pool: None,
         service: Some(Duration::from_millis(100)),
         watch_pace: None,
+        build_qps: None,
     };
     let mut raw = raw.into_iter();
     while let Some(flag) = raw.next() {
@@ -284,7 +288,12 @@ async fn run_count(
     );
 
     // The cluster as a platform team's would be when the operator (re)starts: pools, their
-    // Deployments and every worker running.
+    // Deployments and every worker running. Built at the harness's client QPS, measured at a
+    // real controller-manager's: at 200 it floods the API server with the scale-ups' pod
+    // creations exactly when the operator's writes go out.
+    if let Some(qps) = &args.build_qps {
+        cluster_qps(qps)?;
+    }
     let started = Instant::now();
     let mut creates = futures::stream::iter(0..count)
         .map(|i| {
@@ -316,6 +325,9 @@ async fn run_count(
     .await?;
     builder.stop().await;
     println!("built in {:.0} s", started.elapsed().as_secs_f64());
+    if args.build_qps.is_some() {
+        cluster_qps("default")?;
+    }
 
     // Start-up.
     let before = api_requests(client).await?;
@@ -533,6 +545,19 @@ async fn run_count(
     })
 }
 
+/// Restarts the cluster's controller-manager and scheduler at client QPS `qps` (`default`: their
+/// own).
+fn cluster_qps(qps: &str) -> BenchResult<()> {
+    let script = asyncpool_testkit::repo_root().join("scripts/cluster");
+    let status = std::process::Command::new(script)
+        .args(["qps", qps])
+        .status()?;
+    if !status.success() {
+        return Err(format!("scripts/cluster qps {qps} failed").into());
+    }
+    Ok(())
+}
+
 /// Seconds as whole milliseconds, or a dash.
 fn millis(seconds: Option<f64>) -> String {
     seconds.map_or("–".to_owned(), |s| format!("{:.0}", s * 1000.0))
@@ -606,7 +631,13 @@ async fn run(args: Args) -> BenchResult<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
+        Ok(args) => Args {
+            // benches/scale.sh starts the cluster at this QPS.
+            build_qps: std::env::var("ASYNCPOOL_CLUSTER_API_QPS")
+                .ok()
+                .filter(|qps| !qps.is_empty()),
+            ..args
+        },
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::FAILURE;
