@@ -3,16 +3,22 @@
 //! of pools at once reaches the API server as a steady stream rather than a flood. Requests that
 //! find the bucket empty wait in line; how long each waited is a histogram, so a backlog shows.
 //! The leader lease uses a client of its own, outside the bucket: a full bucket must never cost
-//! the lease.
+//! the lease. Past the bucket, each request is timed to its response head ([`TimingLayer`]), as
+//! client-go's `rest_client_request_duration_seconds` does: a write that waits tells whether it
+//! waited for the API server or for the operator.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
+
+use crate::metrics::VerbLabel;
 
 /// Requests per second, and how many may go at once after a quiet spell.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,6 +148,84 @@ where
     }
 }
 
+/// Puts a [`Timed`] in front of a client's HTTP service.
+#[derive(Clone)]
+pub struct TimingLayer {
+    durations: Family<VerbLabel, Histogram>,
+}
+
+impl TimingLayer {
+    /// Each request's time to its response head is observed in `durations`, by verb.
+    pub fn new(durations: Family<VerbLabel, Histogram>) -> Self {
+        Self { durations }
+    }
+}
+
+impl<S> Layer<S> for TimingLayer {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed {
+            inner,
+            durations: self.durations.clone(),
+        }
+    }
+}
+
+pub struct Timed<S> {
+    inner: S,
+    durations: Family<VerbLabel, Histogram>,
+}
+
+impl<S, B> Service<http::Request<B>> for Timed<S>
+where
+    S: Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let histogram = self
+            .durations
+            .get_or_create(&VerbLabel {
+                verb: verb(&request),
+            })
+            .clone();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            histogram.observe(started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}
+
+/// The request's verb as the API server's audit log names it, from a bounded set.
+fn verb<B>(request: &http::Request<B>) -> &'static str {
+    let watch = || {
+        request
+            .uri()
+            .query()
+            .is_some_and(|query| query.split('&').any(|pair| pair == "watch=true"))
+    };
+    match *request.method() {
+        http::Method::GET if watch() => "WATCH",
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +310,60 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut encoded, &registry).unwrap();
         assert!(encoded.contains("waits_count 4"), "{encoded}");
         assert!(encoded.contains("waits_sum 1.0"), "{encoded}");
+    }
+
+    #[test]
+    fn verbs_come_from_a_bounded_set() {
+        let request = |method: &str, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .expect("a request")
+        };
+        let pods = "/api/v1/namespaces/a/pods";
+        assert_eq!(verb(&request("GET", pods)), "GET");
+        assert_eq!(
+            verb(&request(
+                "GET",
+                &format!("{pods}?labelSelector=x&watch=true")
+            )),
+            "WATCH"
+        );
+        assert_eq!(verb(&request("GET", &format!("{pods}?watch=false"))), "GET");
+        assert_eq!(verb(&request("PATCH", &format!("{pods}/p"))), "PATCH");
+        assert_eq!(verb(&request("OPTIONS", pods)), "OTHER");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_timed_by_its_verb_until_its_answer() {
+        let durations = Family::<VerbLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 1.0].into_iter())
+        });
+        let mut timed = TimingLayer::new(durations.clone()).layer(tower::service_fn(
+            |_: http::Request<()>| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, std::convert::Infallible>(())
+            },
+        ));
+        let request = http::Request::builder()
+            .method("PATCH")
+            .uri("/apis/apps/v1/namespaces/a/deployments/d")
+            .body(())
+            .expect("a request");
+        timed.call(request).await.expect("answered");
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("request_duration_seconds", "", durations);
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
+        // One PATCH, slower than the first bucket and within the second.
+        assert!(
+            text.contains(r#"request_duration_seconds_bucket{le="0.001",verb="PATCH"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"request_duration_seconds_bucket{le="1.0",verb="PATCH"} 1"#),
+            "{text}"
+        );
     }
 }

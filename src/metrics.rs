@@ -37,6 +37,11 @@ pub struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    pub verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
     pub stage: &'static str,
 }
@@ -65,6 +70,8 @@ pub struct Metrics {
     pub pools_at_rest: Gauge,
     /// Each API request's wait for the client's rate limit (`api_rate`).
     pub api_wait_seconds: Histogram,
+    /// Each API request's time from the rate limit to its response head, by verb.
+    pub api_request_seconds: Family<VerbLabel, Histogram>,
     pub decisions: Family<KindLabel, Counter>,
     /// From a sidecar reading that moves the scaler to each stage of its reconcile.
     pub reaction_seconds: Family<StageLabel, Histogram>,
@@ -123,6 +130,15 @@ impl Default for Metrics {
              --kube-api-burst)",
             api_wait_seconds.clone(),
         );
+        let api_request_seconds = Family::<VerbLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time from an API request leaving the client's rate limit to its response head, by \
+             verb (WATCH: the stream's start)",
+            api_request_seconds.clone(),
+        );
         let decisions = Family::<KindLabel, Counter>::default();
         registry.register(
             "decisions",
@@ -178,6 +194,7 @@ impl Default for Metrics {
             decision_round_seconds,
             pools_at_rest,
             api_wait_seconds,
+            api_request_seconds,
             decisions,
             reaction_seconds,
             pool_load,

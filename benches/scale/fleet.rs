@@ -1,7 +1,9 @@
 //! The worker side at scale: every Running pod of the bench's namespace is served by the fake
-//! sidecars (`asyncpool_testkit::fake_sidecars`), reporting its pool's load per pod.
+//! sidecars (`asyncpool_testkit::fake_sidecars`). A pool's load is its total, spread over its
+//! pods as its Service spreads requests: a pool that grows carries the same load on more pods,
+//! so it settles at the size its load needs rather than growing with every pod it adds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,11 +21,34 @@ use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
 
 struct State {
-    /// Load per pod of each pool; pools not named report `default_load`.
+    /// Total load of each pool; a pool not named carries `default_load` on each of its pods.
     pool_load: HashMap<String, u64>,
     default_load: u64,
     /// Served pods: name → (pool, address).
     pods: HashMap<String, (String, IpAddr)>,
+    /// Each pool's served pods, by name.
+    members: HashMap<String, BTreeMap<String, IpAddr>>,
+}
+
+impl State {
+    /// Spreads `pool`'s load over its pods again: an equal share each, the remainder one more
+    /// on the first pods.
+    fn spread(&self, sidecars: &FakeSidecars, pool: &str) {
+        let Some(members) = self.members.get(pool) else {
+            return;
+        };
+        let Some(&total) = self.pool_load.get(pool) else {
+            for ip in members.values() {
+                sidecars.set_load(*ip, self.default_load);
+            }
+            return;
+        };
+        let count = members.len().max(1) as u64;
+        for (i, ip) in members.values().enumerate() {
+            let share = total / count + u64::from((i as u64) < total % count);
+            sidecars.set_load(*ip, share);
+        }
+    }
 }
 
 pub struct Fleet {
@@ -37,8 +62,9 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Fleet {
-    /// Serves the pods of `namespace` on every local address's admin port; with a `service`
-    /// time, each pod's load is traffic of requests that long (its counters move).
+    /// Serves the pods of `namespace` on every local address's admin port, each reporting
+    /// `default_load` until its pool's load is set; with a `service` time, each pod's load is
+    /// traffic of requests that long (its counters move).
     pub async fn start(
         client: &Client,
         namespace: &str,
@@ -54,6 +80,7 @@ impl Fleet {
             pool_load: HashMap::new(),
             default_load,
             pods: HashMap::new(),
+            members: HashMap::new(),
         }));
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let task = tokio::spawn(follow(pods, sidecars.clone(), state.clone()));
@@ -64,15 +91,11 @@ impl Fleet {
         })
     }
 
-    /// Sets the load each pod of `pool` reports, now and for its pods to come.
-    pub fn set_pool_load(&self, pool: &str, load: u64) {
+    /// Sets `pool`'s total load, spread over its pods now and as they come and go.
+    pub fn set_pool_load(&self, pool: &str, total: u64) {
         let mut state = lock(&self.state);
-        state.pool_load.insert(pool.to_owned(), load);
-        for (pod_pool, ip) in state.pods.values() {
-            if pod_pool == pool {
-                self.sidecars.set_load(*ip, load);
-            }
-        }
+        state.pool_load.insert(pool.to_owned(), total);
+        state.spread(&self.sidecars, pool);
     }
 
     /// Pods served now.
@@ -109,13 +132,12 @@ async fn follow(pods: Api<Pod>, sidecars: Arc<FakeSidecars>, state: Arc<Mutex<St
                 match (serving, address) {
                     (true, Some(ip)) => {
                         let mut state = lock(&state);
-                        let load = state
-                            .pool_load
-                            .get(&pool)
-                            .copied()
-                            .unwrap_or(state.default_load);
-                        sidecars.set_load(ip, load);
-                        state.pods.insert(pod.name_any(), (pool, ip));
+                        let name = pod.name_any();
+                        state.pods.insert(name.clone(), (pool.clone(), ip));
+                        let members = state.members.entry(pool.clone()).or_default();
+                        if members.insert(name, ip) != Some(ip) {
+                            state.spread(&sidecars, &pool);
+                        }
                     }
                     _ => stop_serving(&sidecars, &state, &pod.name_any()),
                 }
@@ -126,12 +148,18 @@ async fn follow(pods: Api<Pod>, sidecars: Arc<FakeSidecars>, state: Arc<Mutex<St
     }
 }
 
-/// Stops serving a pod's address, unless a newer pod got the same address meanwhile.
+/// Stops serving a pod's address, unless a newer pod got the same address meanwhile, and
+/// spreads its pool's load over the pods left.
 fn stop_serving(sidecars: &FakeSidecars, state: &Mutex<State>, pod: &str) {
     let mut state = lock(state);
-    if let Some((_, ip)) = state.pods.remove(pod)
-        && !state.pods.values().any(|(_, other)| *other == ip)
-    {
+    let Some((pool, ip)) = state.pods.remove(pod) else {
+        return;
+    };
+    if !state.pods.values().any(|(_, other)| *other == ip) {
         sidecars.remove(ip);
     }
+    if let Some(members) = state.members.get_mut(&pool) {
+        members.remove(pod);
+    }
+    state.spread(sidecars, &pool);
 }

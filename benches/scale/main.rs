@@ -11,9 +11,10 @@
 //!   load changes (5 in flight a pod; by default as traffic of 100 ms requests, so the counters
 //!   move and each stream writes at the operator's pace, `--service-time 0` for an idle fleet),
 //!   and how many pools the decision rounds leave alone then (`asyncpool_pools_at_rest`);
-//! - reaction: a tenth of the pools change load at once (each pod from 5 to 25, at 10 per
-//!   worker); from that instant to each pool's Deployment showing its new `spec.replicas`
-//!   (median, p99), and the Deployment writes per scaling decision;
+//! - reaction: a tenth of the pools change load at once (from 5 to 25 a pod at their minimum
+//!   size, at 10 per worker; a pool's load is a total spread over its pods, so it settles at 2.5
+//!   times its minimum); from that instant to each pool's Deployment showing its new
+//!   `spec.replicas` (median, p99), and the Deployment writes per scaling decision;
 //! - the operator's peak RSS over the whole run.
 //!
 //! ```sh
@@ -48,8 +49,9 @@ use asyncpool_testkit::deployments::Deployments;
 use fleet::Fleet;
 
 const BENCH: &str = "scale";
-/// Load per pod at rest (below a worker's target of 10: every pool stays at its minimum) and
-/// while a pool changes (2.5 times its minimum, under its maximum of three times).
+/// Load per pod of a pool at its minimum size, at rest (below a worker's target of 10: every
+/// pool stays at its minimum) and while a pool changes (2.5 times its minimum, under its maximum
+/// of three times). A pool's load is this times its minimum, spread over its pods.
 const REST_LOAD: u64 = 5;
 const BURST_LOAD: u64 = 25;
 /// Longest a pool may take to react before it counts as a timeout.
@@ -266,6 +268,8 @@ struct Row {
 const CLIENT_WAIT: &str = "asyncpool_api_client_wait_duration_seconds_sum";
 /// The operator's reaction histogram, by stage.
 const REACTION: &str = "asyncpool_reaction_duration_seconds";
+/// The operator's API requests, from its rate limit to their response head.
+const API_REQUEST: &str = "asyncpool_api_request_duration_seconds";
 
 async fn run_count(
     client: &Client,
@@ -451,7 +455,7 @@ async fn run_count(
         deployments.drain();
         let t0 = Instant::now();
         for &i in &sample {
-            fleet.set_pool_load(&pool_name(i), BURST_LOAD);
+            fleet.set_pool_load(&pool_name(i), BURST_LOAD * pool_size(i) as u64);
         }
         let mut waiting: HashMap<String, i32> = sample
             .iter()
@@ -479,20 +483,24 @@ async fn run_count(
             after_metrics.sum(CLIENT_WAIT, "") - before_metrics.sum(CLIENT_WAIT, "");
         let started = after_metrics.histogram_since(&before_metrics, REACTION, "stage=\"started\"");
         let scaled = after_metrics.histogram_since(&before_metrics, REACTION, "stage=\"scaled\"");
+        let patches = after_metrics.histogram_since(&before_metrics, API_REQUEST, "verb=\"PATCH\"");
         println!(
-            "round {round}, the operator's part: reading to reconcile started median {} ms, p99 {} ms ({} wakes); to the Deployment written median {} ms, p99 {} ms ({} resizes)",
+            "round {round}, the operator's part: reading to reconcile started median {} ms, p99 {} ms ({} wakes); to the Deployment written median {} ms, p99 {} ms ({} resizes); its PATCH requests' round trip median {} ms, p99 {} ms ({})",
             millis(started.quantile(0.5)),
             millis(started.quantile(0.99)),
             started.count(),
             millis(scaled.quantile(0.5)),
             millis(scaled.quantile(0.99)),
             scaled.count(),
+            millis(patches.quantile(0.5)),
+            millis(patches.quantile(0.99)),
+            patches.count(),
         );
         operator_started.add(&started);
         operator_scaled.add(&scaled);
         // Back to rest, and settled, before the next round.
         for &i in &sample {
-            fleet.set_pool_load(&pool_name(i), REST_LOAD);
+            fleet.set_pool_load(&pool_name(i), REST_LOAD * pool_size(i) as u64);
         }
         poll_until(
             "the changed pools back at their minimum",

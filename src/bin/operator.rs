@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncpool::api_rate::{ApiRate, ThrottleLayer};
+use asyncpool::api_rate::{ApiRate, ThrottleLayer, TimingLayer};
 use asyncpool::controller::{Clients, LeaderConfig, OperatorConfig};
 use asyncpool::leader::LeaseTiming;
 use asyncpool::metrics::Metrics;
@@ -149,6 +149,7 @@ async fn clients(rate: ApiRate, metrics: &Metrics) -> Result<Clients, kube::Erro
         .await
         .map_err(kube::Error::InferConfig)?;
     let api = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&TimingLayer::new(metrics.api_request_seconds.clone()))
         .with_layer(&ThrottleLayer::new(rate, metrics.api_wait_seconds.clone()))
         .build();
     let lease = kube::Client::try_from(config)?;
