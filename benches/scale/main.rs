@@ -50,10 +50,11 @@ use fleet::Fleet;
 
 const BENCH: &str = "scale";
 /// Load per pod of a pool at its minimum size, at rest (below a worker's target of 10: every
-/// pool stays at its minimum) and while a pool changes (2.5 times its minimum, under its maximum
-/// of three times). A pool's load is this times its minimum, spread over its pods.
+/// pool stays at its minimum) and, by default, while a pool changes (`--change-load`: 2.5 times
+/// its minimum, under its maximum of three times). A pool's load is this times its minimum,
+/// spread over its pods.
 const REST_LOAD: u64 = 5;
-const BURST_LOAD: u64 = 25;
+const CHANGE_LOAD: u64 = 25;
 /// Longest a pool may take to react before it counts as a timeout.
 const REACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,6 +71,9 @@ struct Args {
     service: Option<Duration>,
     /// The operator's `--watch-pace`, when not its default.
     watch_pace: Option<String>,
+    /// Load per pod at a changed pool's minimum size (a worker's target is 10): 25 makes it 2.5
+    /// times its minimum, 12 a fifth larger.
+    change_load: u64,
     /// The controller-manager's client QPS while the fleet is built (`scripts/cluster qps`); it
     /// runs at its default while the operator is measured. `None`: left as the cluster runs.
     build_qps: Option<String>,
@@ -77,7 +81,7 @@ struct Args {
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
                      [--rest-seconds 30] [--pods-per-pool N] [--service-time 100ms|0] \
-                     [--watch-pace 1s]";
+                     [--watch-pace 1s] [--change-load 25]";
 
 fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -88,6 +92,7 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         pods_per_pool: None,
         service: Some(Duration::from_millis(100)),
         watch_pace: None,
+        change_load: CHANGE_LOAD,
         build_qps: None,
     };
     let mut raw = raw.into_iter();
@@ -116,6 +121,13 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--service-time" => {
                 let service = parse_duration(&value).map_err(|e| format!("{flag}: {e}"))?;
                 args.service = (!service.is_zero()).then_some(service);
+            }
+            "--change-load" => {
+                let load = count(&value)? as u64;
+                if load <= REST_LOAD {
+                    return Err(format!("{flag} must be above the rest load of {REST_LOAD}"));
+                }
+                args.change_load = load;
             }
             "--watch-pace" => {
                 parse_watch_pace(&value).map_err(|e| format!("{flag}: {e}"))?;
@@ -455,7 +467,7 @@ async fn run_count(
         deployments.drain();
         let t0 = Instant::now();
         for &i in &sample {
-            fleet.set_pool_load(&pool_name(i), BURST_LOAD * pool_size(i) as u64);
+            fleet.set_pool_load(&pool_name(i), args.change_load * pool_size(i) as u64);
         }
         let mut waiting: HashMap<String, i32> = sample
             .iter()
@@ -632,7 +644,11 @@ async fn run(args: Args) -> BenchResult<()> {
         .watch_pace
         .as_deref()
         .unwrap_or("the operator's default");
-    println!("\n{traffic}; watch pace {pace}\n{}", table(&rows));
+    println!(
+        "\n{traffic}; watch pace {pace}; changed pools to {} a pod at their minimum\n{}",
+        args.change_load,
+        table(&rows)
+    );
     Ok(())
 }
 
