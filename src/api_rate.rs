@@ -3,9 +3,10 @@
 //! of pools at once reaches the API server as a steady stream rather than a flood. Requests that
 //! find the bucket empty wait in line; how long each waited is a histogram, so a backlog shows.
 //! The leader lease uses a client of its own, outside the bucket: a full bucket must never cost
-//! the lease. Past the bucket, each request is timed to its response head ([`TimingLayer`]), as
-//! client-go's `rest_client_request_duration_seconds` does: a write that waits tells whether it
-//! waited for the API server or for the operator.
+//! the lease. Past the bucket, each request is timed to its response head ([`TimingLayer`]), much
+//! as client-go's `rest_client_request_duration_seconds` is (but across kube's own retries of a
+//! request, which sit inside this layer): a write that waits tells whether it waited for the API
+//! server or for the operator.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -207,7 +208,7 @@ where
     }
 }
 
-/// The request's verb as the API server's audit log names it, from a bounded set.
+/// The request's HTTP method (GET covers gets and lists), or WATCH for a watch: a bounded set.
 fn verb<B>(request: &http::Request<B>) -> &'static str {
     let watch = || {
         request

@@ -135,8 +135,8 @@ impl Default for Metrics {
         );
         registry.register(
             "api_request_duration_seconds",
-            "Time from an API request leaving the client's rate limit to its response head, by \
-             verb (WATCH: the stream's start)",
+            "Time from an API request leaving the client's rate limit to its response head, \
+             retries included, by HTTP method (WATCH: the stream's start)",
             api_request_seconds.clone(),
         );
         let decisions = Family::<KindLabel, Counter>::default();

@@ -243,6 +243,9 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
     let mut retiring = None;
     let mut note = None;
     if pool.spec.paused {
+        // A paused pool recycles nothing; an extra worker it holds is its size now.
+        entry.recycling = None;
+        entry.surge = None;
         replicas = request.map_or(current, clamp);
         if replicas != current {
             note = Some(format!(

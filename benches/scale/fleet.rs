@@ -3,7 +3,7 @@
 //! pods as its Service spreads requests: a pool that grows carries the same load on more pods,
 //! so it settles at the size its load needs rather than growing with every pod it adds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -117,8 +117,13 @@ impl Drop for Fleet {
 async fn follow(pods: Api<Pod>, sidecars: Arc<FakeSidecars>, state: Arc<Mutex<State>>) {
     let events = watcher(pods, watcher::Config::default().labels(POOL_LABEL)).default_backoff();
     let mut events = pin!(events);
+    // The pods a relist (after a watch gap) found; those it did not are gone.
+    let mut relisted: Option<HashSet<String>> = None;
     while let Some(event) = events.next().await {
         let Ok(event) = event else { continue };
+        if let (watcher::Event::InitApply(pod), Some(seen)) = (&event, relisted.as_mut()) {
+            seen.insert(pod.name_any());
+        }
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                 let serving = pod.metadata.deletion_timestamp.is_none()
@@ -143,7 +148,19 @@ async fn follow(pods: Api<Pod>, sidecars: Arc<FakeSidecars>, state: Arc<Mutex<St
                 }
             }
             watcher::Event::Delete(pod) => stop_serving(&sidecars, &state, &pod.name_any()),
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::Init => relisted = Some(HashSet::new()),
+            watcher::Event::InitDone => {
+                let seen = relisted.take().unwrap_or_default();
+                let gone: Vec<String> = lock(&state)
+                    .pods
+                    .keys()
+                    .filter(|name| !seen.contains(*name))
+                    .cloned()
+                    .collect();
+                for pod in gone {
+                    stop_serving(&sidecars, &state, &pod);
+                }
+            }
         }
     }
 }

@@ -497,7 +497,7 @@ async fn run_count(
         let scaled = after_metrics.histogram_since(&before_metrics, REACTION, "stage=\"scaled\"");
         let patches = after_metrics.histogram_since(&before_metrics, API_REQUEST, "verb=\"PATCH\"");
         println!(
-            "round {round}, the operator's part: reading to reconcile started median {} ms, p99 {} ms ({} wakes); to the Deployment written median {} ms, p99 {} ms ({} resizes); its PATCH requests' round trip median {} ms, p99 {} ms ({})",
+            "round {round}, the operator's part: reading to reconcile started median {} ms, p99 {} ms ({} wakes); to the Deployment written median {} ms, p99 {} ms ({} resizes); its PATCH requests (resizes, status applies, victim marks) round trip median {} ms, p99 {} ms ({})",
             millis(started.quantile(0.5)),
             millis(started.quantile(0.99)),
             started.count(),

@@ -23,8 +23,8 @@ pub struct PoolStore {
     carried_out: Mutex<HashSet<PoolKey>>,
     /// Pools with a reconcile in flight.
     reconciling: Mutex<HashSet<PoolKey>>,
-    /// Each pool's Deployment as the operator's last write of its spec returned it, until the
-    /// cache shows that write (see [`PoolStore::freshest_deployment`]).
+    /// Each pool's Deployment as the operator's last write returned it, until the cache shows
+    /// that write's generation (see [`PoolStore::freshest_deployment`]).
     written: Mutex<HashMap<PoolKey, Arc<Deployment>>>,
 }
 
@@ -139,7 +139,7 @@ impl PoolStore {
     /// cache a write behind would take the old size for the present one, and write it again.
     pub fn freshest_deployment(&self, key: &PoolKey, cached: Arc<Deployment>) -> Arc<Deployment> {
         let mut written = lock(&self.written);
-        // Nearly always empty: the cache shows a write within milliseconds.
+        // Empty unless a write is on its way to the cache (milliseconds on an idle cluster).
         if written.is_empty() {
             return cached;
         }
@@ -171,11 +171,15 @@ impl PoolStore {
 
 /// Whether `cached` is the same Deployment as `written` at an older spec: a lower
 /// `metadata.generation`, which the API server raises on every change of spec. (Resource
-/// versions are opaque and may not be compared for order; generations may.) A Deployment
-/// re-created since, or changed by someone else after the write, is not older.
+/// versions are opaque and may not be compared for order; generations may.) A write that
+/// changed no spec (metadata alone) keeps its generation and is not told apart: the cache is
+/// used. So is a Deployment of another uid, and one changed by someone else after the write.
 fn shows_older_spec(cached: &Deployment, written: &Deployment) -> bool {
     cached.metadata.uid == written.metadata.uid
-        && cached.metadata.generation.unwrap_or(0) < written.metadata.generation.unwrap_or(0)
+        && matches!(
+            (cached.metadata.generation, written.metadata.generation),
+            (Some(cached), Some(written)) if cached < written
+        )
 }
 
 /// A reconcile in flight; see [`PoolStore::reconciling`].
