@@ -749,6 +749,40 @@ spec:
         assert_eq!(shown.replicas, 4);
     }
 
+    /// Paused mid-recycling: the recycling and its surge are forgotten, or a pool pinned at the
+    /// surge's size would, once unpaused, show the scaler one worker less than it has.
+    #[test]
+    fn a_pause_ends_a_recycling_and_its_surge() {
+        let supervised = "  supervision: {maxRequests: 100, maxRequestsJitter: 0}";
+        let (pool, effective) = pool_with(supervised);
+        let mut memory = None;
+        let workers = [pod("a", true), pod("b", true), pod("c", true)];
+        let worn = Ok(Current::just_read(QueueSnapshot {
+            arrived_total: 150,
+            completed_total: 150,
+            ..QueueSnapshot::of_pod(0, 0)
+        }));
+        let fresh = Ok(Current::just_read(QueueSnapshot::of_pod(0, 0)));
+        let surge = plan(
+            PlanInput {
+                pool: &pool,
+                effective: &effective,
+                deployment_replicas: Some(3),
+                pods: &workers,
+                readings: vec![worn, fresh.clone(), fresh],
+                own_reading: None,
+                now: Duration::from_secs(100),
+            },
+            &mut memory,
+        );
+        assert_eq!(surge.replicas, 4);
+        let (paused, effective) = pool_with(&format!("{supervised}\n  paused: true"));
+        let held = plan_three(&paused, &effective, 0, &mut memory);
+        assert_eq!(held.replicas, 3, "a paused pool holds the size it has");
+        let kept = memory.as_ref().expect("a memory");
+        assert_eq!((&kept.recycling, kept.surge), (&None, None));
+    }
+
     #[test]
     fn an_unsettled_pool_does_not_start_recycling() {
         let rules = max_requests(100);
