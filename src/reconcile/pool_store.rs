@@ -128,8 +128,7 @@ impl PoolStore {
 
     /// Keeps the Deployment as the API server returned it from the operator's write, trimmed as
     /// the cache trims it, until the cache shows its generation.
-    pub fn wrote_deployment(&self, key: &PoolKey, written: Deployment) {
-        let mut written = written;
+    pub fn wrote_deployment(&self, key: &PoolKey, mut written: Deployment) {
         crate::controller::trim_deployment(&mut written);
         lock(&self.written).insert(key.clone(), Arc::new(written));
     }
