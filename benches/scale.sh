@@ -5,8 +5,11 @@
 # pools change, and memory. The cluster's controller-manager and scheduler build the fleet at a
 # higher client QPS (ASYNCPOOL_CLUSTER_API_QPS, 200 here) so that ten thousand pods are created
 # in minutes rather than most of an hour, and run at their defaults while the operator is
-# measured (`scripts/cluster qps`); the cluster has 30 kwok nodes (ASYNCPOOL_CLUSTER_NODES); a
-# running cluster started otherwise is restarted.
+# measured (`scripts/cluster qps`); the cluster has 30 kwok nodes (ASYNCPOOL_CLUSTER_NODES) whose
+# pods have addresses the endpoints controllers accept (ASYNCPOOL_CLUSTER_POD_CIDR, local on the
+# loopback link while the cluster runs), as a real cluster's: on loopback addresses the
+# controller-manager's endpoint updates fail and are retried forever, some forty wasted
+# requests a second at a thousand Services. A running cluster started otherwise is restarted.
 # The output is kept in target/scale/run-<time>.txt.
 #
 #   benches/scale.sh                        # 100 and 1,000 pools
@@ -22,10 +25,12 @@ cd "$root"
 export ASYNCPOOL_CLUSTER_API_QPS=${ASYNCPOOL_CLUSTER_API_QPS:-200}
 # kwok nodes hold 1,000 pods each: room for 30,000 worker pods.
 export ASYNCPOOL_CLUSTER_NODES=${ASYNCPOOL_CLUSTER_NODES:-30}
+export ASYNCPOOL_CLUSTER_POD_CIDR=${ASYNCPOOL_CLUSTER_POD_CIDR:-10.244.0.0/16}
 state=${ASYNCPOOL_CLUSTER_DIR:-/tmp/asyncpool-cluster}
 if scripts/cluster status >/dev/null 2>&1 &&
-    [ "$(cat "$state/kwok-nodes" 2>/dev/null || echo 0)" -lt "$ASYNCPOOL_CLUSTER_NODES" ]; then
-    echo "scale: restarting the cluster with $ASYNCPOOL_CLUSTER_NODES kwok nodes" >&2
+    { [ "$(cat "$state/kwok-nodes" 2>/dev/null || echo 0)" -lt "$ASYNCPOOL_CLUSTER_NODES" ] ||
+        [ "$(cat "$state/pod-cidr" 2>/dev/null)" != "$ASYNCPOOL_CLUSTER_POD_CIDR" ]; }; then
+    echo "scale: restarting the cluster with $ASYNCPOOL_CLUSTER_NODES kwok nodes, pods in $ASYNCPOOL_CLUSTER_POD_CIDR" >&2
     scripts/cluster down
 fi
 scripts/cluster up

@@ -1,6 +1,7 @@
 //! The sidecar contract of many pods from one process, for the scale benchmark: one listener on
 //! the admin port of every local address, which tells pods apart by the address each connection
-//! came to (kwok gives every pod its own 127.20.x.y). It answers `GET /queue`, follows
+//! came to (kwok gives every pod its own address: 127.20.x.y, or 10.244.x.y made local in the
+//! scale benchmark's cluster). It answers `GET /queue`, follows
 //! `GET /queue?watch=true` with a line at each change and a heartbeat as a sidecar does, and
 //! serves a small `/metrics`, with the load the harness sets per pod address. With traffic, a
 //! pod's load is requests of a fixed service time passing through it: its counters move all the
