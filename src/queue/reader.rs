@@ -4,7 +4,9 @@
 //! missing data, never zero. A change that moves the scaler (a load step of half a worker's
 //! concurrency, a drain, a gap) wakes the pool's reconcile at once, which is how the reaction
 //! time gets close to a network round trip instead of a polling interval; smaller changes are
-//! planned at the next decision round.
+//! planned at the next decision round. A stream that goes silent is found by one sweep over
+//! every reading a second rather than by a timer in each stream: ten thousand streams each
+//! re-arming a timer at every line cost more than their reading.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,7 +45,8 @@ pub struct ReaderConfig {
     pub request_timeout: Duration,
     /// A watch stream silent for this long is considered broken (the sidecar sends a heartbeat).
     pub watch_idle_timeout: Duration,
-    /// A reading older than this no longer counts.
+    /// A reading older than this no longer counts; the sweep records it as failed (and wakes
+    /// its pool) within a second of that.
     pub stale_after: Duration,
     /// Polls in flight at once across all pods.
     pub max_concurrent_polls: usize,
@@ -199,16 +202,23 @@ struct PoolReaders {
     running: HashMap<String, Running>,
 }
 
+/// Each pool's readers: a pool's sync touches its own readers only.
+type Pools = Mutex<HashMap<PoolKey, PoolReaders>>;
+
 /// All per-pod reader tasks, and their latest readings.
 pub struct SidecarReaders {
     config: Arc<ReaderConfig>,
-    /// Each pool's readers: a pool's sync touches its own readers only.
-    pools: Mutex<HashMap<PoolKey, PoolReaders>>,
+    pools: Arc<Pools>,
     counter: Arc<ChangeCounter>,
     changes: mpsc::UnboundedSender<PoolKey>,
     polls: Arc<Semaphore>,
     observer: Arc<dyn ReadObserver>,
+    /// The sweep that records silent streams ([`sweep_silent`]).
+    sweeper: AbortHandle,
 }
+
+/// How often the sweep looks for readings gone stale.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicked holder cannot leave these maps half-updated (single inserts and removes).
@@ -223,13 +233,34 @@ impl SidecarReaders {
         observer: Arc<dyn ReadObserver>,
     ) -> Self {
         let polls = Arc::new(Semaphore::new(config.max_concurrent_polls.max(1)));
+        let config = Arc::new(config);
+        let pools: Arc<Pools> = Arc::default();
+        let counter: Arc<ChangeCounter> = Arc::default();
+        let sweeper = tokio::spawn({
+            let (config, pools, counter, changes) = (
+                config.clone(),
+                pools.clone(),
+                counter.clone(),
+                changes.clone(),
+            );
+            async move {
+                let mut every = tokio::time::interval(SWEEP_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    sweep_silent(&pools, &config, &counter, &changes, Instant::now());
+                }
+            }
+        })
+        .abort_handle();
         Self {
-            config: Arc::new(config),
-            pools: Mutex::default(),
-            counter: Arc::default(),
+            config,
+            pools,
+            counter,
             changes,
             polls,
             observer,
+            sweeper,
         }
     }
 
@@ -353,12 +384,59 @@ impl SidecarReaders {
 
 impl Drop for SidecarReaders {
     fn drop(&mut self) {
+        self.sweeper.abort();
         for reader in lock(&self.pools)
             .values()
             .flat_map(|readers| readers.running.values())
         {
             reader.task.abort();
         }
+    }
+}
+
+/// Records every reading older than `stale_after` as failed, and wakes its pool: a pool's
+/// version then moves when one of its pods goes silent (a decision round plans it again, where
+/// a pool at rest would otherwise be left alone), and its reconcile runs at once, as it does
+/// for any change a sidecar reports. The readers' tasks keep no timer per line for this.
+fn sweep_silent(
+    pools: &Pools,
+    config: &ReaderConfig,
+    counter: &ChangeCounter,
+    changes: &mpsc::UnboundedSender<PoolKey>,
+    now: Instant,
+) {
+    let mut silent = Vec::new();
+    for readers in lock(pools).values() {
+        let mut readings = lock(&readers.slot.readings);
+        let mut went_stale = false;
+        for reading in readings.pods.values_mut() {
+            let Reading::Snapshot { at, held_back, .. } = reading else {
+                continue;
+            };
+            let age = now.saturating_duration_since(*at);
+            if age <= config.stale_after {
+                continue;
+            }
+            let error = if held_back.is_zero() {
+                format!("last reading is {:.1}s old", age.as_secs_f64())
+            } else {
+                format!(
+                    "no line from the watch stream for {:.1}s",
+                    age.as_secs_f64()
+                )
+            };
+            *reading = Reading::Failed { error };
+            went_stale = true;
+        }
+        if went_stale {
+            readings.touch(counter);
+            readings.woken_at.get_or_insert(now);
+            silent.push(readers.slot.pool.clone());
+        }
+    }
+    for pool in silent {
+        // The receiver is gone only while the operator shuts down.
+        let _ = changes.send(pool);
     }
 }
 
@@ -423,18 +501,9 @@ async fn read_pod(
     let mut next_watch_attempt = Instant::now();
     loop {
         if config.watch && Instant::now() >= next_watch_attempt {
-            let outcome = watch_stream(address, &config, |event| match event {
-                WatchEvent::Line(snapshot, latency) => {
-                    observer.read_ok(latency, true);
-                    reader.record(Reading::fresh(snapshot, config.watch_pace));
-                }
-                WatchEvent::Silent(for_how_long) => {
-                    let error = format!(
-                        "no line from the watch stream for {:.1}s",
-                        for_how_long.as_secs_f64()
-                    );
-                    reader.record(Reading::Failed { error });
-                }
+            let outcome = watch_stream(address, &config, |snapshot, latency| {
+                observer.read_ok(latency, true);
+                reader.record(Reading::fresh(snapshot, config.watch_pace));
             })
             .await;
             // Until the watch works again, polling keeps the data fresh. A sidecar that is not
@@ -539,21 +608,13 @@ fn line_hash(line: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// What a watch stream tells its reader.
-enum WatchEvent {
-    /// A valid line, and how long the first one took since the request (zero for the rest).
-    Line(QueueSnapshot, Duration),
-    /// No line for this long: the last one is stale (the stream may still recover).
-    Silent(Duration),
-}
-
-/// Follows `GET /queue?watch=true`, handing each valid line to `on_event` and saying when the
-/// stream has been silent for `stale_after`, until the stream breaks, goes silent past the idle
-/// timeout, or sends garbage.
+/// Follows `GET /queue?watch=true`, handing each valid line to `on_line` with how long the first
+/// one took since the request (zero for the rest), until the stream breaks, goes silent past the
+/// idle timeout, or sends garbage.
 async fn watch_stream(
     address: SocketAddr,
     config: &ReaderConfig,
-    mut on_event: impl FnMut(WatchEvent),
+    mut on_line: impl FnMut(QueueSnapshot, Duration),
 ) -> Result<(), ReadError> {
     let started = Instant::now();
     let mut response = Box::pin(timeout(
@@ -570,25 +631,27 @@ async fn watch_stream(
     // A heartbeat repeats the last line: it is not parsed again. Its hash is kept rather than
     // the line: ten thousand streams each holding a line would cost megabytes.
     let mut last: Option<(u64, QueueSnapshot)> = None;
-    let stale_after = config.stale_after.min(config.watch_idle_timeout);
+    // One deadline for the whole stream, moved only when it passes (a few times a minute)
+    // rather than at every line: most lines arrive long before it.
+    let mut heard = Instant::now();
+    let idle = tokio::time::sleep_until(heard + config.watch_idle_timeout);
+    tokio::pin!(idle);
     loop {
-        let data = {
-            let next = response.data();
-            tokio::pin!(next);
-            match timeout(stale_after, &mut next).await {
-                Ok(data) => data,
-                Err(_) => {
-                    on_event(WatchEvent::Silent(stale_after));
-                    timeout(config.watch_idle_timeout - stale_after, &mut next)
-                        .await
-                        .map_err(|_| ReadError::Timeout)?
+        let data = tokio::select! {
+            biased;
+            data = response.data() => data.map_err(|e| ReadError::Http(e.to_string()))?,
+            () = &mut idle => {
+                if heard.elapsed() >= config.watch_idle_timeout {
+                    return Err(ReadError::Timeout);
                 }
+                idle.as_mut().reset(heard + config.watch_idle_timeout);
+                continue;
             }
-        }
-        .map_err(|e| ReadError::Http(e.to_string()))?;
+        };
         let Some(data) = data else {
             return Err(ReadError::Http("stream closed".into()));
         };
+        heard = Instant::now();
         buffer.extend_from_slice(&data);
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             let line = buffer.split_to(end + 1);
@@ -612,7 +675,7 @@ async fn watch_stream(
                 Duration::ZERO
             };
             first = false;
-            on_event(WatchEvent::Line(snapshot, latency));
+            on_line(snapshot, latency);
         }
         if buffer.is_empty() {
             // Lines come whole, a second or more apart: hold no memory between them.
