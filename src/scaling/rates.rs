@@ -184,13 +184,17 @@ impl RateTracker {
         // busy pool low by what is not heard yet, or guess it from a young pod's first
         // moments. With no pod read this round, the window ends now and the rate decays with
         // what is known.
-        let mut present = BTreeSet::new();
+        let mut present = Vec::new();
+        // How many of them have a history after this round's readings.
+        let mut tracked = 0;
         let mut end: Option<Duration> = None;
         for (name, snapshot, age) in pods {
-            present.insert(name);
+            present.push(name);
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
+                tracked += usize::from(self.pods.contains_key(name));
                 continue;
             };
+            tracked += 1;
             let reading = Counters::read(now.saturating_sub(age), snapshot);
             let heard = match self.pods.get_mut(name) {
                 Some(history) if reading.went_back_from(&history.latest) => {
@@ -219,13 +223,20 @@ impl RateTracker {
             };
             end = Some(end.map_or(heard, |end| end.min(heard)));
         }
-        // Usually nobody left: only the names of those who did are collected.
-        let gone: Vec<String> = self
-            .pods
-            .keys()
-            .filter(|name| !present.contains(name.as_str()))
-            .cloned()
-            .collect();
+        // Usually nobody left, and the names come in order (from the pod index), so distinct:
+        // then as many of them with a history as there are histories means no history is
+        // left unnamed, with no set to build each round.
+        let nobody_left = tracked == self.pods.len() && present.is_sorted_by(|a, b| a < b);
+        let gone: Vec<String> = if nobody_left {
+            Vec::new()
+        } else {
+            let present: BTreeSet<&str> = present.into_iter().collect();
+            self.pods
+                .keys()
+                .filter(|name| !present.contains(name.as_str()))
+                .cloned()
+                .collect()
+        };
         for name in gone {
             self.ended.extend(self.pods.remove(&name));
         }
@@ -574,6 +585,30 @@ mod tests {
         assert!(rates.pods.contains_key("a"));
         rates.update(secs(42), SPAN, std::iter::empty());
         assert!(rates.pods.is_empty());
+    }
+
+    #[test]
+    fn a_pod_gone_is_forgotten_whatever_else_the_round_names() {
+        let read = |rates: &mut RateTracker, t: u64, pods: &[(&str, bool)]| {
+            let s = snapshot(t, t, 0.0);
+            let named: Vec<_> = pods
+                .iter()
+                .map(|(name, read)| (*name, read.then_some(&s), Duration::ZERO))
+                .collect();
+            rates.update(secs(t), SPAN, named);
+        };
+        let mut rates = RateTracker::default();
+        read(&mut rates, 0, &[("a", true), ("c", true)]);
+        // As many names as histories, in order, but b was never read and c is gone.
+        read(&mut rates, 1, &[("a", true), ("b", false)]);
+        assert_eq!(rates.pods.keys().collect::<Vec<_>>(), ["a"], "c is gone");
+        // Out of order: d joins, and a is gone.
+        read(&mut rates, 2, &[("e", true), ("d", true)]);
+        read(&mut rates, 3, &[("e", true), ("d", true)]);
+        assert_eq!(rates.pods.keys().collect::<Vec<_>>(), ["d", "e"]);
+        // Named twice (no index does that): a name counts once.
+        read(&mut rates, 4, &[("d", true), ("d", true)]);
+        assert_eq!(rates.pods.keys().collect::<Vec<_>>(), ["d"]);
     }
 
     /// Drives three pods sharing `total` arrivals a second evenly (0.5 s each) for 20 s, then
