@@ -637,15 +637,19 @@ async fn watch_stream(
     let idle = tokio::time::sleep_until(heard + config.watch_idle_timeout);
     tokio::pin!(idle);
     loop {
-        let data = tokio::select! {
-            biased;
-            data = response.data() => data.map_err(|e| ReadError::Http(e.to_string()))?,
-            () = &mut idle => {
-                if heard.elapsed() >= config.watch_idle_timeout {
-                    return Err(ReadError::Timeout);
+        // The read goes on across a moved deadline: a chunk half taken is not dropped.
+        let next = response.data();
+        tokio::pin!(next);
+        let data = loop {
+            tokio::select! {
+                biased;
+                data = &mut next => break data.map_err(|e| ReadError::Http(e.to_string()))?,
+                () = &mut idle => {
+                    if heard.elapsed() >= config.watch_idle_timeout {
+                        return Err(ReadError::Timeout);
+                    }
+                    idle.as_mut().reset(heard + config.watch_idle_timeout);
                 }
-                idle.as_mut().reset(heard + config.watch_idle_timeout);
-                continue;
             }
         };
         let Some(data) = data else {
@@ -963,6 +967,75 @@ mod tests {
             .await
             .expect("the fresh reading is announced");
         assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stream_silent_past_its_idle_timeout_is_given_up_for_polls() {
+        // A sidecar whose watch stream sends one line and then nothing, its connection open;
+        // its polls answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                if String::from_utf8_lossy(&request[..n]).contains("watch=true") {
+                    let line = format!("{SNAPSHOT}\n");
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
+                        line.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    held.push(socket);
+                } else {
+                    let _ = socket.write_all(http("200 OK", SNAPSHOT).as_bytes()).await;
+                }
+            }
+        });
+        #[derive(Default)]
+        struct Reads {
+            lines: std::sync::atomic::AtomicUsize,
+            polls: std::sync::atomic::AtomicUsize,
+        }
+        impl ReadObserver for Reads {
+            fn read_ok(&self, _: Duration, watch: bool) {
+                let count = if watch { &self.lines } else { &self.polls };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            fn read_failed(&self, _: &'static str) {}
+        }
+        let reads = Arc::new(Reads::default());
+        let idle = Duration::from_millis(800);
+        let config = ReaderConfig {
+            watch: true,
+            watch_idle_timeout: idle,
+            stale_after: Duration::from_millis(300),
+            ..config(address.port())
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let readers = SidecarReaders::new(config, tx, reads.clone());
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        let started = Instant::now();
+        readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+        timeout(Duration::from_secs(5), async {
+            while reads.polls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the silent stream is given up and the pod polled");
+        assert_eq!(reads.lines.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            started.elapsed() >= idle,
+            "given up after {:?}, before its idle timeout",
+            started.elapsed()
+        );
+        assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok(), "polled");
     }
 
     #[tokio::test]
