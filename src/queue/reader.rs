@@ -354,10 +354,9 @@ impl SidecarReaders {
                         snapshot: snapshot.clone(),
                         age: now.duration_since(*at).min(*held_back),
                     }),
-                    Some(Reading::Snapshot { at, .. }) => Err(Unavailable::Failed(format!(
-                        "last reading is {:.1}s old",
-                        now.duration_since(*at).as_secs_f64()
-                    ))),
+                    Some(Reading::Snapshot { at, held_back, .. }) => Err(Unavailable::Failed(
+                        stale(now.duration_since(*at), *held_back),
+                    )),
                     Some(Reading::Failed { error }) => Err(Unavailable::Failed(error.clone())),
                     None => Err(Unavailable::NotReadYet),
                 },
@@ -367,8 +366,8 @@ impl SidecarReaders {
 
     /// A number that changes whenever anything recorded about `pool`'s sidecars changes, other
     /// than the time of a repeated reading (0: nothing recorded). Equal versions mean equal
-    /// [`SidecarReaders::snapshots`], as long as none has gone stale; the readers record a
-    /// watch stream that stays silent that long as a failure, so that this holds.
+    /// [`SidecarReaders::snapshots`], as long as none has gone stale; the sweep records a reading
+    /// that old as a failure within a second, so that this holds.
     pub fn version(&self, pool: &PoolKey) -> u64 {
         self.slot(pool)
             .map_or(0, |slot| lock(&slot.readings).version)
@@ -391,6 +390,19 @@ impl Drop for SidecarReaders {
         {
             reader.task.abort();
         }
+    }
+}
+
+/// Why a reading this old no longer counts: a watch stream's (held back by its pace) went
+/// silent, a poll's is simply old.
+fn stale(age: Duration, held_back: Duration) -> String {
+    if held_back.is_zero() {
+        format!("last reading is {:.1}s old", age.as_secs_f64())
+    } else {
+        format!(
+            "no line from the watch stream for {:.1}s",
+            age.as_secs_f64()
+        )
     }
 }
 
@@ -417,15 +429,9 @@ fn sweep_silent(
             if age <= config.stale_after {
                 continue;
             }
-            let error = if held_back.is_zero() {
-                format!("last reading is {:.1}s old", age.as_secs_f64())
-            } else {
-                format!(
-                    "no line from the watch stream for {:.1}s",
-                    age.as_secs_f64()
-                )
+            *reading = Reading::Failed {
+                error: stale(age, *held_back),
             };
-            *reading = Reading::Failed { error };
             went_stale = true;
         }
         if went_stale {
@@ -1012,6 +1018,8 @@ mod tests {
             watch: true,
             watch_idle_timeout: idle,
             stale_after: Duration::from_millis(300),
+            // The stream is tried again ten intervals after it is given up: not within the test.
+            poll_interval: Duration::from_secs(1),
             ..config(address.port())
         };
         let (tx, _rx) = mpsc::unbounded_channel();
