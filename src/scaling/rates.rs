@@ -184,17 +184,13 @@ impl RateTracker {
         // busy pool low by what is not heard yet, or guess it from a young pod's first
         // moments. With no pod read this round, the window ends now and the rate decays with
         // what is known.
-        let mut present = Vec::new();
-        // How many of them have a history after this round's readings.
-        let mut tracked = 0;
+        let mut present = BTreeSet::new();
         let mut end: Option<Duration> = None;
         for (name, snapshot, age) in pods {
-            present.push(name);
+            present.insert(name);
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
-                tracked += usize::from(self.pods.contains_key(name));
                 continue;
             };
-            tracked += 1;
             let reading = Counters::read(now.saturating_sub(age), snapshot);
             let heard = match self.pods.get_mut(name) {
                 Some(history) if reading.went_back_from(&history.latest) => {
@@ -223,20 +219,13 @@ impl RateTracker {
             };
             end = Some(end.map_or(heard, |end| end.min(heard)));
         }
-        // Usually nobody left, and the names come in order (from the pod index), so distinct:
-        // then as many of them with a history as there are histories means no history is
-        // left unnamed, with no set to build each round.
-        let nobody_left = tracked == self.pods.len() && present.is_sorted_by(|a, b| a < b);
-        let gone: Vec<String> = if nobody_left {
-            Vec::new()
-        } else {
-            let present: BTreeSet<&str> = present.into_iter().collect();
-            self.pods
-                .keys()
-                .filter(|name| !present.contains(name.as_str()))
-                .cloned()
-                .collect()
-        };
+        // Usually nobody left: only the names of those who did are collected.
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|name| !present.contains(name.as_str()))
+            .cloned()
+            .collect();
         for name in gone {
             self.ended.extend(self.pods.remove(&name));
         }
