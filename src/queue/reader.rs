@@ -496,35 +496,38 @@ impl PodReader {
 /// Follows one pod's sidecar for as long as the task lives: its watch stream, or polls while
 /// the stream does not work. The task's state is mostly the watch stream's (the stream is where
 /// a reader spends its life); the connects and polls live in boxes of their own while they run,
-/// since ten thousand readers make every hundred bytes of it a megabyte.
-async fn read_pod(
+/// since ten thousand readers make every hundred bytes of it a megabyte. (An async block, not
+/// an async fn: a fn's future keeps its arguments twice, as arguments and as locals.)
+fn read_pod(
     reader: PodReader,
     address: SocketAddr,
     config: Arc<ReaderConfig>,
     polls: Arc<Semaphore>,
     observer: Arc<dyn ReadObserver>,
-) {
-    let mut next_watch_attempt = Instant::now();
-    loop {
-        if config.watch && Instant::now() >= next_watch_attempt {
-            let outcome = watch_stream(address, &config, |snapshot, latency| {
-                observer.read_ok(latency, true);
-                reader.record(Reading::fresh(snapshot, config.watch_pace));
-            })
-            .await;
-            // Until the watch works again, polling keeps the data fresh. A sidecar that is not
-            // listening yet (its pod is starting) is asked again at the next poll, so that a
-            // new worker is followed by its stream as soon as it is up; one that answered but
-            // refused or ended the stream, after ten polls.
-            next_watch_attempt = match &outcome {
-                Err(ReadError::Connect(..)) => Instant::now(),
-                _ => Instant::now() + config.poll_interval * 10,
-            };
-            if let Err(error) = outcome {
-                tracing::debug!(pool = %reader.slot.pool.name, pod = %reader.pod, %error, "watch stream ended; polling");
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let mut next_watch_attempt = Instant::now();
+        loop {
+            if config.watch && Instant::now() >= next_watch_attempt {
+                let outcome = watch_stream(address, &config, |snapshot, latency| {
+                    observer.read_ok(latency, true);
+                    reader.record(Reading::fresh(snapshot, config.watch_pace));
+                })
+                .await;
+                // Until the watch works again, polling keeps the data fresh. A sidecar that is not
+                // listening yet (its pod is starting) is asked again at the next poll, so that a
+                // new worker is followed by its stream as soon as it is up; one that answered but
+                // refused or ended the stream, after ten polls.
+                next_watch_attempt = match &outcome {
+                    Err(ReadError::Connect(..)) => Instant::now(),
+                    _ => Instant::now() + config.poll_interval * 10,
+                };
+                if let Err(error) = outcome {
+                    tracing::debug!(pool = %reader.slot.pool.name, pod = %reader.pod, %error, "watch stream ended; polling");
+                }
             }
+            Box::pin(poll_and_wait(&reader, address, &config, &polls, &*observer)).await;
         }
-        Box::pin(poll_and_wait(&reader, address, &config, &polls, &*observer)).await;
     }
 }
 
@@ -617,81 +620,83 @@ fn line_hash(line: &[u8]) -> u64 {
 /// Follows `GET /queue?watch=true`, handing each valid line to `on_line` with how long the first
 /// one took since the request (zero for the rest), until the stream breaks, goes silent past the
 /// idle timeout, or sends garbage.
-async fn watch_stream(
+fn watch_stream(
     address: SocketAddr,
     config: &ReaderConfig,
     mut on_line: impl FnMut(QueueSnapshot, Duration),
-) -> Result<(), ReadError> {
-    let started = Instant::now();
-    let mut response = Box::pin(timeout(
-        config.request_timeout,
-        get(address, &watch_target(config.watch_pace), config),
-    ))
-    .await
-    .map_err(|_| ReadError::Timeout)??;
-    if !(200..300).contains(&response.status) {
-        return Err(ReadError::Status(response.status));
-    }
-    let mut buffer = BytesMut::new();
-    let mut first = true;
-    // A heartbeat repeats the last line: it is not parsed again. Its hash is kept rather than
-    // the line: ten thousand streams each holding a line would cost megabytes.
-    let mut last: Option<(u64, QueueSnapshot)> = None;
-    // One deadline for the whole stream, moved only when it passes (a few times a minute)
-    // rather than at every line: most lines arrive long before it.
-    let mut heard = Instant::now();
-    let idle = tokio::time::sleep_until(heard + config.watch_idle_timeout);
-    tokio::pin!(idle);
-    loop {
-        // The read goes on across a moved deadline: a chunk half taken is not dropped.
-        let next = response.data();
-        tokio::pin!(next);
-        let data = loop {
-            tokio::select! {
+) -> impl Future<Output = Result<(), ReadError>> {
+    async move {
+        let started = Instant::now();
+        let mut response = Box::pin(timeout(
+            config.request_timeout,
+            get(address, &watch_target(config.watch_pace), config),
+        ))
+        .await
+        .map_err(|_| ReadError::Timeout)??;
+        if !(200..300).contains(&response.status) {
+            return Err(ReadError::Status(response.status));
+        }
+        let mut buffer = BytesMut::new();
+        let mut first = true;
+        // A heartbeat repeats the last line: it is not parsed again. Its hash is kept rather than
+        // the line: ten thousand streams each holding a line would cost megabytes.
+        let mut last: Option<(u64, QueueSnapshot)> = None;
+        // One deadline for the whole stream, moved only when it passes (a few times a minute)
+        // rather than at every line: most lines arrive long before it.
+        let mut heard = Instant::now();
+        let idle = tokio::time::sleep_until(heard + config.watch_idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            // The body's state is in the response, not in the read's future: the read can be
+            // dropped at the deadline and taken up again with nothing lost.
+            let data = tokio::select! {
                 biased;
-                data = &mut next => break data.map_err(|e| ReadError::Http(e.to_string()))?,
+                data = std::future::poll_fn(|cx| response.poll_data(cx)) => {
+                    data.map_err(|e| ReadError::Http(e.to_string()))?
+                }
                 () = &mut idle => {
                     if heard.elapsed() >= config.watch_idle_timeout {
                         return Err(ReadError::Timeout);
                     }
                     idle.as_mut().reset(heard + config.watch_idle_timeout);
-                }
-            }
-        };
-        let Some(data) = data else {
-            return Err(ReadError::Http("stream closed".into()));
-        };
-        heard = Instant::now();
-        buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line = buffer.split_to(end + 1);
-            let line = &line[..end];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let hash = line_hash(line);
-            let snapshot = match &last {
-                Some((previous, snapshot)) if *previous == hash => snapshot.clone(),
-                _ => {
-                    let snapshot = QueueSnapshot::parse(line)
-                        .map_err(|e| ReadError::Invalid(e.to_string()))?;
-                    last = Some((hash, snapshot.clone()));
-                    snapshot
+                    continue;
                 }
             };
-            let latency = if first {
-                started.elapsed()
-            } else {
-                Duration::ZERO
+            let Some(data) = data else {
+                return Err(ReadError::Http("stream closed".into()));
             };
-            first = false;
-            on_line(snapshot, latency);
-        }
-        if buffer.is_empty() {
-            // Lines come whole, a second or more apart: hold no memory between them.
-            buffer = BytesMut::new();
-        } else if buffer.remaining() > MAX_BODY {
-            return Err(ReadError::Invalid("line too long".into()));
+            heard = Instant::now();
+            buffer.extend_from_slice(&data);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line = buffer.split_to(end + 1);
+                let line = &line[..end];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let hash = line_hash(line);
+                let snapshot = match &last {
+                    Some((previous, snapshot)) if *previous == hash => snapshot.clone(),
+                    _ => {
+                        let snapshot = QueueSnapshot::parse(line)
+                            .map_err(|e| ReadError::Invalid(e.to_string()))?;
+                        last = Some((hash, snapshot.clone()));
+                        snapshot
+                    }
+                };
+                let latency = if first {
+                    started.elapsed()
+                } else {
+                    Duration::ZERO
+                };
+                first = false;
+                on_line(snapshot, latency);
+            }
+            if buffer.is_empty() {
+                // Lines come whole, a second or more apart: hold no memory between them.
+                buffer = BytesMut::new();
+            } else if buffer.remaining() > MAX_BODY {
+                return Err(ReadError::Invalid("line too long".into()));
+            }
         }
     }
 }
@@ -1087,7 +1092,8 @@ mod tests {
     #[test]
     fn a_readers_task_stays_small() {
         // Ten thousand readers make every hundred bytes of a reader's state a megabyte: what
-        // runs rarely (connects, polls) is boxed while it runs, not kept in every task.
+        // runs rarely (connects, polls) is boxed while it runs, not kept in every task, and the
+        // stream's read keeps its state in the response rather than in a future.
         let (tx, _rx) = mpsc::unbounded_channel();
         let reader = PodReader {
             slot: Arc::new(PoolSlot {
@@ -1109,6 +1115,6 @@ mod tests {
             Arc::new(NoMetrics),
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1200, "a reader's task holds {size} bytes");
+        assert!(size <= 640, "a reader's task holds {size} bytes");
     }
 }

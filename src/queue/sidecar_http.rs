@@ -6,8 +6,11 @@
 //! readable, and only then takes one. Anything malformed or oversized is an error, never a
 //! guess.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Bytes read at a time at least: a snapshot line is about 250.
@@ -40,6 +43,10 @@ enum Framing {
     Length(u64),
     /// Data left in the current chunk; `None` between chunks (a size line comes next).
     Chunked(Option<u64>),
+    /// A chunk's data has all been handed over; its CRLF comes next.
+    ChunkEnd,
+    /// The last chunk came; trailer lines come next, up to an empty one.
+    Trailers,
     UntilClose,
     Done,
 }
@@ -122,29 +129,49 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, HttpError> {
     }
 }
 
-/// Reads what has arrived onto `buffer`; 0 at the end of the stream. An empty buffer gives its
-/// memory back before the wait: an idle watch stream (all of them, between lines) holds none.
+/// Reads what has arrived onto `buffer`; 0 at the end of the stream.
 async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<usize, HttpError> {
-    if buffer.is_empty() {
+    std::future::poll_fn(|cx| poll_read_more(stream, buffer, cx)).await
+}
+
+/// [`read_more`] as a poll. An empty buffer gives its memory back before the wait: an idle
+/// watch stream (all of them, between lines) holds none.
+fn poll_read_more(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, HttpError>> {
+    if buffer.is_empty() && buffer.capacity() > 0 {
         *buffer = BytesMut::new();
     }
-    stream.readable().await?;
+    ready!(stream.poll_read_ready(cx))?;
     buffer.reserve(READ_SIZE);
     // Through `AsyncRead` rather than `try_read_buf`: a read that leaves part of the buffer
     // empty tells tokio the socket is drained, so the next wait sleeps at once instead of
     // after a read that finds nothing (a second system call for every watch line).
-    Ok(stream.read_buf(buffer).await?)
+    Poll::Ready(Ok(ready!(tokio_util::io::poll_read_buf(
+        Pin::new(stream),
+        cx,
+        buffer
+    ))?))
 }
 
 impl Response {
     /// The next piece of the body; `None` once it has all arrived.
     pub async fn data(&mut self) -> Result<Option<Bytes>, HttpError> {
+        std::future::poll_fn(|cx| self.poll_data(cx)).await
+    }
+
+    /// [`Response::data`] as a poll. Where the body stands is kept in the response itself, not
+    /// in a future: a poll left pending and dropped loses nothing, and a watch stream waiting
+    /// for its next line holds no future of a few hundred bytes (times ten thousand streams).
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, HttpError>> {
         loop {
             match self.framing {
-                Framing::Done => return Ok(None),
+                Framing::Done => return Poll::Ready(Ok(None)),
                 Framing::Length(0) => {
                     self.framing = Framing::Done;
-                    return Ok(None);
+                    return Poll::Ready(Ok(None));
                 }
                 Framing::Length(left) | Framing::Chunked(Some(left)) if !self.buffer.is_empty() => {
                     let take = usize::try_from(left)
@@ -152,69 +179,75 @@ impl Response {
                         .min(self.buffer.len());
                     let piece = self.buffer.split_to(take).freeze();
                     let left = left - take as u64;
-                    let chunked = matches!(self.framing, Framing::Chunked(_));
-                    self.framing = if !chunked {
-                        Framing::Length(left)
-                    } else if left == 0 {
-                        self.expect_crlf().await?;
-                        Framing::Chunked(None)
-                    } else {
-                        Framing::Chunked(Some(left))
+                    self.framing = match self.framing {
+                        Framing::Chunked(_) if left == 0 => Framing::ChunkEnd,
+                        Framing::Chunked(_) => Framing::Chunked(Some(left)),
+                        _ => Framing::Length(left),
                     };
-                    return Ok(Some(piece));
+                    return Poll::Ready(Ok(Some(piece)));
                 }
-                Framing::Chunked(None) => {
-                    let line = self.line(MAX_CHUNK_LINE).await?;
-                    let size = chunk_size(&line)?;
-                    if size == 0 {
-                        // Trailers, up to the empty line that ends the message.
-                        while !self.line(MAX_CHUNK_LINE).await?.is_empty() {}
-                        self.framing = Framing::Done;
-                        return Ok(None);
+                Framing::ChunkEnd => match self.take_line(2)? {
+                    Some(line) if line.is_empty() => self.framing = Framing::Chunked(None),
+                    Some(_) => {
+                        return Poll::Ready(Err(HttpError::Malformed(
+                            "chunk data longer than its size",
+                        )));
                     }
-                    self.framing = Framing::Chunked(Some(size));
-                }
+                    None => ready!(self.poll_more_or_closed(cx))?,
+                },
+                Framing::Chunked(None) => match self.take_line(MAX_CHUNK_LINE)? {
+                    Some(line) => {
+                        self.framing = match chunk_size(&line)? {
+                            0 => Framing::Trailers,
+                            size => Framing::Chunked(Some(size)),
+                        };
+                    }
+                    None => ready!(self.poll_more_or_closed(cx))?,
+                },
+                Framing::Trailers => match self.take_line(MAX_CHUNK_LINE)? {
+                    Some(line) if line.is_empty() => {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(Ok(None));
+                    }
+                    Some(_) => {}
+                    None => ready!(self.poll_more_or_closed(cx))?,
+                },
                 Framing::UntilClose if !self.buffer.is_empty() => {
-                    return Ok(Some(self.buffer.split().freeze()));
+                    return Poll::Ready(Ok(Some(self.buffer.split().freeze())));
                 }
                 Framing::UntilClose => {
-                    if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
+                    if ready!(poll_read_more(&mut self.stream, &mut self.buffer, cx))? == 0 {
                         self.framing = Framing::Done;
-                        return Ok(None);
+                        return Poll::Ready(Ok(None));
                     }
                 }
                 Framing::Length(_) | Framing::Chunked(Some(_)) => {
-                    if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
-                        return Err(HttpError::Closed);
-                    }
+                    ready!(self.poll_more_or_closed(cx))?;
                 }
             }
         }
     }
 
-    /// One CRLF-terminated line (without its end), at most `max` bytes long.
-    async fn line(&mut self, max: usize) -> Result<BytesMut, HttpError> {
-        loop {
-            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-                let mut line = self.buffer.split_to(end + 2);
-                line.truncate(end);
-                return Ok(line);
-            }
-            if self.buffer.len() > max {
-                return Err(HttpError::Malformed("line too long"));
-            }
-            if read_more(&mut self.stream, &mut self.buffer).await? == 0 {
-                return Err(HttpError::Closed);
-            }
+    /// More of the body read onto the buffer; an error if the connection ended instead.
+    fn poll_more_or_closed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        match ready!(poll_read_more(&mut self.stream, &mut self.buffer, cx))? {
+            0 => Poll::Ready(Err(HttpError::Closed)),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
-    async fn expect_crlf(&mut self) -> Result<(), HttpError> {
-        if self.line(2).await?.is_empty() {
-            Ok(())
-        } else {
-            Err(HttpError::Malformed("chunk data longer than its size"))
+    /// One CRLF-terminated line (without its end) off the buffer, at most `max` bytes long;
+    /// `None` while the buffer holds no whole line.
+    fn take_line(&mut self, max: usize) -> Result<Option<BytesMut>, HttpError> {
+        if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+            let mut line = self.buffer.split_to(end + 2);
+            line.truncate(end);
+            return Ok(Some(line));
         }
+        if self.buffer.len() > max {
+            return Err(HttpError::Malformed("line too long"));
+        }
+        Ok(None)
     }
 }
 
@@ -233,6 +266,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// Both ends of a loopback TCP connection: the client's, the server's.
@@ -312,6 +346,30 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert!(exchange(&many).await.is_err(), "accepted too many headers");
+    }
+
+    #[tokio::test]
+    async fn a_read_left_pending_and_dropped_loses_nothing() {
+        let (client, mut server) = connection().await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1")
+            .await
+            .expect("write");
+        let mut response = get(client, "pod", "/queue?watch=true").await.expect("head");
+        // Half a chunk-size line has arrived: the read waits, and is given up (a watch stream
+        // does so at its idle deadline).
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(response.poll_data(&mut cx).is_pending());
+        server
+            .write_all(b"0\r\n0123456789abcdef\r\n0\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(
+            response.data().await.expect("piece").as_deref(),
+            Some(&b"0123456789abcdef"[..])
+        );
+        assert_eq!(response.data().await, Ok(None));
     }
 
     #[tokio::test]
