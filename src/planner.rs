@@ -3,6 +3,7 @@
 //! unit-tested here; reconcile gathers the inputs and carries the plan out.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -89,12 +90,13 @@ impl RestStamp {
 /// One worker pod as reconcile sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerPod {
-    pub(crate) name: String,
+    /// Shared with the pod index, the readers and the scaler's histories.
+    pub(crate) name: Arc<str>,
     pub(crate) ip: Option<IpAddr>,
     pub(crate) ready: bool,
     pub(crate) crash_looping: bool,
     /// The Deployment revision the pod was made from (its `pod-template-hash` label).
-    pub(crate) template: Option<String>,
+    pub(crate) template: Option<Arc<str>>,
 }
 
 /// Step 3's result.
@@ -194,7 +196,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
     }
     // A recycled worker that is gone (or going) ends its recycling.
     if let Some((pod, _)) = &entry.recycling
-        && !workers.iter().any(|p| &p.name == pod)
+        && !workers.iter().any(|p| *p.name == **pod)
     {
         entry.recycling = None;
         entry.surge = None;
@@ -312,9 +314,9 @@ impl<'a> CrashLoops<'a> {
             .iter()
             .partition(|p| p.template.as_deref().is_some_and(|t| serving.contains(&t)));
         Self {
-            alone: alone.iter().map(|p| p.name.as_str()).collect(),
+            alone: alone.iter().map(|p| &*p.name).collect(),
             template_wide: !wide.is_empty(),
-            all: crashing.iter().map(|p| p.name.as_str()).collect(),
+            all: crashing.iter().map(|p| &*p.name).collect(),
         }
     }
 
@@ -360,7 +362,7 @@ fn recycle_step(
     };
     match memory.recycling.clone() {
         Some((pod, why)) => {
-            let ready_others = pods.iter().filter(|p| p.ready && p.name != pod).count();
+            let ready_others = pods.iter().filter(|p| p.ready && *p.name != *pod).count();
             if ready_others >= usize::try_from(decided).unwrap_or(0) {
                 memory.surge = None;
                 RecycleStep {
@@ -383,7 +385,7 @@ fn recycle_step(
                 && pods.iter().all(|p| p.ready);
             let due = readings.iter().find_map(|r| {
                 let why = supervision.due(&r.name, r.snapshot.as_ref()?)?;
-                Some((r.name.clone(), why))
+                Some((r.name.to_string(), why))
             });
             // A crash-looping worker is never ready, so the pool is never settled while it is
             // there: it goes first, and does not wait for that.
@@ -419,7 +421,7 @@ fn shrink_victims(
     let mut victims: Vec<String> = retiring.map(str::to_owned).into_iter().collect();
     let others: Vec<Candidate> = candidates
         .iter()
-        .filter(|c| Some(c.name.as_str()) != retiring)
+        .filter(|c| Some(&*c.name) != retiring)
         .cloned()
         .collect();
     victims.extend(choose_victims(&others, count.saturating_sub(victims.len())));

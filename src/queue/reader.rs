@@ -182,7 +182,7 @@ struct PoolSlot {
 
 #[derive(Default)]
 struct PoolReadings {
-    pods: HashMap<String, Reading>,
+    pods: HashMap<Arc<str>, Reading>,
     version: u64,
     /// When a reading that moves the scaler first woke the pool since a reconcile last took
     /// it ([`SidecarReaders::take_wake`]): where the operator's reaction time starts.
@@ -199,7 +199,7 @@ impl PoolReadings {
 /// A pool's readers by pod name, and the readings they record.
 struct PoolReaders {
     slot: Arc<PoolSlot>,
-    running: HashMap<String, Running>,
+    running: HashMap<Arc<str>, Running>,
 }
 
 /// Each pool's readers: a pool's sync touches its own readers only.
@@ -266,12 +266,12 @@ impl SidecarReaders {
 
     /// Makes the set of read pods of `pool` exactly `pods` (name and address): starts readers
     /// for new pods or new addresses, stops the ones for pods that are gone.
-    pub fn sync_pool(&self, pool: &PoolKey, pods: &[(String, IpAddr)]) {
+    pub fn sync_pool(&self, pool: &PoolKey, pods: &[(Arc<str>, IpAddr)]) {
         let mut pools = lock(&self.pools);
         if pods.is_empty() && !pools.contains_key(pool) {
             return;
         }
-        let wanted: HashMap<&str, IpAddr> = pods.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
+        let wanted: HashMap<&str, IpAddr> = pods.iter().map(|(n, ip)| (&**n, *ip)).collect();
         let readers = pools.entry(pool.clone()).or_insert_with(|| PoolReaders {
             slot: Arc::new(PoolSlot {
                 pool: pool.clone(),
@@ -281,7 +281,7 @@ impl SidecarReaders {
         });
         let slot = &readers.slot;
         readers.running.retain(|pod, reader| {
-            let keep = wanted.get(pod.as_str()) == Some(&reader.address);
+            let keep = wanted.get(&**pod) == Some(&reader.address);
             if !keep {
                 reader.task.abort();
                 let mut readings = lock(&slot.readings);
@@ -449,7 +449,7 @@ fn sweep_silent(
 /// What one pod's reader records into, and whom it wakes.
 struct PodReader {
     slot: Arc<PoolSlot>,
-    pod: String,
+    pod: Arc<str>,
     counter: Arc<ChangeCounter>,
     changes: mpsc::UnboundedSender<PoolKey>,
 }
@@ -459,7 +459,7 @@ impl PodReader {
     fn record(&self, reading: Reading) {
         let changed = {
             let mut readings = lock(&self.slot.readings);
-            let previous = readings.pods.get_mut(self.pod.as_str());
+            let previous = readings.pods.get_mut(&*self.pod);
             // What moves the scaler wakes the pool at once: the rule by which a paced stream
             // sends a line at once (`moves_at_once`). Anything else a plan reads (a request or
             // two in or out, counters) is a new version, planned at the next decision round;

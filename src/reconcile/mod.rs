@@ -545,7 +545,7 @@ async fn observe(
         owned_object(&ctx.client, &ctx.caches.services, key, "Service"),
     )?;
     let observed = assemble(pool, key, ctx, deployment, service);
-    let readable: Vec<(String, IpAddr)> = observed
+    let readable: Vec<(Arc<str>, IpAddr)> = observed
         .pods
         .iter()
         .filter_map(|p| Some((p.name.clone(), p.ip?)))
@@ -667,7 +667,7 @@ fn decide(
 ) -> Plan {
     let readings = ctx
         .readers
-        .snapshots(key, observed.pods.iter().map(|p| p.name.as_str()));
+        .snapshots(key, observed.pods.iter().map(|p| &*p.name));
     let input = PlanInput {
         pool,
         effective,

@@ -4,7 +4,7 @@
 //! reflector store is, and read by reconciles. Each pod is kept as the few facts reconcile
 //! reads ([`IndexedPod`]), not as the Pod object: a Pod, even trimmed, is several KiB.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -32,21 +32,29 @@ pub(crate) struct IndexedPod {
 }
 
 impl IndexedPod {
-    fn of(pod: &Pod) -> Self {
+    /// What is kept of `pod`, filed as `name`; its template's hash shared with `sibling`'s
+    /// where they are the same (a pool's pods come from one or two templates).
+    fn of(pod: &Pod, name: Arc<str>, sibling: Option<&IndexedPod>) -> Self {
+        let template = pod.labels().get("pod-template-hash").map(|hash| {
+            match sibling.and_then(|s| s.worker.template.as_ref()) {
+                Some(shared) if **shared == **hash => shared.clone(),
+                _ => Arc::from(hash.as_str()),
+            }
+        });
         let status = pod.status.as_ref();
         let finished = matches!(
             status.and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
         Self {
-            worker: worker_pod(pod),
+            worker: worker_pod(pod, name, template),
             leaving: pod.metadata.deletion_timestamp.is_some() || finished,
             deletion_cost: pod.annotations().get(DELETION_COST).cloned(),
         }
     }
 }
 
-fn worker_pod(pod: &Pod) -> WorkerPod {
+fn worker_pod(pod: &Pod, name: Arc<str>, template: Option<Arc<str>>) -> WorkerPod {
     let status = pod.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
@@ -61,23 +69,24 @@ fn worker_pod(pod: &Pod) -> WorkerPod {
             })
         });
     WorkerPod {
-        name: pod.name_any(),
+        name,
         ip: status
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok()),
         ready,
         crash_looping,
-        template: pod.labels().get("pod-template-hash").cloned(),
+        template,
     }
 }
 
-/// A pod's namespace and name.
-type PodName = (String, String);
+/// A pod's namespace and name. Both are shared: the namespace by every pod in it, the name with
+/// the pod's entry in its pool (at ten thousand pods, every copy of every name is a megabyte).
+type PodName = (Arc<str>, Arc<str>);
 
 /// One pool's pods by name, and the index's change count when they last changed.
 #[derive(Default)]
 struct PoolPods {
-    pods: BTreeMap<String, Arc<IndexedPod>>,
+    pods: BTreeMap<Arc<str>, Arc<IndexedPod>>,
     version: u64,
     /// Its workers (the pods not leaving), made on first read after a change: a busy pool is
     /// planned every second, and its pods change far less often.
@@ -93,33 +102,65 @@ impl PoolPods {
 
 #[derive(Default)]
 struct Pods {
-    by_pool: HashMap<PoolKey, PoolPods>,
+    by_pool: HashMap<Arc<PoolKey>, PoolPods>,
     /// The pool each pod is filed under, so that a pod whose label changes leaves its old pool.
-    pool_of: HashMap<PodName, PoolKey>,
+    pool_of: HashMap<PodName, Arc<PoolKey>>,
+    /// Every namespace a pod was seen in, each held once.
+    namespaces: HashSet<Arc<str>>,
 }
 
 impl Pods {
     /// Files `pod`; `change` is a number no earlier change of the index had.
     fn insert(&mut self, pod: &Pod, change: u64) {
-        let Some((name, pool)) = keys(pod) else {
+        let Some((namespace, name, pool)) = keys(pod) else {
             return;
         };
-        if let Some(previous) = self.pool_of.get(&name)
-            && previous != &pool
-        {
-            let previous = previous.clone();
-            self.remove_from(&previous, &name.1, change);
-        }
+        let namespace = self.shared_namespace(namespace);
+        let name = (namespace, Arc::<str>::from(name));
+        let pool = match self.pool_of.get(&name) {
+            Some(previous) if **previous == pool => previous.clone(),
+            Some(previous) => {
+                let previous = previous.clone();
+                self.remove_from(&previous, &name.1, change);
+                self.shared_pool(pool)
+            }
+            None => self.shared_pool(pool),
+        };
         let entry = self.by_pool.entry(pool.clone()).or_default();
-        entry
-            .pods
-            .insert(name.1.clone(), Arc::new(IndexedPod::of(pod)));
+        let (name_in_pool, sibling) = match entry.pods.get_key_value(&name.1) {
+            Some((filed, previous)) => (filed.clone(), Some(previous.clone())),
+            None => (name.1.clone(), entry.pods.values().next().cloned()),
+        };
+        let kept = IndexedPod::of(pod, name_in_pool.clone(), sibling.as_deref());
+        entry.pods.insert(name_in_pool.clone(), Arc::new(kept));
         entry.changed(change);
-        self.pool_of.insert(name, pool);
+        self.pool_of.insert((name.0, name_in_pool), pool);
+    }
+
+    /// The namespace as held by the index (one allocation for all its pods).
+    fn shared_namespace(&mut self, namespace: String) -> Arc<str> {
+        match self.namespaces.get(namespace.as_str()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::<str>::from(namespace);
+                self.namespaces.insert(shared.clone());
+                shared
+            }
+        }
+    }
+
+    /// The pool's key as held by the index, for a pool that may not have pods yet.
+    fn shared_pool(&self, pool: PoolKey) -> Arc<PoolKey> {
+        self.by_pool
+            .get_key_value(&pool)
+            .map_or_else(|| Arc::new(pool), |(shared, _)| shared.clone())
     }
 
     fn remove(&mut self, pod: &Pod, change: u64) {
-        let name = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let name = (
+            Arc::from(pod.namespace().unwrap_or_default()),
+            Arc::from(pod.name_any()),
+        );
         if let Some(pool) = self.pool_of.remove(&name) {
             self.remove_from(&pool, &name.1, change);
         }
@@ -138,11 +179,12 @@ impl Pods {
 
 /// The pod's own key and its pool's; `None` for a pod that names no pool (the watch selects on
 /// the label, so only an object without a namespace or with an empty label).
-fn keys(pod: &Pod) -> Option<(PodName, PoolKey)> {
+fn keys(pod: &Pod) -> Option<(String, String, PoolKey)> {
     let namespace = pod.namespace()?;
     let pool = pod.labels().get(POOL_LABEL).filter(|p| !p.is_empty())?;
     Some((
-        (namespace.clone(), pod.name_any()),
+        namespace.clone(),
+        pod.name_any(),
         PoolKey {
             namespace,
             name: pool.clone(),
@@ -235,7 +277,7 @@ impl PodIndex {
     /// One pod, wherever it is filed.
     pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<IndexedPod>> {
         let pods = read(&self.pods);
-        let key = (namespace.to_owned(), name.to_owned());
+        let key: PodName = (namespace.into(), name.into());
         let pool = pods.pool_of.get(&key)?;
         pods.by_pool.get(pool)?.pods.get(name).cloned()
     }
@@ -287,7 +329,7 @@ mod tests {
         index
             .workers_of(pool)
             .iter()
-            .map(|p| p.name.clone())
+            .map(|p| p.name.to_string())
             .collect()
     }
 
@@ -341,6 +383,32 @@ mod tests {
         // A delete of something never seen changes nothing.
         index.apply(&Event::Delete(pod("a", "ghost", "web")));
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn names_and_template_hashes_are_held_once() {
+        let index = PodIndex::default();
+        let of_template = |name: &str| {
+            let mut pod = pod("a", name, "web");
+            pod.labels_mut()
+                .insert("pod-template-hash".into(), "abc".into());
+            pod
+        };
+        index.apply(&Event::Apply(of_template("web-1")));
+        index.apply(&Event::Apply(of_template("web-2")));
+        let first = index.get("a", "web-1").expect("web-1");
+        // An update keeps the name it was filed under.
+        index.apply(&Event::Apply(of_template("web-1")));
+        let updated = index.get("a", "web-1").expect("web-1");
+        assert!(Arc::ptr_eq(&first.worker.name, &updated.worker.name));
+        let workers = index.workers_of(&key("a", "web"));
+        assert!(Arc::ptr_eq(&workers[0].name, &updated.worker.name));
+        let (one, two) = (&workers[0].template, &workers[1].template);
+        assert_eq!(one.as_deref(), Some("abc"));
+        assert!(Arc::ptr_eq(
+            one.as_ref().expect("hash"),
+            two.as_ref().expect("hash")
+        ));
     }
 
     #[test]
@@ -419,8 +487,8 @@ mod tests {
             }
         }))
         .unwrap();
-        let kept = IndexedPod::of(&pod);
-        assert_eq!(kept.worker.name, "web-1");
+        let kept = IndexedPod::of(&pod, "web-1".into(), None);
+        assert_eq!(&*kept.worker.name, "web-1");
         assert_eq!(kept.worker.ip, Some("10.0.0.7".parse().unwrap()));
         assert!(kept.worker.ready);
         assert!(kept.worker.crash_looping, "not ready after 3 restarts");
@@ -431,9 +499,9 @@ mod tests {
         let mut finished = pod.clone();
         finished.metadata.deletion_timestamp = None;
         finished.status.as_mut().unwrap().phase = Some("Succeeded".into());
-        assert!(IndexedPod::of(&finished).leaving);
+        assert!(IndexedPod::of(&finished, "web-1".into(), None).leaving);
         finished.status.as_mut().unwrap().phase = Some("Running".into());
-        assert!(!IndexedPod::of(&finished).leaving);
+        assert!(!IndexedPod::of(&finished, "web-1".into(), None).leaving);
     }
 
     /// Whether waiting for readiness would block now.

@@ -1,7 +1,9 @@
 //! Arrival rate and mean service time from the sidecars' monotonic counters: the inputs of
 //! Little's law. Counters survive a missed read, so a rate is right even across a gap.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use asyncpool_contract::queue::{QueueSnapshot, Scope};
@@ -140,7 +142,7 @@ impl History {
 /// pod that joined or left, which read low after each scale step, recycle and restart.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct RateTracker {
-    pods: BTreeMap<String, History>,
+    pods: BTreeMap<Arc<str>, History>,
     /// Histories of pods gone or restarted, kept while they overlap the window.
     ended: Vec<History>,
     /// The service time measured in the last balanced round, used until the next one.
@@ -172,12 +174,15 @@ impl RateTracker {
     /// over about `span` (over less while the tracker is younger). Only pod-scoped readings
     /// have rates: a pool-wide source has no per-pod counters to add up. A pod that missed one
     /// read keeps its history.
-    pub(super) fn update<'a>(
+    pub(super) fn update<'a, Name>(
         &mut self,
         now: Duration,
         span: Duration,
-        pods: impl IntoIterator<Item = (&'a str, Option<&'a QueueSnapshot>, Duration)>,
-    ) -> Option<RateEstimate> {
+        pods: impl IntoIterator<Item = (Name, Option<&'a QueueSnapshot>, Duration)>,
+    ) -> Option<RateEstimate>
+    where
+        Name: Borrow<str> + Ord + Clone + Into<Arc<str>>,
+    {
         // Every pod named this round, and where the window ends: where every pod read this
         // round has been heard up to. A paced stream's latest line is up to a pace old (the
         // fleet's lines arrive together, on the clock), and counting to `now` would read every
@@ -187,12 +192,12 @@ impl RateTracker {
         let mut present = BTreeSet::new();
         let mut end: Option<Duration> = None;
         for (name, snapshot, age) in pods {
-            present.insert(name);
+            present.insert(name.clone());
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
                 continue;
             };
             let reading = Counters::read(now.saturating_sub(age), snapshot);
-            let heard = match self.pods.get_mut(name) {
+            let heard = match self.pods.get_mut(name.borrow()) {
                 Some(history) if reading.went_back_from(&history.latest) => {
                     // The sidecar restarted since its last reading and counted from zero.
                     let restart = Counters {
@@ -212,18 +217,17 @@ impl RateTracker {
                     history.latest.at
                 }
                 None => {
-                    self.pods
-                        .insert(name.to_owned(), History::starting_at(reading));
+                    self.pods.insert(name.into(), History::starting_at(reading));
                     reading.at
                 }
             };
             end = Some(end.map_or(heard, |end| end.min(heard)));
         }
         // Usually nobody left: only the names of those who did are collected.
-        let gone: Vec<String> = self
+        let gone: Vec<Arc<str>> = self
             .pods
             .keys()
-            .filter(|name| !present.contains(name.as_str()))
+            .filter(|name| !present.contains(&***name))
             .cloned()
             .collect();
         for name in gone {
@@ -572,7 +576,7 @@ mod tests {
         // A pod that misses a read keeps its history; one that is gone loses it.
         rates.update(secs(41), SPAN, [("a", None, Duration::ZERO)]);
         assert!(rates.pods.contains_key("a"));
-        rates.update(secs(42), SPAN, std::iter::empty());
+        rates.update(secs(42), SPAN, std::iter::empty::<(&str, _, _)>());
         assert!(rates.pods.is_empty());
     }
 
@@ -590,14 +594,21 @@ mod tests {
         read(&mut rates, 0, &[("a", true), ("c", true)]);
         // As many names as histories, in order, but b was never read and c is gone.
         read(&mut rates, 1, &[("a", true), ("b", false)]);
-        assert_eq!(rates.pods.keys().collect::<Vec<_>>(), ["a"], "c is gone");
+        assert_eq!(
+            rates.pods.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["a"],
+            "c is gone"
+        );
         // Out of order: d joins, and a is gone.
         read(&mut rates, 2, &[("e", true), ("d", true)]);
         read(&mut rates, 3, &[("e", true), ("d", true)]);
-        assert_eq!(rates.pods.keys().collect::<Vec<_>>(), ["d", "e"]);
+        assert_eq!(
+            rates.pods.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["d", "e"]
+        );
         // Named twice (no index does that): a name counts once.
         read(&mut rates, 4, &[("d", true), ("d", true)]);
-        assert_eq!(rates.pods.keys().collect::<Vec<_>>(), ["d"]);
+        assert_eq!(rates.pods.keys().map(|k| &**k).collect::<Vec<_>>(), ["d"]);
     }
 
     /// Drives three pods sharing `total` arrivals a second evenly (0.5 s each) for 20 s, then

@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use asyncpool_contract::queue::{QueueSnapshot, Scope};
@@ -42,7 +43,8 @@ const CEIL_SLACK: f64 = 1e-9;
 /// One worker pod as the operator saw it this round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodReading {
-    pub name: String,
+    /// Shared with the operator's other records of the pod: a clone costs no allocation.
+    pub name: Arc<str>,
     /// The sidecar's answer; `None` when it did not answer, answered garbage or out-of-range
     /// values. Missing data is never read as zero. A snapshot that fails
     /// [`QueueSnapshot::validate`] counts as `None`.
@@ -217,7 +219,7 @@ pub struct Scaler {
     silent_since: Option<Duration>,
     /// Ready pods that have not answered yet, and when each was first seen ready; `None` once
     /// a pod has answered. Pods no longer listed are forgotten.
-    first_readings: HashMap<String, Option<Duration>>,
+    first_readings: HashMap<Arc<str>, Option<Duration>>,
     /// The last decision left the scaler at a fixed point (see [`Scaler::at_rest`]).
     at_rest: bool,
 }
@@ -315,7 +317,7 @@ impl Scaler {
             policy.panic_window,
             obs.pods
                 .iter()
-                .map(|pod| (pod.name.as_str(), usable(pod.snapshot.as_ref()), pod.age)),
+                .map(|pod| (pod.name.clone(), usable(pod.snapshot.as_ref()), pod.age)),
         );
         match rates {
             Some(rates) => self
@@ -429,9 +431,9 @@ impl Scaler {
         // Every entry is a listed pod's unless pods left (names are unique): the set of names
         // is made only then, not every second for every busy pool.
         if self.first_readings.len() > kept {
-            let listed: HashSet<&str> = obs.pods.iter().map(|pod| pod.name.as_str()).collect();
+            let listed: HashSet<&str> = obs.pods.iter().map(|pod| &*pod.name).collect();
             self.first_readings
-                .retain(|name, _| listed.contains(name.as_str()));
+                .retain(|name, _| listed.contains(&**name));
         }
         awaited
     }

@@ -17,7 +17,7 @@ fn snapshot(queued: u64, in_flight: u64) -> QueueSnapshot {
 
 fn pod(name: &str, load: u64) -> PodReading {
     PodReading {
-        name: name.to_owned(),
+        name: name.into(),
         snapshot: Some(snapshot(0, load)),
         age: Duration::ZERO,
         unread: false,
@@ -27,7 +27,7 @@ fn pod(name: &str, load: u64) -> PodReading {
 
 fn silent(name: &str) -> PodReading {
     PodReading {
-        name: name.to_owned(),
+        name: name.into(),
         snapshot: None,
         age: Duration::ZERO,
         unread: false,
@@ -627,7 +627,7 @@ fn pool_scoped_readings_count_once() {
         let mut s = snapshot(queued, 0);
         s.scope = Scope::Pool;
         PodReading {
-            name: name.to_owned(),
+            name: name.into(),
             snapshot: Some(s),
             age: Duration::ZERO,
             unread: false,
@@ -1272,7 +1272,7 @@ impl Feed {
                     }
                 });
                 PodReading {
-                    name: format!("p{i}"),
+                    name: format!("p{i}").into(),
                     snapshot,
                     age: Duration::ZERO,
                     unread: false,
@@ -1453,7 +1453,7 @@ proptest! {
         let mut scaler = Scaler::new(Duration::from_millis(times[0]), counts[0]);
         for (i, t) in times.iter().enumerate() {
             let pods = snapshots.iter().enumerate().map(|(j, s)| PodReading {
-                name: format!("p{j}"),
+                name: format!("p{j}").into(),
                 snapshot: Some(QueueSnapshot {
                     queued: s.0,
                     in_flight: s.1,
@@ -1511,7 +1511,7 @@ fn run_counted_pool(
                 s.completed_total = *count;
                 s.busy_seconds_total = *count as f64 * 0.5;
                 PodReading {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     snapshot: Some(s),
                     age: Duration::ZERO,
                     unread: false,
@@ -1580,7 +1580,7 @@ fn counted_pods(
         .enumerate()
         .map(|(i, mut pod)| {
             let share = arrivals / n + u64::from((i as u64) < arrivals % n);
-            let total = totals.entry(pod.name.clone()).or_default();
+            let total = totals.entry(pod.name.to_string()).or_default();
             *total += share;
             if let Some(snapshot) = pod.snapshot.as_mut() {
                 snapshot.arrived_total = *total;

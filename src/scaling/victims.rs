@@ -6,7 +6,7 @@
 /// One worker as victim choice sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub ready: bool,
     /// Queued + in flight; `None` when the sidecar did not report (assumed busy).
     pub load: Option<u64>,
@@ -23,7 +23,7 @@ pub fn choose_victims(candidates: &[Candidate], count: usize) -> Vec<String> {
     ordered
         .into_iter()
         .take(count)
-        .map(|c| c.name.clone())
+        .map(|c| c.name.to_string())
         .collect()
 }
 

@@ -73,7 +73,7 @@ impl Autoscaler for Operator {
             .map(|index| {
                 let pod = &world.pods()[index];
                 PodReading {
-                    name: pod.name.clone(),
+                    name: pod.name.as_str().into(),
                     snapshot: pod.is_ready().then(|| world.snapshot(index)),
                     age: Duration::ZERO,
                     unread: false,
@@ -111,7 +111,7 @@ impl Autoscaler for Operator {
             .map(|&index| {
                 let pod = &world.pods()[index];
                 Candidate {
-                    name: pod.name.clone(),
+                    name: pod.name.as_str().into(),
                     ready: pod.is_ready(),
                     load: pod.is_ready().then(|| world.snapshot(index).load()),
                 }
@@ -120,7 +120,7 @@ impl Autoscaler for Operator {
         choose_victims(&candidates, count)
             .iter()
             .filter_map(|name| {
-                let at = candidates.iter().position(|c| &c.name == name)?;
+                let at = candidates.iter().position(|c| *c.name == **name)?;
                 Some(live[at])
             })
             .collect()
