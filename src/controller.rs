@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -26,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::pool::PoolKey;
 use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{ReaderConfig, SidecarReaders};
-use crate::reconcile::{self, Caches, Context, PodIndex, PoolStore, Round, Settings};
+use crate::reconcile::{
+    self, Caches, Context, LiveDeployment, LiveService, PodIndex, PoolStore, Round, Settings,
+};
 use asyncpool_contract::pod::POOL_LABEL;
 
 /// Leader election settings.
@@ -155,15 +156,6 @@ fn trim_pool(pool: &mut AsyncWorkerPool) {
 /// Where client-side `kubectl apply` keeps the manifest it applied last.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the Deployment cache keeps: reconcile reads a Deployment's owner, annotations, replicas
-/// and status, and builds the desired one afresh, so its pod template (most of it) is left out.
-pub(crate) fn trim_deployment(deployment: &mut Deployment) {
-    deployment.managed_fields_mut().clear();
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.template = Default::default();
-    }
-}
-
 /// Objects per page of the caches' lists. A page is held whole twice over while it is read
 /// (its JSON, then every object parsed with its field managers) before the caches trim what
 /// they keep, and the four caches list at once: at client-go's and kube's 500, the operator's
@@ -197,20 +189,19 @@ async fn run_controller(
         .default_backoff()
         .touched_objects();
     let (deployment_store, deployment_writer) = reflector::store();
+    // Deployments and Services are parsed into the few fields reconcile reads (reconcile/live.rs).
     let deployment_events = watcher(
-        api::<Deployment>(&client, namespace),
+        api::<LiveDeployment>(&client, namespace),
         list_config().labels(POOL_LABEL),
     )
-    .modify(trim_deployment)
     .reflect(deployment_writer)
     .default_backoff()
     .touched_objects();
     let (service_store, service_writer) = reflector::store();
     let service_events = watcher(
-        api::<Service>(&client, namespace),
+        api::<LiveService>(&client, namespace),
         list_config().labels(POOL_LABEL),
     )
-    .modify(|s: &mut Service| s.managed_fields_mut().clear())
     .reflect(service_writer)
     .default_backoff()
     .touched_objects();

@@ -1,7 +1,7 @@
 //! Pure builders of a pool's status and its conditions, in the standard `metav1.Condition`
 //! shape so that `kubectl wait --for=condition=Ready awp/NAME` works.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use crate::reconcile::LiveDeployment;
 
 use crate::scaling::MetricsState;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -238,7 +238,7 @@ pub enum Rollout {
 
 /// The rollout state of `deployment`, read as kstatus reads a Deployment. A scale alone is no
 /// rollout: it bumps the generation, but every pod still runs the current template.
-pub fn rollout_of(deployment: &Deployment) -> Rollout {
+pub fn rollout_of(deployment: &LiveDeployment) -> Rollout {
     let status = deployment.status.as_ref();
     let deadline_exceeded = status
         .and_then(|s| s.conditions.as_ref())
@@ -680,7 +680,7 @@ mod tests {
         (reconciling.status, stalled.status, stalled.reason)
     }
 
-    fn deployment(status: serde_json::Value) -> Deployment {
+    fn deployment(status: serde_json::Value) -> LiveDeployment {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "generation": 7},
             "spec": {"replicas": 3, "selector": {}, "template": {}},

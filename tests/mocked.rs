@@ -445,8 +445,8 @@ async fn a_write_that_loses_the_race_leaves_the_replica_a_follower() {
 /// the controller's watches would keep them.
 struct CachedContext {
     ctx: Arc<Context>,
-    deployments: kube::runtime::reflector::store::Writer<k8s_openapi::api::apps::v1::Deployment>,
-    services: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Service>,
+    deployments: kube::runtime::reflector::store::Writer<asyncpool::reconcile::LiveDeployment>,
+    services: kube::runtime::reflector::store::Writer<asyncpool::reconcile::LiveService>,
 }
 
 impl CachedContext {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -34,8 +34,10 @@ use crate::resources::{self, FIELD_MANAGER};
 use crate::scaling::{DecisionKind, MetricsState};
 use crate::status::{self, Judgement, merge_conditions};
 
+mod live;
 mod pod_index;
 mod pool_store;
+pub use live::{LiveDeployment, LiveService};
 pub use pod_index::PodIndex;
 pub use pool_store::PoolStore;
 
@@ -83,8 +85,8 @@ impl Default for Settings {
 /// Label-scoped caches of what the pools own, kept by the controller's watches.
 pub struct Caches {
     pub pods: PodIndex,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
+    pub deployments: Store<LiveDeployment>,
+    pub services: Store<LiveService>,
     /// True once every cache above holds its first full list.
     pub synced: tokio::sync::watch::Receiver<bool>,
 }
@@ -209,8 +211,8 @@ impl ReconcileError {
 
 /// Step 1's result: the cluster's current state for this pool.
 struct Observed {
-    deployment: Option<Arc<Deployment>>,
-    service: Option<Arc<Service>>,
+    deployment: Option<Arc<LiveDeployment>>,
+    service: Option<Arc<LiveService>>,
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
     pods: Arc<[WorkerPod]>,
@@ -351,7 +353,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         if let (Some(woken_at), true) = (woken_at, scaled) {
             ctx.metrics.reaction_reached("scaled", woken_at);
         }
-        ctx.pools.wrote_deployment(&key, written);
+        ctx.pools.wrote_deployment(&key, written.into());
     }
     apply_if_changed(
         ctx,
@@ -406,7 +408,10 @@ fn accept(
 
 /// The Deployment's `spec.replicas`, when the Deployment exists.
 fn live_replicas(observed: &Observed) -> Option<i32> {
-    observed.deployment.as_deref().and_then(deployment_replicas)
+    observed
+        .deployment
+        .as_deref()
+        .and_then(LiveDeployment::replicas)
 }
 
 /// What a decision round found for one pool.
@@ -556,7 +561,7 @@ async fn observe(
 
 /// The pool's Deployment and Service as the caches hold them, `None` when they lack either (a
 /// decision round makes no API call; the reconcile looks them up).
-fn cached_objects(key: &PoolKey, ctx: &Context) -> Option<(Arc<Deployment>, Arc<Service>)> {
+fn cached_objects(key: &PoolKey, ctx: &Context) -> Option<(Arc<LiveDeployment>, Arc<LiveService>)> {
     let deployment = ctx
         .caches
         .deployments
@@ -573,8 +578,8 @@ fn assemble(
     pool: &AsyncWorkerPool,
     key: &PoolKey,
     ctx: &Context,
-    deployment: Option<Arc<Deployment>>,
-    service: Option<Arc<Service>>,
+    deployment: Option<Arc<LiveDeployment>>,
+    service: Option<Arc<LiveService>>,
 ) -> Observed {
     let mut foreign = Vec::new();
     let deployment = match deployment {
@@ -702,13 +707,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// has not `drifted` from it (someone changed a field we own behind our back, e.g. `kubectl
 /// scale deployment`: the hash annotation alone would not show it). Returns the object as the
 /// API server wrote it, `None` when nothing was written.
-async fn apply_if_changed<K>(
+async fn apply_if_changed<K, L>(
     ctx: &Context,
     namespace: &str,
     mut desired: K,
-    live: Option<&K>,
+    live: Option<&L>,
     what: &'static str,
-    drifted: impl Fn(&K, &K) -> bool,
+    drifted: impl Fn(&L, &K) -> bool,
 ) -> Result<Option<K>, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -716,6 +721,7 @@ where
         + serde::de::DeserializeOwned
         + Clone
         + std::fmt::Debug,
+    L: Resource,
 {
     let hash = content_hash(&desired, what)?;
     if live
@@ -747,10 +753,10 @@ async fn write_deployment(
     ctx: &Context,
     namespace: &str,
     desired: Deployment,
-    live: Option<&Deployment>,
+    live: Option<&LiveDeployment>,
 ) -> Result<Option<Deployment>, ReconcileError> {
     if let Some(live) = live
-        && let Some((from, to)) = deployment_replicas(live).zip(deployment_replicas(&desired))
+        && let Some((from, to)) = live.replicas().zip(deployment_replicas(&desired))
         && from != to
     {
         // The live object is what we applied last, at its present size: only the size moves.
@@ -786,7 +792,7 @@ async fn write_deployment(
         desired,
         live,
         "Deployment",
-        |live, desired| deployment_replicas(live) != deployment_replicas(desired),
+        |live, desired| live.replicas() != deployment_replicas(desired),
     )
     .await
 }

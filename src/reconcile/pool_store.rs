@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use tokio::time::Instant;
 
+use super::LiveDeployment;
 use crate::planner::PoolMemory;
 use crate::pool::PoolKey;
 
@@ -25,7 +25,7 @@ pub struct PoolStore {
     reconciling: Mutex<HashSet<PoolKey>>,
     /// Each pool's Deployment as the operator's last write returned it, until the cache shows
     /// that write's generation (see [`PoolStore::freshest_deployment`]).
-    written: Mutex<HashMap<PoolKey, Arc<Deployment>>>,
+    written: Mutex<HashMap<PoolKey, Arc<LiveDeployment>>>,
 }
 
 impl Default for PoolStore {
@@ -126,17 +126,20 @@ impl PoolStore {
         lock(&self.reconciling).contains(key)
     }
 
-    /// Keeps the Deployment as the API server returned it from the operator's write, trimmed as
-    /// the cache trims it, until the cache shows its generation.
-    pub fn wrote_deployment(&self, key: &PoolKey, mut written: Deployment) {
-        crate::controller::trim_deployment(&mut written);
+    /// Keeps the Deployment as the API server returned it from the operator's write (what the
+    /// cache keeps of it), until the cache shows its generation.
+    pub fn wrote_deployment(&self, key: &PoolKey, written: LiveDeployment) {
         lock(&self.written).insert(key.clone(), Arc::new(written));
     }
 
     /// The pool's Deployment as the cache shows it, unless the operator has since written a
     /// spec the cache does not show yet: then as that write returned it. A plan made from a
     /// cache a write behind would take the old size for the present one, and write it again.
-    pub fn freshest_deployment(&self, key: &PoolKey, cached: Arc<Deployment>) -> Arc<Deployment> {
+    pub fn freshest_deployment(
+        &self,
+        key: &PoolKey,
+        cached: Arc<LiveDeployment>,
+    ) -> Arc<LiveDeployment> {
         let mut written = lock(&self.written);
         // Empty unless a write is on its way to the cache (milliseconds on an idle cluster).
         if written.is_empty() {
@@ -173,7 +176,7 @@ impl PoolStore {
 /// versions are opaque and may not be compared for order; generations may.) A write that
 /// changed no spec (metadata alone) keeps its generation and is not told apart: the cache is
 /// used. So is a Deployment of another uid, and one changed by someone else after the write.
-fn shows_older_spec(cached: &Deployment, written: &Deployment) -> bool {
+fn shows_older_spec(cached: &LiveDeployment, written: &LiveDeployment) -> bool {
     cached.metadata.uid == written.metadata.uid
         && matches!(
             (cached.metadata.generation, written.metadata.generation),
@@ -274,23 +277,22 @@ mod tests {
         assert!(!store.carried_out(&key("b")), "forgotten with the pool");
     }
 
-    fn deployment(uid: &str, generation: i64, replicas: i32) -> Deployment {
-        Deployment {
+    fn deployment(uid: &str, generation: i64, replicas: i32) -> LiveDeployment {
+        LiveDeployment {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 uid: Some(uid.into()),
                 generation: Some(generation),
                 ..Default::default()
             },
-            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+            spec: Some(super::super::live::LiveDeploymentSpec {
                 replicas: Some(replicas),
-                ..Default::default()
             }),
             ..Default::default()
         }
     }
 
-    fn replicas_of(deployment: &Deployment) -> Option<i32> {
-        deployment.spec.as_ref()?.replicas
+    fn replicas_of(deployment: &LiveDeployment) -> Option<i32> {
+        deployment.replicas()
     }
 
     #[test]
