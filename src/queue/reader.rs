@@ -498,6 +498,7 @@ impl PodReader {
 /// a reader spends its life); the connects and polls live in boxes of their own while they run,
 /// since ten thousand readers make every hundred bytes of it a megabyte. (An async block, not
 /// an async fn: a fn's future keeps its arguments twice, as arguments and as locals.)
+#[allow(clippy::manual_async_fn)]
 fn read_pod(
     reader: PodReader,
     address: SocketAddr,
@@ -620,6 +621,7 @@ fn line_hash(line: &[u8]) -> u64 {
 /// Follows `GET /queue?watch=true`, handing each valid line to `on_line` with how long the first
 /// one took since the request (zero for the rest), until the stream breaks, goes silent past the
 /// idle timeout, or sends garbage.
+#[allow(clippy::manual_async_fn)] // as `read_pod`: its arguments held once
 fn watch_stream(
     address: SocketAddr,
     config: &ReaderConfig,
