@@ -23,12 +23,12 @@ pub struct LiveDeployment {
     pub status: Option<LiveDeploymentStatus>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LiveDeploymentSpec {
     pub replicas: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveDeploymentStatus {
     pub replicas: Option<i32>,
@@ -38,7 +38,7 @@ pub struct LiveDeploymentStatus {
 }
 
 /// A Deployment's condition, without its times.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LiveCondition {
     #[serde(rename = "type")]
     pub type_: String,
@@ -49,7 +49,7 @@ pub struct LiveCondition {
 
 /// A Service of the operator's as reconcile reads it: it is re-applied whenever its applied
 /// hash differs, so its identity, owner and annotations are all there is to read.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct LiveService {
     #[serde(deserialize_with = "owned_metadata")]
     pub metadata: ObjectMeta,

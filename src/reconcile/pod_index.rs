@@ -117,15 +117,13 @@ impl Pods {
         };
         let namespace = self.shared_namespace(namespace);
         let name = (namespace, Arc::<str>::from(name));
-        let pool = match self.pool_of.get(&name) {
-            Some(previous) if **previous == pool => previous.clone(),
-            Some(previous) => {
-                let previous = previous.clone();
-                self.remove_from(&previous, &name.1, change);
-                self.shared_pool(pool)
-            }
-            None => self.shared_pool(pool),
-        };
+        if let Some(previous) = self.pool_of.get(&name)
+            && **previous != pool
+        {
+            let previous = previous.clone();
+            self.remove_from(&previous, &name.1, change);
+        }
+        let pool = self.shared_pool(pool);
         let entry = self.by_pool.entry(pool.clone()).or_default();
         let (name_in_pool, sibling) = match entry.pods.get_key_value(&name.1) {
             Some((filed, previous)) => (filed.clone(), Some(previous.clone())),
@@ -149,7 +147,7 @@ impl Pods {
         }
     }
 
-    /// The pool's key as held by the index, for a pool that may not have pods yet.
+    /// The pool's key as held by the index; a new one for a pool without pods yet.
     fn shared_pool(&self, pool: PoolKey) -> Arc<PoolKey> {
         self.by_pool
             .get_key_value(&pool)
