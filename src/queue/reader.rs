@@ -5,13 +5,16 @@
 //! concurrency, a drain, a gap) wakes the pool's reconcile at once, which is how the reaction
 //! time gets close to a network round trip instead of a polling interval; smaller changes are
 //! planned at the next decision round. A stream that goes silent is found by one sweep over
-//! every reading a second rather than by a timer in each stream: ten thousand streams each
-//! re-arming a timer at every line cost more than their reading.
+//! every reading a second rather than by a timer in each stream (ten thousand streams each
+//! re-arming a timer at every line cost more than their reading, and a timer held by each is a
+//! megabyte): the sweep records it as failed, and past the idle timeout starts its reader over,
+//! polling.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -43,7 +46,8 @@ pub struct ReaderConfig {
     pub poll_interval: Duration,
     /// Longest a connect or a poll may take.
     pub request_timeout: Duration,
-    /// A watch stream silent for this long is considered broken (the sidecar sends a heartbeat).
+    /// A watch stream silent for this long is given up for polls (the sidecar sends a heartbeat
+    /// every 2 s); the sweep finds it within a second of that.
     pub watch_idle_timeout: Duration,
     /// A reading older than this no longer counts; the sweep records it as failed (and wakes
     /// its pool) within a second of that.
@@ -77,6 +81,8 @@ pub enum Reading {
         at: Instant,
         held_back: Duration,
     },
+    /// The watch stream's last line, at `since`, is older than `stale_after`: no data.
+    Silent { since: Instant },
     /// The last attempt failed; why, in words.
     Failed { error: String },
 }
@@ -205,15 +211,21 @@ struct PoolReaders {
 /// Each pool's readers: a pool's sync touches its own readers only.
 type Pools = Mutex<HashMap<PoolKey, PoolReaders>>;
 
+/// What every reader shares: the settings, the bound on polls in flight, the metrics, the
+/// change count and the channel that wakes pools (one pointer in each reader's task).
+struct Shared {
+    config: ReaderConfig,
+    polls: Semaphore,
+    observer: Arc<dyn ReadObserver>,
+    counter: ChangeCounter,
+    changes: mpsc::UnboundedSender<PoolKey>,
+}
+
 /// All per-pod reader tasks, and their latest readings.
 pub struct SidecarReaders {
-    config: Arc<ReaderConfig>,
+    shared: Arc<Shared>,
     pools: Arc<Pools>,
-    counter: Arc<ChangeCounter>,
-    changes: mpsc::UnboundedSender<PoolKey>,
-    polls: Arc<Semaphore>,
-    observer: Arc<dyn ReadObserver>,
-    /// The sweep that records silent streams ([`sweep_silent`]).
+    /// The sweep that records silent streams and gives them up ([`sweep_silent`]).
     sweeper: AbortHandle,
 }
 
@@ -232,34 +244,29 @@ impl SidecarReaders {
         changes: mpsc::UnboundedSender<PoolKey>,
         observer: Arc<dyn ReadObserver>,
     ) -> Self {
-        let polls = Arc::new(Semaphore::new(config.max_concurrent_polls.max(1)));
-        let config = Arc::new(config);
+        let shared = Arc::new(Shared {
+            polls: Semaphore::new(config.max_concurrent_polls.max(1)),
+            config,
+            observer,
+            counter: ChangeCounter::default(),
+            changes,
+        });
         let pools: Arc<Pools> = Arc::default();
-        let counter: Arc<ChangeCounter> = Arc::default();
         let sweeper = tokio::spawn({
-            let (config, pools, counter, changes) = (
-                config.clone(),
-                pools.clone(),
-                counter.clone(),
-                changes.clone(),
-            );
+            let (shared, pools) = (shared.clone(), pools.clone());
             async move {
                 let mut every = tokio::time::interval(SWEEP_EVERY);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
-                    sweep_silent(&pools, &config, &counter, &changes, Instant::now());
+                    sweep_silent(&pools, &shared, Instant::now());
                 }
             }
         })
         .abort_handle();
         Self {
-            config,
+            shared,
             pools,
-            counter,
-            changes,
-            polls,
-            observer,
             sweeper,
         }
     }
@@ -286,7 +293,7 @@ impl SidecarReaders {
                 reader.task.abort();
                 let mut readings = lock(&slot.readings);
                 readings.pods.remove(pod);
-                readings.touch(&self.counter);
+                readings.touch(&self.shared.counter);
             }
             keep
         });
@@ -294,20 +301,13 @@ impl SidecarReaders {
             if readers.running.contains_key(name) {
                 continue;
             }
-            let reader = PodReader {
-                slot: readers.slot.clone(),
-                pod: name.clone(),
-                counter: self.counter.clone(),
-                changes: self.changes.clone(),
-            };
-            let task = tokio::spawn(read_pod(
-                reader,
-                SocketAddr::new(*address, self.config.port),
-                self.config.clone(),
-                self.polls.clone(),
-                self.observer.clone(),
-            ))
-            .abort_handle();
+            let task = start_reader(
+                &self.shared,
+                &readers.slot,
+                name,
+                *address,
+                Instant::now(),
+            );
             readers.running.insert(
                 name.clone(),
                 Running {
@@ -350,13 +350,19 @@ impl SidecarReaders {
                         snapshot,
                         at,
                         held_back,
-                    }) if now.duration_since(*at) <= self.config.stale_after => Ok(Current {
-                        snapshot: snapshot.clone(),
-                        age: now.duration_since(*at).min(*held_back),
-                    }),
+                    }) if now.duration_since(*at) <= self.shared.config.stale_after => {
+                        Ok(Current {
+                            snapshot: snapshot.clone(),
+                            age: now.duration_since(*at).min(*held_back),
+                        })
+                    }
                     Some(Reading::Snapshot { at, held_back, .. }) => Err(Unavailable::Failed(
-                        stale(now.duration_since(*at), *held_back),
+                        stale(now.duration_since(*at), !held_back.is_zero()),
                     )),
+                    Some(Reading::Silent { since }) => Err(Unavailable::Failed(stale(
+                        now.duration_since(*since),
+                        true,
+                    ))),
                     Some(Reading::Failed { error }) => Err(Unavailable::Failed(error.clone())),
                     None => Err(Unavailable::NotReadYet),
                 },
@@ -393,10 +399,10 @@ impl Drop for SidecarReaders {
     }
 }
 
-/// Why a reading this old no longer counts: a watch stream's (held back by its pace) went
-/// silent, a poll's is simply old.
-fn stale(age: Duration, held_back: Duration) -> String {
-    if held_back.is_zero() {
+/// Why a reading this old no longer counts: a watch stream's went silent, a poll's is simply
+/// old.
+fn stale(age: Duration, watched: bool) -> String {
+    if !watched {
         format!("last reading is {:.1}s old", age.as_secs_f64())
     } else {
         format!(
@@ -406,55 +412,121 @@ fn stale(age: Duration, held_back: Duration) -> String {
     }
 }
 
-/// Records every reading older than `stale_after` as failed, and wakes its pool: a pool's
+/// Records every reading older than `stale_after` as failed (a watch stream's as silent), and
+/// wakes its pool; starts the reader of every stream silent for `watch_idle_timeout` over,
+/// polling, with the stream tried again ten polls later (as a stream that ends). A pool's
 /// version then moves when one of its pods goes silent (a decision round plans it again, where
-/// a pool at rest would otherwise be left alone), and its reconcile runs at once, as it does
-/// for any change a sidecar reports. The readers' tasks keep no timer per line for this.
-fn sweep_silent(
-    pools: &Pools,
-    config: &ReaderConfig,
-    counter: &ChangeCounter,
-    changes: &mpsc::UnboundedSender<PoolKey>,
-    now: Instant,
-) {
+/// a pool at rest would otherwise be left alone), and its reconcile runs at once, as it does for
+/// any change a sidecar reports. The readers' tasks keep no timer for this.
+fn sweep_silent(pools: &Pools, shared: &Arc<Shared>, now: Instant) {
+    let config = &shared.config;
     let mut silent = Vec::new();
-    for readers in lock(pools).values() {
-        let mut readings = lock(&readers.slot.readings);
+    for PoolReaders { slot, running } in lock(pools).values_mut() {
+        let mut readings = lock(&slot.readings);
         let mut went_stale = false;
-        for reading in readings.pods.values_mut() {
-            let Reading::Snapshot { at, held_back, .. } = reading else {
-                continue;
-            };
-            let age = now.saturating_duration_since(*at);
-            if age <= config.stale_after {
-                continue;
+        for (pod, reading) in readings.pods.iter_mut() {
+            match *reading {
+                Reading::Snapshot { at, held_back, .. } => {
+                    let age = now.saturating_duration_since(at);
+                    if age <= config.stale_after {
+                        continue;
+                    }
+                    *reading = if held_back.is_zero() {
+                        Reading::Failed {
+                            error: stale(age, false),
+                        }
+                    } else {
+                        Reading::Silent { since: at }
+                    };
+                    went_stale = true;
+                }
+                Reading::Silent { since } => {
+                    let silence = now.saturating_duration_since(since);
+                    if silence < config.watch_idle_timeout {
+                        continue;
+                    }
+                    if let Some(stream) = running.get_mut(pod) {
+                        tracing::debug!(pool = %slot.pool.name, %pod, "watch stream silent; polling");
+                        stream.task.abort();
+                        let watch_from = now + config.poll_interval * 10;
+                        stream.task = start_reader(shared, slot, pod, stream.address, watch_from);
+                    }
+                    // Given up once: from here on the reader's polls record what they find.
+                    *reading = Reading::Failed {
+                        error: stale(silence, true),
+                    };
+                }
+                Reading::Failed { .. } => {}
             }
-            *reading = Reading::Failed {
-                error: stale(age, *held_back),
-            };
-            went_stale = true;
         }
         if went_stale {
-            readings.touch(counter);
+            readings.touch(&shared.counter);
             readings.woken_at.get_or_insert(now);
-            silent.push(readers.slot.pool.clone());
+            silent.push(slot.pool.clone());
         }
     }
     for pool in silent {
         // The receiver is gone only while the operator shuts down.
-        let _ = changes.send(pool);
+        let _ = shared.changes.send(pool);
     }
+}
+
+/// Starts the reader of one pod: its watch stream from `watch_from` on, polls until then.
+fn start_reader(
+    shared: &Arc<Shared>,
+    slot: &Arc<PoolSlot>,
+    pod: &Arc<str>,
+    address: IpAddr,
+    watch_from: Instant,
+) -> AbortHandle {
+    let reader = PodReader {
+        slot: slot.clone(),
+        pod: pod.clone(),
+        shared: shared.clone(),
+    };
+    let address = SocketAddr::new(address, shared.config.port);
+    tokio::spawn(read_pod(reader, address, watch_from)).abort_handle()
 }
 
 /// What one pod's reader records into, and whom it wakes.
 struct PodReader {
     slot: Arc<PoolSlot>,
     pod: Arc<str>,
-    counter: Arc<ChangeCounter>,
-    changes: mpsc::UnboundedSender<PoolKey>,
+    shared: Arc<Shared>,
 }
 
 impl PodReader {
+    /// Marks the recorded snapshot current again, as its stream repeated the line it came from;
+    /// false when there is none to renew (the sweep found the stream silent since), and the
+    /// line must be read afresh.
+    fn renew(&self) -> bool {
+        let mut readings = lock(&self.slot.readings);
+        match readings.pods.get_mut(&*self.pod) {
+            Some(Reading::Snapshot { at, .. }) => {
+                *at = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a line of the pod's watch stream, read `latency` after the request (zero after
+    /// the first); false for a repeated line with no snapshot left to renew, which the caller
+    /// then parses and hands over again.
+    fn watched(&self, line: Line, latency: Duration) -> bool {
+        let recorded = match line {
+            Line::New(snapshot) => {
+                self.record(Reading::fresh(snapshot, self.shared.config.watch_pace));
+                true
+            }
+            Line::Repeat => self.renew(),
+        };
+        if recorded {
+            self.shared.observer.read_ok(latency, true);
+        }
+        recorded
+    }
+
     /// Stores a reading and announces the pool when what the scaler sees changed.
     fn record(&self, reading: Reading) {
         let changed = {
@@ -479,7 +551,7 @@ impl PodReader {
                 }
             }
             if differs {
-                readings.touch(&self.counter);
+                readings.touch(&self.shared.counter);
             }
             if changed {
                 readings.woken_at.get_or_insert_with(Instant::now);
@@ -488,9 +560,17 @@ impl PodReader {
         };
         if changed {
             // The receiver is gone only while the operator shuts down.
-            let _ = self.changes.send(self.slot.pool.clone());
+            let _ = self.shared.changes.send(self.slot.pool.clone());
         }
     }
+}
+
+/// A line of a watch stream, as handed to its reader.
+enum Line {
+    /// A snapshot parsed from a line that differs from the one before.
+    New(QueueSnapshot),
+    /// The line before, again (a heartbeat): the snapshot recorded from it still holds.
+    Repeat,
 }
 
 /// Follows one pod's sidecar for as long as the task lives: its watch stream, or polls while
@@ -502,44 +582,35 @@ impl PodReader {
 fn read_pod(
     reader: PodReader,
     address: SocketAddr,
-    config: Arc<ReaderConfig>,
-    polls: Arc<Semaphore>,
-    observer: Arc<dyn ReadObserver>,
+    mut next_watch_attempt: Instant,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        let mut next_watch_attempt = Instant::now();
         loop {
-            if config.watch && Instant::now() >= next_watch_attempt {
-                let outcome = watch_stream(address, &config, |snapshot, latency| {
-                    observer.read_ok(latency, true);
-                    reader.record(Reading::fresh(snapshot, config.watch_pace));
-                })
-                .await;
+            if reader.shared.config.watch && Instant::now() >= next_watch_attempt {
+                let ended = watch_stream(&address, &reader).await;
                 // Until the watch works again, polling keeps the data fresh. A sidecar that is not
                 // listening yet (its pod is starting) is asked again at the next poll, so that a
                 // new worker is followed by its stream as soon as it is up; one that answered but
                 // refused or ended the stream, after ten polls.
-                next_watch_attempt = match &outcome {
-                    Err(ReadError::Connect(..)) => Instant::now(),
-                    _ => Instant::now() + config.poll_interval * 10,
+                next_watch_attempt = match &ended {
+                    ReadError::Connect(..) => Instant::now(),
+                    _ => Instant::now() + reader.shared.config.poll_interval * 10,
                 };
-                if let Err(error) = outcome {
-                    tracing::debug!(pool = %reader.slot.pool.name, pod = %reader.pod, %error, "watch stream ended; polling");
-                }
+                tracing::debug!(pool = %reader.slot.pool.name, pod = %reader.pod, error = %ended, "watch stream ended; polling");
             }
-            Box::pin(poll_and_wait(&reader, address, &config, &polls, &*observer)).await;
+            Box::pin(poll_and_wait(&reader, address)).await;
         }
     }
 }
 
 /// One poll of the pod's sidecar, recorded, then the wait until the next one is due.
-async fn poll_and_wait(
-    reader: &PodReader,
-    address: SocketAddr,
-    config: &ReaderConfig,
-    polls: &Semaphore,
-    observer: &dyn ReadObserver,
-) {
+async fn poll_and_wait(reader: &PodReader, address: SocketAddr) {
+    let Shared {
+        config,
+        polls,
+        observer,
+        ..
+    } = &*reader.shared;
     let started = Instant::now();
     let result = {
         let _permit = polls.acquire().await;
@@ -618,86 +689,107 @@ fn line_hash(line: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Follows `GET /queue?watch=true`, handing each valid line to `on_line` with how long the first
-/// one took since the request (zero for the rest), until the stream breaks, goes silent past the
-/// idle timeout, or sends garbage.
-#[allow(clippy::manual_async_fn)] // as `read_pod`: its arguments held once
-fn watch_stream(
-    address: SocketAddr,
-    config: &ReaderConfig,
-    mut on_line: impl FnMut(QueueSnapshot, Duration),
-) -> impl Future<Output = Result<(), ReadError>> {
-    async move {
-        let started = Instant::now();
-        let mut response = Box::pin(timeout(
-            config.request_timeout,
-            get(address, &watch_target(config.watch_pace), config),
-        ))
+/// A watch stream past its first line: the response, what has arrived of the next line, and
+/// the hash of the last. A heartbeat repeats the last line and is not parsed again; the hash is
+/// kept rather than the line or its snapshot (the reader has recorded that), as ten thousand
+/// streams each holding one would cost megabytes.
+struct Watch {
+    response: sidecar_http::Response,
+    buffer: BytesMut,
+    last_line: Option<u64>,
+}
+
+impl Watch {
+    /// The next piece of the stream, onto the buffer. The body's state is in the response, not
+    /// in a future: a read dropped at the first line's deadline loses nothing, and a stream
+    /// waiting for its next line holds no future of its own.
+    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), ReadError>> {
+        let data = ready!(self.response.poll_data(cx))
+            .map_err(|e| ReadError::Http(e.to_string()))?
+            .ok_or_else(|| ReadError::Http("stream closed".into()))?;
+        self.buffer.extend_from_slice(&data);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands every whole line on the buffer to `reader`, each with `latency`; how many.
+    fn take_lines(&mut self, reader: &PodReader, latency: Duration) -> Result<usize, ReadError> {
+        let mut taken = 0;
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line = self.buffer.split_to(end + 1);
+            let line = &line[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            taken += 1;
+            let hash = line_hash(line);
+            if self.last_line == Some(hash) && reader.watched(Line::Repeat, latency) {
+                continue;
+            }
+            let snapshot =
+                QueueSnapshot::parse(line).map_err(|e| ReadError::Invalid(e.to_string()))?;
+            self.last_line = Some(hash);
+            reader.watched(Line::New(snapshot), latency);
+        }
+        if self.buffer.is_empty() {
+            // Lines come whole, a second or more apart: hold no memory between them.
+            self.buffer = BytesMut::new();
+        } else if self.buffer.remaining() > MAX_BODY {
+            return Err(ReadError::Invalid("line too long".into()));
+        }
+        Ok(taken)
+    }
+}
+
+/// Opens `GET /queue?watch=true` and reads its first line, which the sidecar writes at once:
+/// all of it within the request timeout, as a poll. The first line goes to `reader` with how
+/// long it took since the request.
+async fn open_watch(address: SocketAddr, reader: &PodReader) -> Result<Watch, ReadError> {
+    let config = &reader.shared.config;
+    let started = Instant::now();
+    let deadline = started + config.request_timeout;
+    let target = watch_target(config.watch_pace);
+    let response = tokio::time::timeout_at(deadline, get(address, &target, config))
         .await
         .map_err(|_| ReadError::Timeout)??;
-        if !(200..300).contains(&response.status) {
-            return Err(ReadError::Status(response.status));
+    if !(200..300).contains(&response.status) {
+        return Err(ReadError::Status(response.status));
+    }
+    let mut watch = Watch {
+        response,
+        buffer: BytesMut::new(),
+        last_line: None,
+    };
+    loop {
+        let read = std::future::poll_fn(|cx| watch.poll_read(cx));
+        tokio::time::timeout_at(deadline, read)
+            .await
+            .map_err(|_| ReadError::Timeout)??;
+        if watch.take_lines(reader, started.elapsed())? > 0 {
+            return Ok(watch);
         }
-        let mut buffer = BytesMut::new();
-        let mut first = true;
-        // A heartbeat repeats the last line: it is not parsed again. Its hash is kept rather than
-        // the line: ten thousand streams each holding a line would cost megabytes.
-        let mut last: Option<(u64, QueueSnapshot)> = None;
-        // One deadline for the whole stream, moved only when it passes (a few times a minute)
-        // rather than at every line: most lines arrive long before it.
-        let mut heard = Instant::now();
-        let idle = tokio::time::sleep_until(heard + config.watch_idle_timeout);
-        tokio::pin!(idle);
+    }
+}
+
+/// Follows the pod's watch stream, handing each line to `reader`, until it breaks or sends
+/// garbage: why it ended. A stream that goes silent is the sweep's to give up. Opening it runs
+/// once a stream, in a box of its own; following it is where the reader spends its life.
+#[allow(clippy::manual_async_fn)] // as `read_pod`: its arguments held once
+fn watch_stream<'a>(
+    address: &'a SocketAddr,
+    reader: &'a PodReader,
+) -> impl Future<Output = ReadError> + 'a {
+    async move {
+        let mut watch = match Box::pin(open_watch(*address, reader)).await {
+            Ok(watch) => watch,
+            Err(error) => return error,
+        };
         loop {
-            // The body's state is in the response, not in the read's future: the read can be
-            // dropped at the deadline and taken up again with nothing lost.
-            let data = tokio::select! {
-                biased;
-                data = std::future::poll_fn(|cx| response.poll_data(cx)) => {
-                    data.map_err(|e| ReadError::Http(e.to_string()))?
-                }
-                () = &mut idle => {
-                    if heard.elapsed() >= config.watch_idle_timeout {
-                        return Err(ReadError::Timeout);
-                    }
-                    idle.as_mut().reset(heard + config.watch_idle_timeout);
-                    continue;
-                }
+            let taken = match std::future::poll_fn(|cx| watch.poll_read(cx)).await {
+                Ok(()) => watch.take_lines(reader, Duration::ZERO),
+                Err(error) => Err(error),
             };
-            let Some(data) = data else {
-                return Err(ReadError::Http("stream closed".into()));
-            };
-            heard = Instant::now();
-            buffer.extend_from_slice(&data);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line = buffer.split_to(end + 1);
-                let line = &line[..end];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let hash = line_hash(line);
-                let snapshot = match &last {
-                    Some((previous, snapshot)) if *previous == hash => snapshot.clone(),
-                    _ => {
-                        let snapshot = QueueSnapshot::parse(line)
-                            .map_err(|e| ReadError::Invalid(e.to_string()))?;
-                        last = Some((hash, snapshot.clone()));
-                        snapshot
-                    }
-                };
-                let latency = if first {
-                    started.elapsed()
-                } else {
-                    Duration::ZERO
-                };
-                first = false;
-                on_line(snapshot, latency);
-            }
-            if buffer.is_empty() {
-                // Lines come whole, a second or more apart: hold no memory between them.
-                buffer = BytesMut::new();
-            } else if buffer.remaining() > MAX_BODY {
-                return Err(ReadError::Invalid("line too long".into()));
+            if let Err(error) = taken {
+                return error;
             }
         }
     }
@@ -953,9 +1045,8 @@ mod tests {
             "a wake timed for no wake"
         );
         // Half the concurrency more (6 → 11): at once.
-        lines
-            .send(SNAPSHOT.replace("\"inFlight\":2", "\"inFlight\":8"))
-            .unwrap();
+        let step = SNAPSHOT.replace("\"inFlight\":2", "\"inFlight\":8");
+        lines.send(step.clone()).unwrap();
         read(5).await;
         assert!(woken.try_recv().is_ok(), "not woken for a load step");
         assert!(
@@ -974,8 +1065,9 @@ mod tests {
             "{stale:?}"
         );
         assert!(readers.version(&pool) > second);
-        // The stream recovers.
-        lines.send(SNAPSHOT.to_owned()).unwrap();
+        // The stream recovers with the line it sent last: that line's reading was given up, so
+        // it is read afresh rather than taken as a heartbeat.
+        lines.send(step).unwrap();
         timeout(Duration::from_secs(5), woken.recv())
             .await
             .expect("the fresh reading is announced");
@@ -1054,6 +1146,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_that_never_sends_its_first_line_is_given_up_for_polls() {
+        // A sidecar whose watch stream answers its head and then nothing (the contract has the
+        // first line written at once), its connection open; its polls answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                if String::from_utf8_lossy(&request[..n]).contains("watch=true") {
+                    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    held.push(socket);
+                } else {
+                    let _ = socket.write_all(http("200 OK", SNAPSHOT).as_bytes()).await;
+                }
+            }
+        });
+        let request_timeout = Duration::from_millis(300);
+        let config = ReaderConfig {
+            watch: true,
+            request_timeout,
+            // Neither the idle timeout nor the sweep is what gives this stream up.
+            watch_idle_timeout: Duration::from_secs(60),
+            stale_after: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            ..config(address.port())
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        let started = Instant::now();
+        readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+        timeout(Duration::from_secs(5), async {
+            while readers.snapshots(&pool, ["pod-a"])[0].is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the stream is given up and the pod polled");
+        assert!(
+            started.elapsed() >= request_timeout,
+            "given up after {:?}, before the request timeout",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn syncing_one_pool_leaves_the_others_readers_alone() {
         let address = serve(http("200 OK", SNAPSHOT)).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -1094,9 +1239,20 @@ mod tests {
     #[test]
     fn a_readers_task_stays_small() {
         // Ten thousand readers make every hundred bytes of a reader's state a megabyte: what
-        // runs rarely (connects, polls) is boxed while it runs, not kept in every task, and the
-        // stream's read keeps its state in the response rather than in a future.
+        // runs rarely (opening a stream, polls) is boxed while it runs, not kept in every task;
+        // the stream's read keeps its state in the response rather than in a future; the stream
+        // holds the hash of its last line, not its snapshot, and no timer (the sweep finds a
+        // silent one); the readers share one pointer to what they all use. Up to 280 bytes,
+        // the runtime's task (a 32-byte header, 24 bytes beside the future, a 48-byte trailer,
+        // aligned to 128) is a 384-byte block.
         let (tx, _rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config: ReaderConfig::default(),
+            polls: Semaphore::new(1),
+            observer: Arc::new(NoMetrics),
+            counter: ChangeCounter::default(),
+            changes: tx,
+        });
         let reader = PodReader {
             slot: Arc::new(PoolSlot {
                 pool: PoolKey {
@@ -1106,17 +1262,14 @@ mod tests {
                 readings: Mutex::default(),
             }),
             pod: "p-1".into(),
-            counter: Arc::default(),
-            changes: tx,
+            shared,
         };
         let task = read_pod(
             reader,
             SocketAddr::from(([127, 0, 0, 1], 1)),
-            Arc::new(ReaderConfig::default()),
-            Arc::new(Semaphore::new(1)),
-            Arc::new(NoMetrics),
+            Instant::now(),
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 640, "a reader's task holds {size} bytes");
+        assert!(size <= 280, "a reader's task holds {size} bytes");
     }
 }
