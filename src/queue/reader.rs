@@ -301,13 +301,7 @@ impl SidecarReaders {
             if readers.running.contains_key(name) {
                 continue;
             }
-            let task = start_reader(
-                &self.shared,
-                &readers.slot,
-                name,
-                *address,
-                Instant::now(),
-            );
+            let task = start_reader(&self.shared, &readers.slot, name, *address, Instant::now());
             readers.running.insert(
                 name.clone(),
                 Running {
@@ -359,10 +353,9 @@ impl SidecarReaders {
                     Some(Reading::Snapshot { at, held_back, .. }) => Err(Unavailable::Failed(
                         stale(now.duration_since(*at), !held_back.is_zero()),
                     )),
-                    Some(Reading::Silent { since }) => Err(Unavailable::Failed(stale(
-                        now.duration_since(*since),
-                        true,
-                    ))),
+                    Some(Reading::Silent { since }) => {
+                        Err(Unavailable::Failed(stale(now.duration_since(*since), true)))
+                    }
                     Some(Reading::Failed { error }) => Err(Unavailable::Failed(error.clone())),
                     None => Err(Unavailable::NotReadYet),
                 },
@@ -1074,10 +1067,9 @@ mod tests {
         assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok());
     }
 
-    #[tokio::test]
-    async fn a_stream_silent_past_its_idle_timeout_is_given_up_for_polls() {
-        // A sidecar whose watch stream sends one line and then nothing, its connection open;
-        // its polls answer.
+    /// A sidecar whose watch stream sends its head (and its first line if `first_line`), then
+    /// nothing, its connection held open; its polls answer.
+    async fn sidecar_whose_stream_stalls(first_line: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -1087,11 +1079,12 @@ mod tests {
                 let mut request = vec![0u8; 4096];
                 let n = socket.read(&mut request).await.unwrap_or(0);
                 if String::from_utf8_lossy(&request[..n]).contains("watch=true") {
-                    let line = format!("{SNAPSHOT}\n");
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
-                        line.len()
-                    );
+                    let mut head =
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned();
+                    if first_line {
+                        let line = format!("{SNAPSHOT}\n");
+                        head.push_str(&format!("{:x}\r\n{line}\r\n", line.len()));
+                    }
                     let _ = socket.write_all(head.as_bytes()).await;
                     held.push(socket);
                 } else {
@@ -1099,6 +1092,13 @@ mod tests {
                 }
             }
         });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_stream_silent_past_its_idle_timeout_is_given_up_for_polls() {
+        // A sidecar whose watch stream sends one line and then nothing.
+        let address = sidecar_whose_stream_stalls(true).await;
         #[derive(Default)]
         struct Reads {
             lines: std::sync::atomic::AtomicUsize,
@@ -1148,24 +1148,8 @@ mod tests {
     #[tokio::test]
     async fn a_stream_that_never_sends_its_first_line_is_given_up_for_polls() {
         // A sidecar whose watch stream answers its head and then nothing (the contract has the
-        // first line written at once), its connection open; its polls answer.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let mut request = vec![0u8; 4096];
-                let n = socket.read(&mut request).await.unwrap_or(0);
-                if String::from_utf8_lossy(&request[..n]).contains("watch=true") {
-                    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-                    let _ = socket.write_all(head.as_bytes()).await;
-                    held.push(socket);
-                } else {
-                    let _ = socket.write_all(http("200 OK", SNAPSHOT).as_bytes()).await;
-                }
-            }
-        });
+        // first line written at once).
+        let address = sidecar_whose_stream_stalls(false).await;
         let request_timeout = Duration::from_millis(300);
         let config = ReaderConfig {
             watch: true,
