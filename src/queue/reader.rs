@@ -219,6 +219,8 @@ struct Shared {
     observer: Arc<dyn ReadObserver>,
     counter: ChangeCounter,
     changes: mpsc::UnboundedSender<PoolKey>,
+    /// Where the readers run ([`ReaderThread`]).
+    runtime: tokio::runtime::Handle,
 }
 
 /// All per-pod reader tasks, and their latest readings.
@@ -227,6 +229,53 @@ pub struct SidecarReaders {
     pools: Arc<Pools>,
     /// The sweep that records silent streams and gives them up ([`sweep_silent`]).
     sweeper: AbortHandle,
+    /// Declared last: dropped after the tasks are aborted, it ends their thread.
+    _thread: Option<ReaderThread>,
+}
+
+/// The readers' own thread, with a single-threaded runtime. Every sidecar writes its paced
+/// line on the same tick of the clock, so ten thousand lines arrive within a millisecond or
+/// two; on the operator's multi-threaded runtime each burst had its workers waking and
+/// stealing tasks from each other, a third of the operator's CPU at rest at 10,000 pods
+/// (docs/benchmarks.md). One thread that does nothing but read handles the burst in a few
+/// milliseconds. The thread ends, with every task left on it, when this is dropped.
+struct ReaderThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ReaderThread {
+    fn start() -> std::io::Result<Self> {
+        let (started, handle) = std::sync::mpsc::sync_channel(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("sidecar-readers".into())
+            .spawn(move || {
+                // Built here, not by the caller: a runtime may not be dropped from async code,
+                // which the caller may be.
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = started.send(Ok(runtime.handle().clone()));
+                        // Ends when the sender is dropped (or sends).
+                        let _ = runtime.block_on(stopped);
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
+            })?;
+        // Blocks for the runtime's start only, once per operator.
+        let handle = handle
+            .recv()
+            .map_err(|_| std::io::Error::other("the readers' thread ended at start"))??;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 /// How often the sweep looks for readings gone stale.
@@ -239,12 +288,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SidecarReaders {
     /// Readers that announce every changed reading on `changes` (the pool whose pod changed).
+    /// They run on a thread of their own ([`ReaderThread`]), or on the caller's runtime if that
+    /// thread cannot start.
     pub fn new(
         config: ReaderConfig,
         changes: mpsc::UnboundedSender<PoolKey>,
         observer: Arc<dyn ReadObserver>,
     ) -> Self {
+        let thread = ReaderThread::start()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot start the sidecar readers' thread; reading on the operator's runtime");
+            })
+            .ok();
+        let runtime = thread
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |t| t.handle.clone());
         let shared = Arc::new(Shared {
+            runtime: runtime.clone(),
             polls: Semaphore::new(config.max_concurrent_polls.max(1)),
             config,
             observer,
@@ -252,22 +312,24 @@ impl SidecarReaders {
             changes,
         });
         let pools: Arc<Pools> = Arc::default();
-        let sweeper = tokio::spawn({
-            let (shared, pools) = (shared.clone(), pools.clone());
-            async move {
-                let mut every = tokio::time::interval(SWEEP_EVERY);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    sweep_silent(&pools, &shared, Instant::now());
+        let sweeper = runtime
+            .spawn({
+                let (shared, pools) = (shared.clone(), pools.clone());
+                async move {
+                    let mut every = tokio::time::interval(SWEEP_EVERY);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                        sweep_silent(&pools, &shared, Instant::now());
+                    }
                 }
-            }
-        })
-        .abort_handle();
+            })
+            .abort_handle();
         Self {
             shared,
             pools,
             sweeper,
+            _thread: thread,
         }
     }
 
@@ -478,7 +540,10 @@ fn start_reader(
         shared: shared.clone(),
     };
     let address = SocketAddr::new(address, shared.config.port);
-    tokio::spawn(read_pod(reader, address, watch_from)).abort_handle()
+    shared
+        .runtime
+        .spawn(read_pod(reader, address, watch_from))
+        .abort_handle()
 }
 
 /// What one pod's reader records into, and whom it wakes.
@@ -1221,6 +1286,60 @@ mod tests {
     }
 
     #[test]
+    fn readers_read_on_their_own_thread_until_dropped() {
+        // A sidecar on a plain thread: one watch line, then it waits for the reader to hang up.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (hung_up, closed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut socket, _) = listener.accept().unwrap();
+            let (mut request, mut piece) = (Vec::new(), [0u8; 1024]);
+            while !request.windows(4).any(|end| end == b"\r\n\r\n") {
+                let n = socket.read(&mut piece).unwrap();
+                assert!(n > 0, "the request head comes whole");
+                request.extend_from_slice(&piece[..n]);
+            }
+            let line = format!("{SNAPSHOT}\n");
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            write!(socket, "{head}{:x}\r\n{line}\r\n", line.len()).unwrap();
+            while socket.read(&mut piece).is_ok_and(|n| n > 0) {}
+            hung_up.send(()).unwrap();
+        });
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let readers = caller.block_on(async {
+            let config = ReaderConfig {
+                watch: true,
+                ..config(address.port())
+            };
+            let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
+            readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
+            readers
+        });
+
+        // The caller's runtime runs nothing from here on; the stream is read all the same.
+        let (announce, announced) = std::sync::mpsc::channel();
+        std::thread::spawn(move || announce.send(rx.blocking_recv()));
+        let announced = announced.recv_timeout(Duration::from_secs(5));
+        assert_eq!(announced, Ok(Some(pool.clone())));
+        let reading = readers.snapshots(&pool, ["pod-a"]).remove(0);
+        assert_eq!(reading.map(|current| current.snapshot.load()), Ok(5));
+
+        drop(readers);
+        closed
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the stream is closed with the readers");
+    }
+
+    #[test]
     fn a_readers_task_stays_small() {
         // Ten thousand readers make every hundred bytes of a reader's state a megabyte: what
         // runs rarely (opening a stream, polls) is boxed while it runs, not kept in every task;
@@ -1230,12 +1349,16 @@ mod tests {
         // the runtime's task (a 32-byte header, 24 bytes beside the future, a 48-byte trailer,
         // aligned to 128) is a 384-byte block.
         let (tx, _rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let shared = Arc::new(Shared {
             config: ReaderConfig::default(),
             polls: Semaphore::new(1),
             observer: Arc::new(NoMetrics),
             counter: ChangeCounter::default(),
             changes: tx,
+            runtime: runtime.handle().clone(),
         });
         let reader = PodReader {
             slot: Arc::new(PoolSlot {
