@@ -95,6 +95,11 @@ struct Args {
     /// to about one per worker a second.
     #[arg(long, env = "ASYNCPOOL_WATCH_PACE", default_value = "1s", value_parser = parse_watch_pace)]
     watch_pace: Duration,
+    /// About how many paced lines a second all watch streams together may send: with more
+    /// streams than this at --watch-pace, each stream's pace is stretched to keep within it,
+    /// up to 2s (bursts, drains and gaps still arrive at once). 0 never stretches the pace.
+    #[arg(long, env = "ASYNCPOOL_WATCH_LINE_BUDGET", default_value_t = 5_000)]
+    watch_line_budget: u32,
     /// Time between polls of one sidecar when it is polled.
     #[arg(long, env = "ASYNCPOOL_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -233,6 +238,7 @@ async fn main() -> ExitCode {
         reader: ReaderConfig {
             watch: args.watch_sidecars,
             watch_pace: args.watch_pace,
+            watch_line_budget: args.watch_line_budget,
             poll_interval: args.poll_interval,
             request_timeout: args.read_timeout,
             max_concurrent_polls: args.max_concurrent_reads,

@@ -25,7 +25,7 @@ use tokio::time::{Instant, timeout};
 
 use super::sidecar_http;
 use crate::pool::PoolKey;
-use asyncpool_contract::queue::QueueSnapshot;
+use asyncpool_contract::queue::{QueueSnapshot, WATCH_HEARTBEAT};
 
 /// Largest body or line accepted from a sidecar; anything longer is garbage.
 const MAX_BODY: usize = 64 * 1024;
@@ -42,6 +42,10 @@ pub struct ReaderConfig {
     /// step, a drain or a gap at once. Bounds the lines a busy fleet sends to about one per
     /// busy pod a second by default.
     pub watch_pace: Duration,
+    /// About how many paced lines a second all streams together may send: past this many
+    /// streams at `watch_pace`, each stream's pace is stretched, up to the heartbeat's 2 s
+    /// ([`stream_pace`]). 0: never stretched.
+    pub watch_line_budget: u32,
     /// Time between polls of one pod (also the pace at which a broken watch is retried).
     pub poll_interval: Duration,
     /// Longest a connect or a poll may take.
@@ -62,6 +66,7 @@ impl Default for ReaderConfig {
             port: asyncpool_contract::pod::ADMIN_PORT,
             watch: true,
             watch_pace: Duration::from_secs(1),
+            watch_line_budget: 5_000,
             poll_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(1),
             watch_idle_timeout: Duration::from_secs(6),
@@ -221,7 +226,45 @@ struct Shared {
     changes: mpsc::UnboundedSender<PoolKey>,
     /// Where the readers run ([`ReaderThread`]).
     runtime: tokio::runtime::Handle,
+    /// Pods read, across all pools: what the line budget is shared among.
+    pods: std::sync::atomic::AtomicUsize,
 }
+
+impl Shared {
+    /// The pace to ask of a stream opened now ([`stream_pace`]).
+    fn stream_pace(&self) -> Duration {
+        stream_pace(&self.config, self.pods.load(Ordering::Relaxed))
+    }
+}
+
+/// The pace asked of each of `streams` watch streams: the configured pace, stretched so that
+/// they all send about the line budget's lines a second, and never past the heartbeat (a
+/// quiet stream sends that often anyway). In whole milliseconds, as the request states it. A
+/// fleet of busy workers costs the operator a few microseconds per line (the read, its wake,
+/// the parse); the budget is what bounds that cost at ten thousand pods, while smaller fleets
+/// keep the configured pace.
+fn stream_pace(config: &ReaderConfig, streams: usize) -> Duration {
+    let longest = WATCH_HEARTBEAT.max(config.watch_pace);
+    if config.watch_line_budget == 0 {
+        return config.watch_pace;
+    }
+    let spread = u64::try_from(streams)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(1_000)
+        .div_ceil(u64::from(config.watch_line_budget));
+    Duration::from_millis(spread).clamp(config.watch_pace, longest)
+}
+
+/// Whether a stream opened at `pace` is to be opened again at `target`: they differ by more
+/// than a quarter (streams opened while an operator starts, or a fleet grows, see fewer pods
+/// than there are).
+fn mispaced(pace: Duration, target: Duration) -> bool {
+    pace * 4 < target * 3 || pace * 3 > target * 4
+}
+
+/// Streams opened again at their pace per sweep at most: at ten thousand streams opened too
+/// early, a few seconds of sweeps, not one storm of connections.
+const REPACE_PER_SWEEP: usize = 1_000;
 
 /// All per-pod reader tasks, and their latest readings.
 pub struct SidecarReaders {
@@ -305,6 +348,7 @@ impl SidecarReaders {
             .map_or_else(tokio::runtime::Handle::current, |t| t.handle.clone());
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
+            pods: Default::default(),
             polls: Semaphore::new(config.max_concurrent_polls.max(1)),
             config,
             observer,
@@ -353,6 +397,7 @@ impl SidecarReaders {
             let keep = wanted.get(&**pod) == Some(&reader.address);
             if !keep {
                 reader.task.abort();
+                self.shared.pods.fetch_sub(1, Ordering::Relaxed);
                 let mut readings = lock(&slot.readings);
                 readings.pods.remove(pod);
                 readings.touch(&self.shared.counter);
@@ -364,6 +409,7 @@ impl SidecarReaders {
                 continue;
             }
             let task = start_reader(&self.shared, &readers.slot, name, *address, Instant::now());
+            self.shared.pods.fetch_add(1, Ordering::Relaxed);
             readers.running.insert(
                 name.clone(),
                 Running {
@@ -472,18 +518,35 @@ fn stale(age: Duration, watched: bool) -> String {
 /// polling, with the stream tried again ten polls later (as a stream that ends). A pool's
 /// version then moves when one of its pods goes silent (a decision round plans it again, where
 /// a pool at rest would otherwise be left alone), and its reconcile runs at once, as it does for
-/// any change a sidecar reports. The readers' tasks keep no timer for this.
+/// any change a sidecar reports. The readers' tasks keep no timer for this. Streams opened at
+/// a pace the line budget no longer gives ([`mispaced`]) are opened again at its pace.
 fn sweep_silent(pools: &Pools, shared: &Arc<Shared>, now: Instant) {
     let config = &shared.config;
+    let target = shared.stream_pace();
+    let mut repaced = 0;
     let mut silent = Vec::new();
     for PoolReaders { slot, running } in lock(pools).values_mut() {
         let mut readings = lock(&slot.readings);
         let mut went_stale = false;
         for (pod, reading) in readings.pods.iter_mut() {
-            match *reading {
+            match reading {
                 Reading::Snapshot { at, held_back, .. } => {
+                    let (at, held_back) = (*at, held_back);
                     let age = now.saturating_duration_since(at);
                     if age <= config.stale_after {
+                        // A stream whose pace the line budget now puts elsewhere is opened
+                        // again at the budget's pace; the reading holds meanwhile, marked with
+                        // that pace so that it is not opened twice.
+                        if !held_back.is_zero()
+                            && repaced < REPACE_PER_SWEEP
+                            && mispaced(*held_back, target)
+                            && let Some(stream) = running.get_mut(pod)
+                        {
+                            stream.task.abort();
+                            stream.task = start_reader(shared, slot, pod, stream.address, now);
+                            *held_back = target;
+                            repaced += 1;
+                        }
                         continue;
                     }
                     *reading = if held_back.is_zero() {
@@ -496,7 +559,7 @@ fn sweep_silent(pools: &Pools, shared: &Arc<Shared>, now: Instant) {
                     went_stale = true;
                 }
                 Reading::Silent { since } => {
-                    let silence = now.saturating_duration_since(since);
+                    let silence = now.saturating_duration_since(*since);
                     if silence < config.watch_idle_timeout {
                         continue;
                     }
@@ -568,13 +631,13 @@ impl PodReader {
         }
     }
 
-    /// Records a line of the pod's watch stream, read `latency` after the request (zero after
-    /// the first); false for a repeated line with no snapshot left to renew, which the caller
-    /// then parses and hands over again.
-    fn watched(&self, line: Line, latency: Duration) -> bool {
+    /// Records a line of the pod's watch stream, paced at `pace`, read `latency` after the
+    /// request (zero after the first); false for a repeated line with no snapshot left to
+    /// renew, which the caller then parses and hands over again.
+    fn watched(&self, line: Line, latency: Duration, pace: Duration) -> bool {
         let recorded = match line {
             Line::New(snapshot) => {
-                self.record(Reading::fresh(snapshot, self.shared.config.watch_pace));
+                self.record(Reading::fresh(snapshot, pace));
                 true
             }
             Line::Repeat => self.renew(),
@@ -755,6 +818,8 @@ struct Watch {
     response: sidecar_http::Response,
     buffer: BytesMut,
     last_line: Option<u64>,
+    /// The pace the stream was asked for.
+    pace: Duration,
 }
 
 impl Watch {
@@ -780,13 +845,13 @@ impl Watch {
             }
             taken += 1;
             let hash = line_hash(line);
-            if self.last_line == Some(hash) && reader.watched(Line::Repeat, latency) {
+            if self.last_line == Some(hash) && reader.watched(Line::Repeat, latency, self.pace) {
                 continue;
             }
             let snapshot =
                 QueueSnapshot::parse(line).map_err(|e| ReadError::Invalid(e.to_string()))?;
             self.last_line = Some(hash);
-            reader.watched(Line::New(snapshot), latency);
+            reader.watched(Line::New(snapshot), latency, self.pace);
         }
         if self.buffer.is_empty() {
             // Lines come whole, a second or more apart: hold no memory between them.
@@ -805,7 +870,8 @@ async fn open_watch(address: SocketAddr, reader: &PodReader) -> Result<Watch, Re
     let config = &reader.shared.config;
     let started = Instant::now();
     let deadline = started + config.request_timeout;
-    let target = watch_target(config.watch_pace);
+    let pace = reader.shared.stream_pace();
+    let target = watch_target(pace);
     let response = tokio::time::timeout_at(deadline, get(address, &target, config))
         .await
         .map_err(|_| ReadError::Timeout)??;
@@ -816,6 +882,7 @@ async fn open_watch(address: SocketAddr, reader: &PodReader) -> Result<Watch, Re
         response,
         buffer: BytesMut::new(),
         last_line: None,
+        pace,
     };
     loop {
         let read = std::future::poll_fn(|cx| watch.poll_read(cx));
@@ -1134,16 +1201,23 @@ mod tests {
 
     /// A sidecar whose watch stream sends its head (and its first line if `first_line`), then
     /// nothing, its connection held open; its polls answer.
-    async fn sidecar_whose_stream_stalls(first_line: bool) -> SocketAddr {
+    /// A sidecar whose watch streams send their first line (or none) and then nothing; each
+    /// watch request's line comes out of the receiver.
+    async fn sidecar_whose_stream_stalls(
+        first_line: bool,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let (watches, watched) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 let mut request = vec![0u8; 4096];
                 let n = socket.read(&mut request).await.unwrap_or(0);
-                if String::from_utf8_lossy(&request[..n]).contains("watch=true") {
+                let request = String::from_utf8_lossy(&request[..n]);
+                if request.contains("watch=true") {
+                    let _ = watches.send(request.lines().next().unwrap_or_default().to_owned());
                     let mut head =
                         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned();
                     if first_line {
@@ -1157,13 +1231,13 @@ mod tests {
                 }
             }
         });
-        address
+        (address, watched)
     }
 
     #[tokio::test]
     async fn a_stream_silent_past_its_idle_timeout_is_given_up_for_polls() {
         // A sidecar whose watch stream sends one line and then nothing.
-        let address = sidecar_whose_stream_stalls(true).await;
+        let (address, _watches) = sidecar_whose_stream_stalls(true).await;
         #[derive(Default)]
         struct Reads {
             lines: std::sync::atomic::AtomicUsize,
@@ -1214,7 +1288,7 @@ mod tests {
     async fn a_stream_that_never_sends_its_first_line_is_given_up_for_polls() {
         // A sidecar whose watch stream answers its head and then nothing (the contract has the
         // first line written at once).
-        let address = sidecar_whose_stream_stalls(false).await;
+        let (address, _watches) = sidecar_whose_stream_stalls(false).await;
         let request_timeout = Duration::from_millis(300);
         let config = ReaderConfig {
             watch: true,
@@ -1283,6 +1357,72 @@ mod tests {
         readers.forget_pool(&pool);
         let after = readers.snapshots(&pool, ["pod-a"]);
         assert_eq!(after[0], Err(Unavailable::NotReadYet));
+    }
+
+    #[test]
+    fn the_line_budget_stretches_the_pace_of_a_large_fleet_only() {
+        let budget = |watch_pace, watch_line_budget| ReaderConfig {
+            watch_pace,
+            watch_line_budget,
+            ..ReaderConfig::default()
+        };
+        let paced = budget(Duration::from_secs(1), 5_000);
+        assert_eq!(stream_pace(&paced, 0), Duration::from_secs(1));
+        assert_eq!(stream_pace(&paced, 1_000), Duration::from_secs(1));
+        assert_eq!(stream_pace(&paced, 7_500), Duration::from_millis(1_500));
+        assert_eq!(stream_pace(&paced, 7_501), Duration::from_millis(1_501));
+        // Never past the heartbeat: a quiet stream sends that often anyway.
+        assert_eq!(stream_pace(&paced, 10_380), Duration::from_secs(2));
+        assert_eq!(stream_pace(&paced, usize::MAX), Duration::from_secs(2));
+        let unpaced = budget(Duration::from_millis(20), 5_000);
+        assert_eq!(stream_pace(&unpaced, 50), Duration::from_millis(20));
+        assert_eq!(stream_pace(&unpaced, 1_000), Duration::from_millis(200));
+        let unbounded = budget(Duration::from_millis(20), 0);
+        assert_eq!(stream_pace(&unbounded, 100_000), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_stream_is_mispaced_past_a_quarter_either_way() {
+        let ms = Duration::from_millis;
+        assert!(mispaced(ms(1_000), ms(2_000)));
+        assert!(mispaced(ms(2_000), ms(1_000)));
+        assert!(!mispaced(ms(1_600), ms(2_000)));
+        assert!(!mispaced(ms(2_000), ms(1_500)));
+        assert!(!mispaced(ms(1_000), ms(1_000)));
+    }
+
+    #[tokio::test]
+    async fn streams_are_opened_again_at_the_pace_a_growing_fleet_gets() {
+        let (address, mut watches) = sidecar_whose_stream_stalls(true).await;
+        let config = ReaderConfig {
+            watch: true,
+            // One line a second for all: one stream at 1 s, three at the 2 s longest.
+            watch_line_budget: 1,
+            ..config(address.port())
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
+        let pool = PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        let pods: Vec<(Arc<str>, IpAddr)> = ["pod-a", "pod-b", "pod-c"]
+            .into_iter()
+            .map(|name| (name.into(), address.ip()))
+            .collect();
+        let mut next_watch = async || {
+            let request = timeout(Duration::from_secs(5), watches.recv()).await;
+            request.expect("a watch request").expect("the sidecar runs")
+        };
+
+        readers.sync_pool(&pool, &pods[..1]);
+        assert!(next_watch().await.contains("pace=1000ms"));
+        readers.sync_pool(&pool, &pods);
+        // The two new streams, and the first opened again by the sweep, at the new pace.
+        for _ in 0..3 {
+            let request = next_watch().await;
+            assert!(request.contains("pace=2000ms"), "{request}");
+        }
     }
 
     #[test]
@@ -1359,6 +1499,7 @@ mod tests {
             counter: ChangeCounter::default(),
             changes: tx,
             runtime: runtime.handle().clone(),
+            pods: Default::default(),
         });
         let reader = PodReader {
             slot: Arc::new(PoolSlot {
