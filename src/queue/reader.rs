@@ -279,9 +279,9 @@ pub struct SidecarReaders {
 /// The readers' own thread, with a single-threaded runtime. Every sidecar writes its paced
 /// line on the same tick of the clock, so ten thousand lines arrive within a millisecond or
 /// two; on the operator's multi-threaded runtime each burst had its workers waking and
-/// stealing tasks from each other, a third of the operator's CPU at rest at 10,000 pods
-/// (docs/benchmarks.md). One thread that does nothing but read handles the burst in a few
-/// milliseconds. The thread ends, with every task left on it, when this is dropped.
+/// stealing tasks from each other, up to a third of the operator's CPU at rest at 10,000 pods
+/// (docs/benchmarks.md). One thread that does nothing but read takes the burst more cheaply.
+/// The thread ends, with every task left on it, when this is dropped.
 struct ReaderThread {
     handle: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
