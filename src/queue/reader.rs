@@ -961,6 +961,14 @@ mod tests {
         )
     }
 
+    /// The pool every test reads.
+    fn test_pool() -> PoolKey {
+        PoolKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+        }
+    }
+
     fn config(port: u16) -> ReaderConfig {
         ReaderConfig {
             port,
@@ -974,10 +982,7 @@ mod tests {
     async fn first_result(address: SocketAddr) -> Result<QueueSnapshot, String> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let readers = SidecarReaders::new(config(address.port()), tx, Arc::new(NoMetrics));
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         let announced = timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -1031,10 +1036,7 @@ mod tests {
             ..config(address.port())
         };
         let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -1115,10 +1117,7 @@ mod tests {
             ..config(address.port())
         };
         let readers = SidecarReaders::new(config, tx, reads.clone());
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         assert_eq!(readers.version(&pool), 0, "nothing read yet");
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         let read = |count: usize| {
@@ -1262,10 +1261,7 @@ mod tests {
         };
         let (tx, _rx) = mpsc::unbounded_channel();
         let readers = SidecarReaders::new(config, tx, reads.clone());
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         let started = Instant::now();
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         timeout(Duration::from_secs(5), async {
@@ -1301,10 +1297,7 @@ mod tests {
         };
         let (tx, _rx) = mpsc::unbounded_channel();
         let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         let started = Instant::now();
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         timeout(Duration::from_secs(5), async {
@@ -1348,10 +1341,7 @@ mod tests {
         let address = serve(http("200 OK", SNAPSHOT)).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let readers = SidecarReaders::new(config(address.port()), tx, Arc::new(NoMetrics));
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
         timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
         readers.forget_pool(&pool);
@@ -1402,10 +1392,7 @@ mod tests {
         };
         let (tx, _rx) = mpsc::unbounded_channel();
         let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         let pods: Vec<(Arc<str>, IpAddr)> = ["pod-a", "pod-b", "pod-c"]
             .into_iter()
             .map(|name| (name.into(), address.ip()))
@@ -1446,10 +1433,7 @@ mod tests {
             while socket.read(&mut piece).is_ok_and(|n| n > 0) {}
             hung_up.send(()).unwrap();
         });
-        let pool = PoolKey {
-            namespace: "ns".into(),
-            name: "p".into(),
-        };
+        let pool = test_pool();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let caller = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1503,10 +1487,7 @@ mod tests {
         });
         let reader = PodReader {
             slot: Arc::new(PoolSlot {
-                pool: PoolKey {
-                    namespace: "ns".into(),
-                    name: "p".into(),
-                },
+                pool: test_pool(),
                 readings: Mutex::default(),
             }),
             pod: "p-1".into(),
