@@ -1295,18 +1295,18 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             ..config(address.port())
         };
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let readers = SidecarReaders::new(config, tx, Arc::new(NoMetrics));
         let pool = test_pool();
         let started = Instant::now();
         readers.sync_pool(&pool, &[("pod-a".into(), address.ip())]);
-        timeout(Duration::from_secs(5), async {
-            while readers.snapshots(&pool, ["pod-a"])[0].is_err() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the stream is given up and the pod polled");
+        // The first reading, the poll's, announces the pool.
+        let announced = timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(
+            announced.expect("the stream is given up and the pod polled"),
+            Some(pool.clone())
+        );
+        assert!(readers.snapshots(&pool, ["pod-a"])[0].is_ok());
         assert!(
             started.elapsed() >= request_timeout,
             "given up after {:?}, before the request timeout",
