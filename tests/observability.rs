@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use asyncpool_contract::pod::ADMIN_PORT_NAME;
-use asyncpool_testkit::sidecar::{Sidecar, free_port, get};
+use asyncpool_testkit::sidecar::{RefusingPort, Sidecar, get};
 use serde_json::Value;
 use support::{helm_path, repo_root, succeeded};
 
@@ -434,7 +434,8 @@ fn the_dashboard_adds_up_only_per_pod_sidecar_figures() {
 async fn the_dashboard_and_the_alerts_use_only_metrics_that_exist() {
     let operator = families(&every_operator_family());
     // A real sidecar's exposition (a proxy with nothing behind it still reports its queue).
-    let upstream = format!("127.0.0.1:{}", free_port());
+    let nothing_behind = RefusingPort::new();
+    let upstream = nothing_behind.addr.to_string();
     let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
     let reply = get(sidecar.admin, "/metrics").await.expect("GET /metrics");
     let sidecar_families = families(&String::from_utf8_lossy(&reply.body));

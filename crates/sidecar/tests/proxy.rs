@@ -775,8 +775,8 @@ async fn bad_input_gets_clean_errors_and_others_are_still_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_app_gives_a_503_to_retry_and_the_sidecar_stays_healthy() {
-    let dead = free_port().to_string();
-    let upstream = format!("127.0.0.1:{dead}");
+    let dead = RefusingPort::new();
+    let upstream = dead.addr.to_string();
     let sidecar = Sidecar::start(&["--upstream", &upstream, "--concurrency", "2"]).await;
     let replies: Vec<_> = (0..10)
         .map(|_| tokio::spawn(get(sidecar.addr, "/")))
@@ -1096,13 +1096,13 @@ async fn an_app_that_answers_before_reading_the_upload_is_passed_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_whether_the_app_accepts_connections() {
-    // The app's port, not bound yet: a pod whose app is still starting.
-    let port = free_port();
-    let upstream = format!("127.0.0.1:{port}");
+    // The app's port, not listening yet: a pod whose app is still starting.
+    let port = RefusingPort::new();
+    let upstream = port.addr.to_string();
     let sidecar = Sidecar::start(&["--upstream", &upstream]).await;
     assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 503);
 
-    let app = tokio::net::TcpListener::bind(&upstream).await.unwrap();
+    let app = port.listen();
     let accepting = tokio::spawn(async move {
         loop {
             let _ = app.accept().await;
@@ -1113,6 +1113,7 @@ async fn readiness_follows_whether_the_app_accepts_connections() {
     // The app goes away again: not ready again.
     accepting.abort();
     let _ = accepting.await;
+    let _gone = RefusingPort::at(upstream.parse().unwrap());
     assert_eq!(get(sidecar.admin, "/readyz").await.unwrap().status, 503);
 }
 

@@ -63,6 +63,45 @@ pub fn free_port() -> u16 {
     free_loopback_port().expect("a free loopback port")
 }
 
+/// A loopback port held bound but not listening: a connection to it is refused, and no test
+/// running beside can take it while it is held (a port only found free can be). Stands for an
+/// app that is not up yet, or has gone.
+pub struct RefusingPort {
+    socket: tokio::net::TcpSocket,
+    pub addr: std::net::SocketAddr,
+}
+
+impl RefusingPort {
+    /// A fresh port.
+    pub fn new() -> RefusingPort {
+        RefusingPort::at(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// `addr` held again, e.g. right after the app listening on it went away.
+    pub fn at(addr: std::net::SocketAddr) -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        // Connections the app accepted may linger in TIME_WAIT on the port.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(addr).expect("the port held");
+        let addr = socket.local_addr().expect("the held port's address");
+        RefusingPort { socket, addr }
+    }
+
+    /// The app comes up on the port: it listens from now on (with no moment in which the port
+    /// was free). Needs a tokio runtime.
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.socket
+            .listen(1024)
+            .expect("listening on the held port")
+    }
+}
+
+impl Default for RefusingPort {
+    fn default() -> Self {
+        RefusingPort::new()
+    }
+}
+
 /// Polls `check` every `every` until it gives `Some`, or says it timed out after `limit`,
 /// naming `what`. The test helpers turn the error into a failed test; the benchmarks return it.
 pub async fn poll_until<T, F, Fut>(

@@ -35,7 +35,7 @@ pub fn python() -> PathBuf {
     candidate
 }
 
-pub use crate::free_port;
+pub use crate::{RefusingPort, free_port};
 
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
