@@ -310,7 +310,8 @@ async fn run_controller(
 /// Every tick, a decision round for every pool (`reconcile::decision_round`): the scalers
 /// sample and plan from memory, and only the pools whose plan moved are reconciled. A pool at
 /// rest costs a round, not a reconcile; a change a sidecar reports wakes its pool at once and
-/// does not wait for a round.
+/// does not wait for a round. Where the line budget stretched the sidecars' pace, rounds come
+/// as much less often (`SidecarReaders::round_period`).
 async fn decision_rounds(
     context: Arc<Context>,
     pools: reflector::Store<AsyncWorkerPool>,
@@ -319,11 +320,13 @@ async fn decision_rounds(
     /// Pools per slice of a round between yields, so a round over thousands of pools does not
     /// hold a runtime thread that sidecar readers need.
     const SLICE: usize = 64;
-    let mut every = tokio::time::interval(context.settings.tick);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = tokio::time::Instant::now();
     loop {
-        every.tick().await;
+        tokio::time::sleep_until(next).await;
         let started = std::time::Instant::now();
+        // A round that overran its period is followed by the next at once, not by a catch-up.
+        next = tokio::time::Instant::from_std(started)
+            + context.readers.round_period(context.settings.tick);
         let mut resting = 0i64;
         for slice in pools.state().chunks(SLICE) {
             for pool in slice {

@@ -255,6 +255,19 @@ fn stream_pace(config: &ReaderConfig, streams: usize) -> Duration {
     Duration::from_millis(spread).clamp(config.watch_pace, longest)
 }
 
+/// How often to plan from readings that come at `pace` where `configured_pace` was asked for:
+/// `every`, thinned by as much as the line budget stretched the pace, but never to less often
+/// than the lines come. Planning a fleet more often than its lines arrive re-plans the same
+/// readings; a load step is sent at once and wakes its pool whatever the pace, so only what
+/// time alone moves (a window ending) waits up to the longer period.
+fn round_period(every: Duration, configured_pace: Duration, pace: Duration) -> Duration {
+    if configured_pace.is_zero() || pace <= configured_pace {
+        return every;
+    }
+    let thinned = every.mul_f64(pace.as_secs_f64() / configured_pace.as_secs_f64());
+    thinned.min(pace).max(every)
+}
+
 /// Whether a stream opened at `pace` is to be opened again at `target`: they differ by more
 /// than a quarter (streams opened while an operator starts, or a fleet grows, see fewer pods
 /// than there are).
@@ -469,6 +482,17 @@ impl SidecarReaders {
                 },
             )
             .collect()
+    }
+
+    /// How often the pools read here are worth planning, for a planner that would plan every
+    /// `every` ([`round_period`]): as often at the configured pace, less often when the line
+    /// budget stretched it.
+    pub fn round_period(&self, every: Duration) -> Duration {
+        let config = &self.shared.config;
+        if !config.watch {
+            return every;
+        }
+        round_period(every, config.watch_pace, self.shared.stream_pace())
     }
 
     /// A number that changes whenever anything recorded about `pool`'s sidecars changes, other
@@ -1383,6 +1407,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_are_opened_again_at_the_pace_a_growing_fleet_gets() {
+        const TICK: Duration = Duration::from_millis(500);
         let (address, mut watches) = sidecar_whose_stream_stalls(true).await;
         let config = ReaderConfig {
             watch: true,
@@ -1404,12 +1429,43 @@ mod tests {
 
         readers.sync_pool(&pool, &pods[..1]);
         assert!(next_watch().await.contains("pace=1000ms"));
+        assert_eq!(readers.round_period(TICK), TICK);
         readers.sync_pool(&pool, &pods);
+        // Rounds thin out as the pace stretches.
+        assert_eq!(readers.round_period(TICK), TICK * 2);
         // The two new streams, and the first opened again by the sweep, at the new pace.
         for _ in 0..3 {
             let request = next_watch().await;
             assert!(request.contains("pace=2000ms"), "{request}");
         }
+    }
+
+    #[test]
+    fn rounds_thin_out_only_by_the_stretch_of_the_pace() {
+        let (second, tick) = (Duration::from_secs(1), Duration::from_millis(500));
+        // At the pace asked for, or quicker (the heartbeat's cap), rounds come every tick.
+        assert_eq!(round_period(second, second, second), second);
+        assert_eq!(round_period(tick, second, Duration::from_millis(700)), tick);
+        assert_eq!(round_period(tick, Duration::ZERO, second), tick);
+        // The pace stretched by half, or doubled: so are the rounds.
+        assert_eq!(
+            round_period(second, second, Duration::from_millis(1_500)),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(round_period(tick, second, 2 * second), second);
+        // Never less often than the lines come, never more often than the tick.
+        assert_eq!(
+            round_period(tick, Duration::from_millis(200), second),
+            second
+        );
+        assert_eq!(
+            round_period(
+                second,
+                Duration::from_millis(200),
+                Duration::from_millis(400)
+            ),
+            second
+        );
     }
 
     #[test]

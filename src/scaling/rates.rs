@@ -2,7 +2,7 @@
 //! Little's law. Counters survive a missed read, so a rate is right even across a gap.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,13 +80,16 @@ impl Counters {
 struct History {
     readings: VecDeque<Counters>,
     latest: Counters,
+    /// The last update that listed the pod (`RateTracker::updates`).
+    listed_in: u64,
 }
 
 impl History {
-    fn starting_at(reading: Counters) -> Self {
+    fn starting_at(reading: Counters, listed_in: u64) -> Self {
         Self {
             readings: VecDeque::from([reading]),
             latest: reading,
+            listed_in,
         }
     }
 
@@ -172,6 +175,8 @@ pub(super) struct RateTracker {
     ended: Vec<History>,
     /// The service time measured in the last balanced round, used until the next one.
     last_service_seconds: Option<f64>,
+    /// Updates so far: a history not listed in the latest one is a pod that left.
+    updates: u64,
 }
 
 impl RateTracker {
@@ -214,11 +219,14 @@ impl RateTracker {
         // busy pool low by what is not heard yet, or guess it from a young pod's first
         // moments. With no pod read this round, the window ends now and the rate decays with
         // what is known.
-        let mut present = BTreeSet::new();
+        self.updates += 1;
+        let this_update = self.updates;
         let mut end: Option<Duration> = None;
         for (name, snapshot, age) in pods {
-            present.insert(name.clone());
             let Some(snapshot) = snapshot.filter(|s| s.scope == Scope::Pod) else {
+                if let Some(history) = self.pods.get_mut(name.borrow()) {
+                    history.listed_in = this_update;
+                }
                 continue;
             };
             let reading = Counters::read(now.saturating_sub(age), snapshot);
@@ -231,32 +239,36 @@ impl RateTracker {
                         completed: 0,
                         busy_seconds: 0.0,
                     };
-                    let mut after = History::starting_at(restart);
+                    let mut after = History::starting_at(restart, this_update);
                     after.record(reading);
                     let heard = after.latest.at.since_start();
                     self.ended.push(std::mem::replace(history, after));
                     heard
                 }
                 Some(history) => {
+                    history.listed_in = this_update;
                     history.record(reading);
                     history.latest.at.since_start()
                 }
                 None => {
-                    self.pods.insert(name.into(), History::starting_at(reading));
+                    let history = History::starting_at(reading, this_update);
+                    self.pods.insert(name.into(), history);
                     reading.at.since_start()
                 }
             };
             end = Some(end.map_or(heard, |end| end.min(heard)));
         }
-        // Usually nobody left: only the names of those who did are collected.
-        let gone: Vec<Arc<str>> = self
-            .pods
-            .keys()
-            .filter(|name| !present.contains(&***name))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.ended.extend(self.pods.remove(&name));
+        // Usually nobody left: a busy pool's names are compared only when someone did.
+        if self.pods.values().any(|h| h.listed_in != this_update) {
+            let gone: Vec<Arc<str>> = self
+                .pods
+                .iter()
+                .filter(|(_, h)| h.listed_in != this_update)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                self.ended.extend(self.pods.remove(&name));
+            }
         }
 
         let end = end.unwrap_or(now);
