@@ -258,17 +258,15 @@ impl RateTracker {
             };
             end = Some(end.map_or(heard, |end| end.min(heard)));
         }
-        // Usually nobody left: a busy pool's names are compared only when someone did.
-        if self.pods.values().any(|h| h.listed_in != this_update) {
-            let gone: Vec<Arc<str>> = self
-                .pods
-                .iter()
-                .filter(|(_, h)| h.listed_in != this_update)
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in gone {
-                self.ended.extend(self.pods.remove(&name));
-            }
+        // Usually nobody left (and an empty list allocates nothing).
+        let gone: Vec<Arc<str>> = self
+            .pods
+            .iter()
+            .filter(|(_, history)| history.listed_in != this_update)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.ended.extend(self.pods.remove(&name));
         }
 
         let end = end.unwrap_or(now);
