@@ -14,6 +14,10 @@
 #
 #   benches/scale.sh                        # 100 and 1,000 pools
 #   benches/scale.sh --pools 100 --rounds 2 # any arguments replace the defaults
+#   benches/scale.sh --pools 1000 --rounds 2 --operators /tmp/a/asyncpool-operator,/tmp/b/asyncpool-operator
+#                                           # builds compared side by side: measured one after
+#                                           # the other on the same fleet (the rounds change
+#                                           # different tenths of the pools)
 #   benches/scale.sh --pools 3000 --pods-per-pool 3
 #                                           # every pool 3 pods: 3,000 pools within the open-file
 #                                           # limit (the operator holds a watch stream per pod)

@@ -28,6 +28,8 @@ struct State {
     pods: HashMap<String, (String, IpAddr)>,
     /// Each pool's served pods, by name.
     members: HashMap<String, BTreeMap<String, IpAddr>>,
+    /// Every pod the API server holds, terminating ones too.
+    present: HashSet<String>,
 }
 
 impl State {
@@ -81,6 +83,7 @@ impl Fleet {
             default_load,
             pods: HashMap::new(),
             members: HashMap::new(),
+            present: HashSet::new(),
         }));
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let task = tokio::spawn(follow(pods, sidecars.clone(), state.clone()));
@@ -103,6 +106,11 @@ impl Fleet {
         lock(&self.state).pods.len()
     }
 
+    /// Pods the API server holds now, terminating ones too.
+    pub fn present(&self) -> usize {
+        lock(&self.state).present.len()
+    }
+
     pub fn served(&self) -> Served {
         self.sidecars.served()
     }
@@ -123,6 +131,15 @@ async fn follow(pods: Api<Pod>, sidecars: Arc<FakeSidecars>, state: Arc<Mutex<St
         let Ok(event) = event else { continue };
         if let (watcher::Event::InitApply(pod), Some(seen)) = (&event, relisted.as_mut()) {
             seen.insert(pod.name_any());
+        }
+        match &event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                lock(&state).present.insert(pod.name_any());
+            }
+            watcher::Event::Delete(pod) => {
+                lock(&state).present.remove(&pod.name_any());
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
         }
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
@@ -160,6 +177,7 @@ async fn follow(pods: Api<Pod>, sidecars: Arc<FakeSidecars>, state: Arc<Mutex<St
                 for pod in gone {
                     stop_serving(&sidecars, &state, &pod);
                 }
+                lock(&state).present.retain(|name| seen.contains(name));
             }
         }
     }

@@ -20,6 +20,8 @@
 //! ```sh
 //! benches/scale.sh                         # 100 and 1,000 pools
 //! benches/scale.sh --pools 100 --rounds 2  # any arguments replace the defaults
+//! benches/scale.sh --pools 1000 --rounds 2 --operators /tmp/a/asyncpool-operator,/tmp/b/asyncpool-operator
+//!                                          # two builds, one after the other on one fleet
 //! ```
 //!
 //! Under `cargo test --all-targets` it only says how to run it.
@@ -28,7 +30,7 @@ mod fleet;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -77,11 +79,14 @@ struct Args {
     /// The controller-manager's client QPS while the fleet is built (`scripts/cluster qps`); it
     /// runs at its default while the operator is measured. `None`: left as the cluster runs.
     build_qps: Option<String>,
+    /// Builds of the operator measured one after the other on the same fleet, side by side
+    /// (`--operators`); empty: the one built beside this benchmark.
+    operators: Vec<PathBuf>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
                      [--rest-seconds 30] [--pods-per-pool N] [--service-time 100ms|0] \
-                     [--watch-pace 1s] [--change-load 25]";
+                     [--watch-pace 1s] [--change-load 25] [--operators BIN,BIN]";
 
 fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -94,6 +99,7 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         watch_pace: None,
         change_load: CHANGE_LOAD,
         build_qps: None,
+        operators: Vec::new(),
     };
     let mut raw = raw.into_iter();
     while let Some(flag) = raw.next() {
@@ -128,6 +134,12 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     return Err(format!("{flag} must be above the rest load of {REST_LOAD}"));
                 }
                 args.change_load = load;
+            }
+            "--operators" => {
+                args.operators = value.split(',').map(PathBuf::from).collect();
+                if let Some(missing) = args.operators.iter().find(|path| !path.is_file()) {
+                    return Err(format!("{flag}: {} is not a file", missing.display()));
+                }
             }
             "--watch-pace" => {
                 parse_watch_pace(&value).map_err(|e| format!("{flag}: {e}"))?;
@@ -249,6 +261,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
 
 #[derive(Default)]
 struct Row {
+    /// Which build of the operator (its path, as given), when several are compared.
+    operator: String,
     pools: usize,
     pods: usize,
     ready: Duration,
@@ -289,7 +303,7 @@ async fn run_count(
     namespaces: &Namespaces,
     count: usize,
     args: &Args,
-) -> BenchResult<Row> {
+) -> BenchResult<Vec<Row>> {
     println!("\n== {count} pools ==");
     let namespace = namespaces.create(client, &format!("{count}")).await?;
     let logs = output_dir(BENCH).join(&namespace);
@@ -345,6 +359,93 @@ async fn run_count(
         cluster_qps("default")?;
     }
 
+    let mut rows = Vec::new();
+    let builds = operator_builds(&args.operators);
+    for (index, (label, binary)) in builds.iter().enumerate() {
+        let run = Measured {
+            client,
+            kubeconfig,
+            namespace: &namespace,
+            fleet: &fleet,
+            count,
+            total,
+            args,
+            binary,
+            log: if builds.len() == 1 {
+                logs.join("operator.log")
+            } else {
+                logs.join(format!("operator-{}.log", index + 1))
+            },
+            // Each build changes tenths of the pools of its own.
+            first_round: index * args.rounds,
+        };
+        if index > 0 {
+            // The build before left pods terminating after its last round; their events would
+            // be this one's start-up.
+            poll_until(
+                "the fleet back to its size, nothing terminating",
+                Duration::from_secs(600),
+                Duration::from_secs(1),
+                || async { (fleet.present() == total && fleet.pods() == total).then_some(()) },
+            )
+            .await?;
+        }
+        let mut row = measure(run).await?;
+        row.operator = label.clone();
+        rows.push(row);
+    }
+    drop(fleet);
+    namespaces.delete(client, &namespace).await;
+    Ok(rows)
+}
+
+/// The builds `--operators` names, each labelled by its path; by default the one beside this
+/// benchmark.
+fn operator_builds(paths: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    if paths.is_empty() {
+        return vec![(
+            "this build".to_owned(),
+            asyncpool_testkit::binary("asyncpool-operator"),
+        )];
+    }
+    paths
+        .iter()
+        .map(|path| (path.display().to_string(), path.clone()))
+        .collect()
+}
+
+/// One build of the operator measured on a built fleet.
+struct Measured<'a> {
+    client: &'a Client,
+    kubeconfig: &'a Path,
+    namespace: &'a str,
+    fleet: &'a Fleet,
+    count: usize,
+    total: usize,
+    args: &'a Args,
+    binary: &'a Path,
+    log: PathBuf,
+    /// The first reaction round's number: round `n` changes the pools whose index is `n`
+    /// modulo 10.
+    first_round: usize,
+}
+
+/// Start-up, the cost at rest and the reaction rounds of one operator process on the fleet.
+async fn measure(run: Measured<'_>) -> BenchResult<Row> {
+    let Measured {
+        client,
+        kubeconfig,
+        namespace,
+        fleet,
+        count,
+        total,
+        args,
+        binary,
+        log,
+        first_round,
+    } = run;
+    let pool_size = |index| pool_size(index, args.pods_per_pool);
+
     // Start-up.
     let before = api_requests(client).await?;
     let began = Instant::now();
@@ -353,14 +454,8 @@ async fn run_count(
         .iter()
         .map(|pace| format!("--watch-pace={pace}"))
         .collect();
-    let operator = Operator::start_with(
-        kubeconfig,
-        &namespace,
-        ReadMode::Watch,
-        logs.join("operator.log"),
-        &flags,
-    )
-    .await?;
+    let operator =
+        Operator::start_binary(binary, kubeconfig, namespace, ReadMode::Watch, log, &flags).await?;
     let ready = began.elapsed();
     // Observed: every pod's watch stream has sent its first line, and every pool has planned
     // with readings (its load figure is set).
@@ -444,7 +539,7 @@ async fn run_count(
     );
 
     // Reaction: a tenth of the pools change at once, a different tenth each round.
-    let mut deployments = Deployments::start(client, &namespace);
+    let mut deployments = Deployments::start(client, namespace);
     poll_until(
         "the Deployments followed",
         Duration::from_secs(120),
@@ -460,7 +555,7 @@ async fn run_count(
     let mut timeouts = 0;
     let (mut deployment_writes, mut resized, mut change_client_wait) = (0.0, 0.0, 0.0);
     let (mut operator_started, mut operator_scaled) = (Observed::default(), Observed::default());
-    for round in 0..args.rounds {
+    for round in first_round..first_round + args.rounds {
         let sample: Vec<usize> = (0..count).filter(|i| i % 10 == round % 10).collect();
         let before_writes = api_requests(client).await?;
         let before_metrics = operator.metrics().await?;
@@ -535,9 +630,8 @@ async fn run_count(
     reactions.sort();
     let peak_rss = memory_mib(pid).map_or(f64::NAN, |m| m.1);
     operator.stop().await;
-    drop(fleet);
-    namespaces.delete(client, &namespace).await;
     Ok(Row {
+        operator: String::new(),
         pools: count,
         pods: total,
         ready,
@@ -585,13 +679,14 @@ fn millis(seconds: Option<f64>) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | watch lines/s at rest | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | operator's part to reconcile start / to Deployment written, median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| operator | pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | watch lines/s at rest | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | operator's part to reconcile start / to Deployment written, median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} | {} / {} | {} / {} | {} | {:.2} | {:.2} / {:.2} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} | {} / {} | {} / {} | {} | {:.2} | {:.2} / {:.2} |",
+            r.operator,
             r.pools,
             r.pods,
             r.ready.as_secs_f64(),
@@ -629,7 +724,7 @@ async fn run(args: Args) -> BenchResult<()> {
     let mut rows = Vec::new();
     for &count in &args.pools {
         match run_count(&client, kubeconfig, &namespaces, count, &args).await {
-            Ok(row) => rows.push(row),
+            Ok(measured) => rows.extend(measured),
             Err(error) => {
                 namespaces.delete_all(&client).await;
                 return Err(error);

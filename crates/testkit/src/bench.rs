@@ -161,9 +161,23 @@ impl Operator {
         log: PathBuf,
         flags: &[String],
     ) -> BenchResult<Self> {
+        let binary = crate::binary("asyncpool-operator");
+        Self::start_binary(&binary, kubeconfig, namespace, mode, log, flags).await
+    }
+
+    /// [`Operator::start_with`] from another build of the operator (a benchmark that compares
+    /// two builds side by side on one fleet).
+    pub async fn start_binary(
+        binary: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        mode: ReadMode,
+        log: PathBuf,
+        flags: &[String],
+    ) -> BenchResult<Self> {
         let port = crate::free_loopback_port()?;
         let file = std::fs::File::create(&log)?;
-        let mut command = tokio::process::Command::new(crate::binary("asyncpool-operator"));
+        let mut command = tokio::process::Command::new(binary);
         // The operator reads its settings from ASYNCPOOL_* too; the caller's must not leak in.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("ASYNCPOOL_") {
