@@ -2,14 +2,18 @@
 //! (client-go's `--kube-api-qps` and `--kube-api-burst`), so that a change that touches thousands
 //! of pools at once reaches the API server as a steady stream rather than a flood. Requests that
 //! find the bucket empty wait in line; how long each waited is a histogram, so a backlog shows.
-//! The leader lease uses a client of its own, outside the bucket: a full bucket must never cost
-//! the lease. Past the bucket, each request is timed to its response head ([`TimingLayer`]), much
+//! Writes that carry out a pool's plan (its Deployment's size, the marks on the workers to go)
+//! take their tokens in a lane of their own ([`ThrottleLayer::urgent`]): they may borrow up to a
+//! burst ahead, so that they never queue behind the status writes and Events of the pools that
+//! changed before them; those wait longer instead. The leader lease uses a client of its own,
+//! outside the bucket: a full bucket must never cost the lease. Past the bucket, each request is timed to its response head ([`TimingLayer`]), much
 //! as client-go's `rest_client_request_duration_seconds` is (but across kube's own retries of a
 //! request, which sit inside this layer): a write that waits tells whether it waited for the API
 //! server or for the operator.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -56,35 +60,54 @@ impl Bucket {
         }
     }
 
-    /// Takes a token at `now`, or says how long until one is there.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    /// Takes a token at `now`, or says how long until one is there. An `urgent` request may
+    /// take one a burst ahead of the refill, which every other request then waits out.
+    fn take(&mut self, now: Instant, urgent: bool) -> Result<(), Duration> {
         if self.rate.qps <= 0.0 || !self.rate.qps.is_finite() {
             return Ok(());
         }
+        let burst = f64::from(self.rate.burst.max(1));
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = self.at.max(now);
-        self.tokens =
-            (self.tokens + elapsed * self.rate.qps).min(f64::from(self.rate.burst.max(1)));
-        if self.tokens >= 1.0 {
+        self.tokens = (self.tokens + elapsed * self.rate.qps).min(burst);
+        let needed = if urgent { 1.0 - burst } else { 1.0 };
+        if self.tokens >= needed {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate.qps))
+            Err(Duration::from_secs_f64(
+                (needed - self.tokens) / self.rate.qps,
+            ))
         }
     }
 }
 
-/// Puts a [`Throttle`] in front of a client's service stack.
+/// Puts a [`Throttle`] in front of a client's service stack. Every service it makes, and every
+/// one its [`urgent`](ThrottleLayer::urgent) lane makes, draws on one bucket.
 #[derive(Clone)]
 pub struct ThrottleLayer {
-    rate: ApiRate,
+    bucket: Arc<Mutex<Bucket>>,
     waits: Histogram,
+    urgent: bool,
 }
 
 impl ThrottleLayer {
     /// Each request's wait for a token is observed in `waits`, in seconds.
     pub fn new(rate: ApiRate, waits: Histogram) -> Self {
-        Self { rate, waits }
+        Self {
+            bucket: Arc::new(Mutex::new(Bucket::full(rate, Instant::now()))),
+            waits,
+            urgent: false,
+        }
+    }
+
+    /// The lane of the writes that carry out a plan, on the same bucket: its requests go ahead
+    /// of everyone else's, a burst at most.
+    pub fn urgent(&self) -> Self {
+        Self {
+            urgent: true,
+            ..self.clone()
+        }
     }
 }
 
@@ -94,7 +117,8 @@ impl<S> Layer<S> for ThrottleLayer {
     fn layer(&self, inner: S) -> Throttle<S> {
         Throttle {
             inner,
-            bucket: Bucket::full(self.rate, Instant::now()),
+            bucket: self.bucket.clone(),
+            urgent: self.urgent,
             waits: self.waits.clone(),
             holding_token: false,
             waiting: None,
@@ -106,7 +130,8 @@ impl<S> Layer<S> for ThrottleLayer {
 /// buffer, so requests queue there, in order, while the bucket refills.
 pub struct Throttle<S> {
     inner: S,
-    bucket: Bucket,
+    bucket: Arc<Mutex<Bucket>>,
+    urgent: bool,
     waits: Histogram,
     holding_token: bool,
     /// The timer until the next token, and when the request began to wait.
@@ -127,7 +152,12 @@ where
                 ready!(timer.as_mut().poll(cx));
             }
             let now = Instant::now();
-            match self.bucket.take(now) {
+            let taken = self
+                .bucket
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(now, self.urgent);
+            match taken {
                 Ok(()) => {
                     let since = self.waiting.take().map_or(now, |(_, since)| since);
                     self.waits
@@ -240,33 +270,70 @@ mod tests {
     fn a_burst_goes_at_once_then_requests_come_at_the_rate() {
         let (mut bucket, start) = bucket(10.0, 3);
         for _ in 0..3 {
-            assert_eq!(bucket.take(start), Ok(()));
+            assert_eq!(bucket.take(start, false), Ok(()));
         }
-        let wait = bucket.take(start).unwrap_err();
+        let wait = bucket.take(start, false).unwrap_err();
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
-        assert_eq!(bucket.take(start + Duration::from_millis(100)), Ok(()));
-        assert!(bucket.take(start + Duration::from_millis(150)).is_err());
+        assert_eq!(
+            bucket.take(start + Duration::from_millis(100), false),
+            Ok(())
+        );
+        assert!(
+            bucket
+                .take(start + Duration::from_millis(150), false)
+                .is_err()
+        );
         // A quiet spell refills no more than the burst.
         let later = start + Duration::from_secs(60);
         for _ in 0..3 {
-            assert_eq!(bucket.take(later), Ok(()));
+            assert_eq!(bucket.take(later, false), Ok(()));
         }
-        assert!(bucket.take(later).is_err());
+        assert!(bucket.take(later, false).is_err());
+    }
+
+    #[test]
+    fn urgent_requests_borrow_a_burst_ahead_and_the_others_wait_it_out() {
+        let (mut bucket, start) = bucket(10.0, 3);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(start, false), Ok(()));
+        }
+        // Empty for the others; the urgent lane takes a burst more at once.
+        assert!(bucket.take(start, false).is_err());
+        for _ in 0..3 {
+            assert_eq!(bucket.take(start, true), Ok(()));
+        }
+        let urgent_wait = bucket.take(start, true).unwrap_err();
+        assert!(
+            (urgent_wait.as_secs_f64() - 0.1).abs() < 1e-9,
+            "{urgent_wait:?}"
+        );
+        // The others wait until the debt is paid and a token is there: four refills.
+        let wait = bucket.take(start, false).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.4).abs() < 1e-9, "{wait:?}");
+        assert!(
+            bucket
+                .take(start + Duration::from_millis(390), false)
+                .is_err()
+        );
+        assert_eq!(
+            bucket.take(start + Duration::from_millis(400), false),
+            Ok(())
+        );
     }
 
     #[test]
     fn zero_qps_is_no_limit() {
         let (mut bucket, now) = bucket(0.0, 1);
         for _ in 0..10_000 {
-            assert_eq!(bucket.take(now), Ok(()));
+            assert_eq!(bucket.take(now, false), Ok(()));
         }
     }
 
     #[test]
     fn an_instant_from_before_the_last_take_refills_nothing() {
         let (mut bucket, start) = bucket(10.0, 1);
-        assert_eq!(bucket.take(start + Duration::from_secs(1)), Ok(()));
-        assert!(bucket.take(start).is_err());
+        assert_eq!(bucket.take(start + Duration::from_secs(1), false), Ok(()));
+        assert!(bucket.take(start, false).is_err());
     }
 
     /// Counts the requests that reach it.
@@ -311,6 +378,37 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut encoded, &registry).unwrap();
         assert!(encoded.contains("waits_count 4"), "{encoded}");
         assert!(encoded.contains("waits_sum 1.0"), "{encoded}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_urgent_lane_goes_ahead_on_the_same_bucket() {
+        use tower::ServiceExt;
+        let layer = ThrottleLayer::new(
+            ApiRate {
+                qps: 10.0,
+                burst: 2,
+            },
+            Histogram::new([1.0].into_iter()),
+        );
+        let mut others = layer.layer(Counting::default());
+        let mut urgent = layer.urgent().layer(Counting::default());
+        let start = Instant::now();
+        for _ in 0..2 {
+            others.ready().await.unwrap().call(()).await.unwrap();
+        }
+        // The bucket is empty; the urgent lane does not wait for it.
+        for _ in 0..2 {
+            urgent.ready().await.unwrap().call(()).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // The others wait out what the urgent lane borrowed, then a token: 0.3 s at 10 a second.
+        others.ready().await.unwrap().call(()).await.unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(310),
+            "{took:?}"
+        );
+        assert_eq!((others.inner.0, urgent.inner.0), (3, 2));
     }
 
     #[test]

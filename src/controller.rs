@@ -76,6 +76,8 @@ where
 pub struct Clients {
     /// Everything but the lease; rate-limited (`api_rate`).
     pub api: Client,
+    /// The writes that carry out a pool's plan: the rate limit's urgent lane.
+    pub urgent: Client,
     /// The leader lease alone, outside the rate limit: a backlog must never cost the lease.
     pub lease: Client,
 }
@@ -88,7 +90,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), OperatorError> {
-    let Clients { api: client, lease } = clients;
+    let Clients {
+        api: client,
+        urgent,
+        lease,
+    } = clients;
     let ready = Arc::new(AtomicBool::new(false));
     let listener = TcpListener::bind(config.http_listen)
         .await
@@ -132,7 +138,7 @@ pub async fn run(
         }
     };
     let result = tokio::select! {
-        _ = run_controller(client.clone(), &config, metrics.clone(), ready.clone(), shutdown.clone()) => Ok(()),
+        _ = run_controller(client.clone(), urgent, &config, metrics.clone(), ready.clone(), shutdown.clone()) => Ok(()),
         _ = lost_lease, if config.leader.is_some() => Err(OperatorError::LostLease),
     };
     metrics.leader.set(0);
@@ -170,6 +176,7 @@ fn list_config() -> watcher::Config {
 
 async fn run_controller(
     client: Client,
+    urgent: Client,
     config: &OperatorConfig,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -228,6 +235,7 @@ async fn run_controller(
     };
     let context = Arc::new(Context {
         client: client.clone(),
+        urgent,
         caches,
         readers,
         external,

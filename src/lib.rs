@@ -1,6 +1,7 @@
 //! asyncpool: a Kubernetes operator that runs pools of async workers and scales them on the
 //! queue length that a sidecar in each worker pod exposes.
 
+pub mod api_client;
 pub mod api_rate;
 pub mod controller;
 pub mod crd;

@@ -1,5 +1,6 @@
 //! The AsyncWorkerPool API on a real API server: the CRD installs, documents itself, accepts a
-//! valid pool and refuses invalid ones at apply time with a message that says what to fix.
+//! valid pool and refuses invalid ones at apply time with a message that says what to fix; the
+//! operator's client reaches the API server over one HTTP/2 connection.
 
 use asyncpool_testkit::cluster as support;
 
@@ -450,4 +451,69 @@ async fn invalid_pools_are_refused_with_a_message_that_says_what_to_fix() {
         .create(&PostParams::default(), &tls)
         .await
         .expect("a rediss:// pool is valid");
+}
+
+/// Requests in flight at once share one HTTP/2 connection (kube's own client opens an HTTP/1.1
+/// connection for each), those of every client built on it (the operator's two lanes) too, from
+/// a cold start, when all of them find no connection open yet.
+#[tokio::test]
+async fn the_operators_requests_share_one_http2_connection() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use hyper_util::client::legacy::connect::HttpInfo;
+
+    type Seen = Arc<Mutex<Vec<(http::Version, Option<std::net::SocketAddr>)>>>;
+    let seen: Seen = Arc::default();
+    let record = {
+        let seen = seen.clone();
+        move |response: http::Response<hyper::body::Incoming>| {
+            let local = response
+                .extensions()
+                .get::<HttpInfo>()
+                .map(HttpInfo::local_addr);
+            seen.lock().unwrap().push((response.version(), local));
+            response
+        }
+    };
+    let config = support::config().await;
+    let connection =
+        asyncpool::api_client::Connection::new(&config).expect("a connection to the test cluster");
+    let client = || {
+        connection
+            .builder(&config)
+            .expect("a client for the test cluster")
+            .with_layer(&tower::util::MapResponseLayer::new(record.clone()))
+            .build()
+    };
+    let (first, second) = (client(), client());
+
+    const EACH: usize = 12;
+    let requests = (0..EACH).flat_map(|_| [first.apiserver_version(), second.apiserver_version()]);
+    for answer in futures::future::join_all(requests).await {
+        answer.expect("the API server answers");
+    }
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        2 * EACH,
+        "every response passed the recording layer"
+    );
+    assert!(
+        seen.iter()
+            .all(|(version, _)| *version == http::Version::HTTP_2),
+        "responses came over {:?}",
+        seen.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+    );
+    let connections: HashSet<_> = seen.iter().map(|(_, local)| *local).collect();
+    assert_eq!(
+        connections.len(),
+        1,
+        "the requests came over these local addresses: {connections:?}"
+    );
+    assert!(
+        connections.iter().all(Option::is_some),
+        "every response names its connection"
+    );
 }

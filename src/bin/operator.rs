@@ -117,7 +117,8 @@ struct Args {
     /// The lease is renewed outside this limit.
     #[arg(long, env = "ASYNCPOOL_KUBE_API_QPS", default_value_t = ApiRate::DEFAULT.qps)]
     kube_api_qps: f64,
-    /// Requests the operator may send at once after a quiet spell.
+    /// Requests the operator may send at once after a quiet spell; the writes that carry out a
+    /// plan (Deployments, the marks on workers to go) may go a further burst ahead.
     #[arg(long, env = "ASYNCPOOL_KUBE_API_BURST", default_value_t = ApiRate::DEFAULT.burst)]
     kube_api_burst: u32,
     /// Pools reconciled at once.
@@ -168,18 +169,28 @@ fn redis_tls(ca_file: Option<&Path>) -> Result<RedisTls, String> {
     Ok(tls)
 }
 
-/// The rate-limited client for everything, and one for the lease, from the same configuration
-/// (in-cluster or kubeconfig, as `kubectl` finds it).
+/// The operator's clients, from one configuration (in-cluster or kubeconfig, as `kubectl` finds
+/// it): the rate-limited one for everything and its urgent lane for the writes that carry out a
+/// plan, both on one HTTP/2 connection, and one for the lease on a connection of its own.
 async fn clients(rate: ApiRate, metrics: &Metrics) -> Result<Clients, kube::Error> {
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
-    let api = kube::client::ClientBuilder::try_from(config.clone())?
-        .with_layer(&TimingLayer::new(metrics.api_request_seconds.clone()))
-        .with_layer(&ThrottleLayer::new(rate, metrics.api_wait_seconds.clone()))
+    let connection = asyncpool::api_client::Connection::new(&config)?;
+    let timing = TimingLayer::new(metrics.api_request_seconds.clone());
+    let throttle = ThrottleLayer::new(rate, metrics.api_wait_seconds.clone());
+    let api = connection
+        .builder(&config)?
+        .with_layer(&timing)
+        .with_layer(&throttle)
+        .build();
+    let urgent = connection
+        .builder(&config)?
+        .with_layer(&timing)
+        .with_layer(&throttle.urgent())
         .build();
     let lease = kube::Client::try_from(config)?;
-    Ok(Clients { api, lease })
+    Ok(Clients { api, urgent, lease })
 }
 
 #[tokio::main]

@@ -104,6 +104,9 @@ impl Caches {
 /// memory in its own store.
 pub struct Context {
     pub client: Client,
+    /// For the writes that carry out a plan (a Deployment, the marks on workers to go): they go
+    /// ahead of status writes and Events in the client's rate limit.
+    pub urgent: Client,
     pub caches: Caches,
     pub readers: SidecarReaders,
     /// Queues the operator reads itself (Redis queues of pools with no ready worker).
@@ -140,6 +143,7 @@ impl Context {
             ),
             external: ExternalQueues::new(changes, client.clone(), settings.redis_tls.clone()),
             recorder: Recorder::new(client.clone(), reporter),
+            urgent: client.clone(),
             client,
             settings,
             metrics,
@@ -356,7 +360,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         ctx.pools.wrote_deployment(&key, written.into());
     }
     apply_if_changed(
-        ctx,
+        &ctx.client,
         &namespace,
         service,
         observed.service.as_deref(),
@@ -708,7 +712,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// scale deployment`: the hash annotation alone would not show it). Returns the object as the
 /// API server wrote it, `None` when nothing was written.
 async fn apply_if_changed<K, L>(
-    ctx: &Context,
+    client: &Client,
     namespace: &str,
     mut desired: K,
     live: Option<&L>,
@@ -730,7 +734,7 @@ where
         return Ok(None);
     }
     desired.annotations_mut().insert(APPLIED_HASH.into(), hash);
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = desired.name_any();
     api.patch(
         &name,
@@ -775,7 +779,7 @@ async fn write_deployment(
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..PatchParams::default()
             };
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            let api: Api<Deployment> = Api::namespaced(ctx.urgent.clone(), namespace);
             return api
                 .patch(&desired.name_any(), &params, &Patch::Merge(&patch))
                 .await
@@ -787,7 +791,7 @@ async fn write_deployment(
         }
     }
     apply_if_changed(
-        ctx,
+        &ctx.urgent,
         namespace,
         desired,
         live,
@@ -810,7 +814,7 @@ async fn mark_victims(
     namespace: &str,
     victims: &[String],
 ) -> Result<(), ReconcileError> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.urgent.clone(), namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: VICTIM_COST}}});
     let unmarked: Vec<&String> = victims
         .iter()

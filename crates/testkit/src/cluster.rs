@@ -65,6 +65,14 @@ pub async fn client() -> Client {
         .unwrap_or_else(|error| panic!("no client for the test cluster: {error}"))
 }
 
+/// The test cluster's client configuration, for building a client of one's own.
+pub async fn config() -> Config {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("read the test kubeconfig");
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the test kubeconfig holds a configuration")
+}
+
 /// A client for `kubeconfig`, or why there is none.
 pub async fn try_client(
     kubeconfig: &Path,
