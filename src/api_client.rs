@@ -25,8 +25,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How much of a response may arrive before the operator reads it, per request and over the
 /// connection. Unread data waits in the operator's memory, not in the kernel's socket buffers
-/// as over HTTP/1.1: at hyper's defaults (2 and 5 MiB) the four caches' first lists, pages of a
-/// hundred pods each, arrive faster than they are parsed and swell the start-up's peak. A
+/// as over HTTP/1.1, and the four caches' first lists (pages of a hundred pods) can arrive
+/// faster than they are parsed: hyper's defaults, 2 and 5 MiB, would let that much pile up. A
 /// quarter MiB a stream is 250 MB/s at a millisecond's round trip.
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
