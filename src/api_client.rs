@@ -43,17 +43,20 @@ type Http = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 #[derive(Clone)]
 pub struct Connection {
     http: Http,
+    config: kube::Config,
 }
 
 impl Connection {
-    pub fn new(config: &kube::Config) -> Result<Self, kube::Error> {
+    pub fn new(config: kube::Config) -> Result<Self, kube::Error> {
         Ok(Self {
-            http: http_client(config)?,
+            http: http_client(&config)?,
+            config,
         })
     }
 
     /// A client builder on this connection; callers add their layers and build.
-    pub fn builder(&self, config: &kube::Config) -> Result<ClientBuilder<ApiService>, kube::Error> {
+    pub fn builder(&self) -> Result<ClientBuilder<ApiService>, kube::Error> {
+        let config = &self.config;
         let service = ServiceBuilder::new()
             .layer(config.base_uri_layer())
             .option_layer(

@@ -6,10 +6,11 @@
 //! take their tokens in a lane of their own ([`ThrottleLayer::urgent`]): they may borrow up to a
 //! burst ahead, so that they never queue behind the status writes and Events of the pools that
 //! changed before them; those wait longer instead. The leader lease uses a client of its own,
-//! outside the bucket: a full bucket must never cost the lease. Past the bucket, each request is timed to its response head ([`TimingLayer`]), much
-//! as client-go's `rest_client_request_duration_seconds` is (but across kube's own retries of a
-//! request, which sit inside this layer): a write that waits tells whether it waited for the API
-//! server or for the operator.
+//! outside the bucket: a full bucket must never cost the lease. Past the bucket, each request is
+//! timed to its response head ([`TimingLayer`]), much as client-go's
+//! `rest_client_request_duration_seconds` is (but across kube's own retries of a request, which
+//! sit inside this layer): a write that waits tells whether it waited for the API server or for
+//! the operator.
 
 use std::future::Future;
 use std::pin::Pin;

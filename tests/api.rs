@@ -476,12 +476,11 @@ async fn the_operators_requests_share_one_http2_connection() {
             response
         }
     };
-    let config = support::config().await;
-    let connection =
-        asyncpool::api_client::Connection::new(&config).expect("a connection to the test cluster");
+    let connection = asyncpool::api_client::Connection::new(support::config().await)
+        .expect("a connection to the test cluster");
     let client = || {
         connection
-            .builder(&config)
+            .builder()
             .expect("a client for the test cluster")
             .with_layer(&tower::util::MapResponseLayer::new(record.clone()))
             .build()

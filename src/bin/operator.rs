@@ -176,20 +176,20 @@ async fn clients(rate: ApiRate, metrics: &Metrics) -> Result<Clients, kube::Erro
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
-    let connection = asyncpool::api_client::Connection::new(&config)?;
+    let lease = kube::Client::try_from(config.clone())?;
+    let connection = asyncpool::api_client::Connection::new(config)?;
     let timing = TimingLayer::new(metrics.api_request_seconds.clone());
     let throttle = ThrottleLayer::new(rate, metrics.api_wait_seconds.clone());
     let api = connection
-        .builder(&config)?
+        .builder()?
         .with_layer(&timing)
         .with_layer(&throttle)
         .build();
     let urgent = connection
-        .builder(&config)?
+        .builder()?
         .with_layer(&timing)
         .with_layer(&throttle.urgent())
         .build();
-    let lease = kube::Client::try_from(config)?;
     Ok(Clients { api, urgent, lease })
 }
 
