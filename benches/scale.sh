@@ -18,6 +18,10 @@
 #                                           # builds compared side by side: measured one after
 #                                           # the other on the same fleet (the rounds change
 #                                           # different tenths of the pools)
+#   benches/scale.sh --pools 1000 --rounds 2 --floor-rounds 2
+#                                           # then, with no operator running, the control
+#                                           # plane's floor: a tenth of the Deployments resized
+#                                           # at once by a bare client, timed the same way
 #   benches/scale.sh --pools 3000 --pods-per-pool 3
 #                                           # every pool 3 pods: 3,000 pools within the open-file
 #                                           # limit (the operator holds a watch stream per pod)

@@ -14,8 +14,11 @@
 //! - reaction: a tenth of the pools change load at once (from 5 to 25 a pod at their minimum
 //!   size, at 10 per worker; a pool's load is a total spread over its pods, so it settles at 2.5
 //!   times its minimum); from that instant to each pool's Deployment showing its new
-//!   `spec.replicas` (median, p99), and the Deployment writes per scaling decision;
-//! - the operator's peak RSS over the whole run.
+//!   `spec.replicas` (median, p99), and the Deployment writes per scaling decision. Each round
+//!   starts from a settled fleet: the pods the round before created and removed are gone;
+//! - the operator's peak RSS over the whole run;
+//! - with `--floor-rounds N`, after the builds: the control plane's own part of a reaction on
+//!   this machine, a tenth of the Deployments resized at once by a bare client (`Floor`).
 //!
 //! ```sh
 //! benches/scale.sh                         # 100 and 1,000 pools
@@ -38,15 +41,18 @@ use asyncpool::crd::AsyncWorkerPool;
 use asyncpool_contract::duration::parse_duration;
 use asyncpool_contract::queue::parse_watch_pace;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::time::{Instant, sleep};
 
 use asyncpool_testkit::bench::{
     BenchResult, Metrics, Namespaces, Observed, Operator, ReadMode, output_dir, poll_until,
     reaction_pool, warn_about_leftovers,
 };
-use asyncpool_testkit::cluster::{install_crd, kubeconfig_path, try_client};
+use asyncpool_testkit::cluster::{
+    config as cluster_config, install_crd, kubeconfig_path, try_client,
+};
 use asyncpool_testkit::deployments::Deployments;
 use fleet::Fleet;
 
@@ -82,11 +88,14 @@ struct Args {
     /// Builds of the operator measured one after the other on the same fleet, side by side
     /// (`--operators`); empty: the one built beside this benchmark.
     operators: Vec<PathBuf>,
+    /// Rounds of the control plane's floor after the builds (`--floor-rounds`, 0: none).
+    floor_rounds: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
                      [--rest-seconds 30] [--pods-per-pool N] [--service-time 100ms|0] \
-                     [--watch-pace 1s] [--change-load 25] [--operators BIN,BIN]";
+                     [--watch-pace 1s] [--change-load 25] [--operators BIN,BIN] \
+                     [--floor-rounds 2]";
 
 fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -100,6 +109,7 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         change_load: CHANGE_LOAD,
         build_qps: None,
         operators: Vec::new(),
+        floor_rounds: 0,
     };
     let mut raw = raw.into_iter();
     while let Some(flag) = raw.next() {
@@ -119,6 +129,12 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 args.pools = value.split(',').map(count).collect::<Result<_, _>>()?;
             }
             "--rounds" => args.rounds = count(&value)?,
+            "--floor-rounds" => {
+                args.floor_rounds = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{flag} takes a whole number, not {value:?}"))?;
+            }
             "--rest-seconds" => args.rest = Duration::from_secs(count(&value)? as u64),
             "--pods-per-pool" => {
                 let size = i32::try_from(count(&value)?).map_err(|e| e.to_string())?;
@@ -382,21 +398,147 @@ async fn run_count(
         if index > 0 {
             // The build before left pods terminating after its last round; their events would
             // be this one's start-up.
-            poll_until(
-                "the fleet back to its size, nothing terminating",
-                Duration::from_secs(600),
-                Duration::from_secs(1),
-                || async { (fleet.present() == total && fleet.pods() == total).then_some(()) },
-            )
-            .await?;
+            settle(&fleet, total).await?;
         }
         let mut row = measure(run).await?;
         row.operator = label.clone();
         rows.push(row);
     }
+    if args.floor_rounds > 0 {
+        settle(&fleet, total).await?;
+        let floor = Floor {
+            namespace: &namespace,
+            fleet: &fleet,
+            count,
+            total,
+            args,
+            // Tenths of the pools no build changed, as far as there are.
+            first_round: builds.len() * args.rounds,
+        };
+        floor.measure().await?;
+    }
     drop(fleet);
     namespaces.delete(client, &namespace).await;
     Ok(rows)
+}
+
+/// The control plane's own part of a reaction on this machine: a tenth of the pools' Deployments
+/// resized at once by a bare client while no operator runs, from the first request to each new
+/// size showing in the benchmark's watch (as the operator's reactions are timed). The client is
+/// the operator's transport (one HTTP/2 connection, `asyncpool::api_client`) with its
+/// concurrency (64 at once) and no rate limit; each pool goes to the size the operator gives it
+/// (2.5 times its minimum at the default change load), which the controller-manager, the
+/// scheduler and kwok then act on as they do on the operator's writes.
+struct Floor<'a> {
+    namespace: &'a str,
+    fleet: &'a Fleet,
+    count: usize,
+    total: usize,
+    args: &'a Args,
+    first_round: usize,
+}
+
+impl Floor<'_> {
+    async fn measure(&self) -> BenchResult<()> {
+        let client = asyncpool::api_client::Connection::new(cluster_config().await)?
+            .builder()?
+            .build();
+        let api: Api<Deployment> = Api::namespaced(client.clone(), self.namespace);
+        let mut deployments = Deployments::start(&client, self.namespace);
+        let pool_size = |index| pool_size(index, self.args.pods_per_pool);
+        let grown = |index| {
+            let load = self.args.change_load * pool_size(index) as u64;
+            let wanted = i32::try_from(load.div_ceil(10)).unwrap_or(i32::MAX);
+            // The pools' maximum is three times their minimum (`pool_object`).
+            wanted.min(pool_size(index) * 3)
+        };
+        let mut reactions = Vec::new();
+        let mut round_trips = Vec::new();
+        for round in self.first_round..self.first_round + self.args.floor_rounds {
+            let sample: Vec<usize> = (0..self.count).filter(|i| i % 10 == round % 10).collect();
+            deployments.drain();
+            let t0 = Instant::now();
+            let mut patches = futures::stream::iter(sample.iter().map(|&i| {
+                let api = api.clone();
+                async move {
+                    let sent = Instant::now();
+                    resize(&api, i, grown(i)).await?;
+                    BenchResult::Ok(sent.elapsed())
+                }
+            }))
+            .buffer_unordered(64);
+            let mut waiting: HashMap<String, i32> =
+                sample.iter().map(|&i| (pool_name(i), grown(i))).collect();
+            let deadline = t0 + REACTION_TIMEOUT;
+            let mut sent = 0;
+            while sent < sample.len() || !waiting.is_empty() {
+                tokio::select! {
+                    Some(round_trip) = patches.next(), if sent < sample.len() => {
+                        round_trips.push(round_trip?);
+                        sent += 1;
+                    }
+                    change = deployments.next(deadline), if !waiting.is_empty() => {
+                        let Some(change) = change else { break };
+                        if waiting.get(&change.name).is_some_and(|to| change.replicas == Some(*to)) {
+                            waiting.remove(&change.name);
+                            reactions.push(change.at.duration_since(t0));
+                        }
+                    }
+                }
+            }
+            drop(patches);
+            if !waiting.is_empty() {
+                return Err(format!(
+                    "floor round {round}: {} Deployments never showed their size",
+                    waiting.len()
+                )
+                .into());
+            }
+            // Back, and settled, before the next round.
+            for &i in &sample {
+                resize(&api, i, pool_size(i)).await?;
+            }
+            settle(self.fleet, self.total).await?;
+        }
+        reactions.sort();
+        round_trips.sort();
+        println!(
+            "control-plane floor ({} rounds, no operator; a tenth of the pools' Deployments resized at once by a bare client over one HTTP/2 connection, 64 at once): new size in the watch median {} ms, p99 {} ms; PATCH round trip median {} ms, p99 {} ms",
+            self.args.floor_rounds,
+            fmt_ms(percentile(&reactions, 50.0)),
+            fmt_ms(percentile(&reactions, 99.0)),
+            fmt_ms(percentile(&round_trips, 50.0)),
+            fmt_ms(percentile(&round_trips, 99.0)),
+        );
+        Ok(())
+    }
+}
+
+/// Sets pool `index`'s Deployment to `replicas`, as the operator's resizes do (a merge patch).
+async fn resize(api: &Api<Deployment>, index: usize, replicas: i32) -> BenchResult<()> {
+    let patch = serde_json::json!({"spec": {"replicas": replicas}});
+    api.patch(
+        &pool_name(index),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    ms.map_or("–".to_owned(), |ms| format!("{ms:.0}"))
+}
+
+/// Waits until the fleet holds exactly its `total` pods, none of them terminating.
+async fn settle(fleet: &Fleet, total: usize) -> BenchResult<()> {
+    poll_until(
+        "the fleet back to its size, nothing terminating",
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+        || async { (fleet.present() == total && fleet.pods() == total).then_some(()) },
+    )
+    .await
 }
 
 /// The builds `--operators` names, each labelled by its path; by default the one beside this
@@ -625,6 +767,15 @@ async fn measure(run: Measured<'_>) -> BenchResult<Row> {
             "round {round}: {} pools changed, {} reacted in time",
             sample.len(),
             sample.len() - waiting.len()
+        );
+        // The round's pods created and removed again: the controller-manager works through a
+        // thousand of them at its client QPS for a minute after the sizes are back, and the
+        // next round measured meanwhile would measure that backlog, not a change from rest.
+        let settling = Instant::now();
+        settle(fleet, total).await?;
+        println!(
+            "round {round}: the fleet settled {:.0} s after the sizes were back",
+            settling.elapsed().as_secs_f64()
         );
     }
     reactions.sort();
