@@ -27,6 +27,7 @@ use crate::queue::external::ExternalQueues;
 use crate::queue::reader::{ReaderConfig, SidecarReaders};
 use crate::reconcile::{
     self, Caches, Context, LiveDeployment, LiveService, PodIndex, PoolStore, Round, Settings,
+    StatusDesk,
 };
 use asyncpool_contract::pod::POOL_LABEL;
 
@@ -170,6 +171,9 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// request per hundred pods: listing 10,380 pods took about 7 s instead of about 4.
 const LIST_PAGE_SIZE: u32 = 100;
 
+/// Longest a stopping operator spends writing the statuses its reconciles handed over.
+const STATUS_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 fn list_config() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
@@ -240,6 +244,7 @@ async fn run_controller(
         readers,
         external,
         settings: config.settings.clone(),
+        statuses: StatusDesk::start(client.clone(), recorder.clone(), metrics.clone()),
         metrics,
         recorder,
         pools: PoolStore::default(),
@@ -303,7 +308,11 @@ async fn run_controller(
     let rounds = tokio::spawn(decision_rounds(context.clone(), pool_store.clone(), due));
 
     controller
-        .run(reconcile::reconcile, reconcile::error_policy, context)
+        .run(
+            reconcile::reconcile,
+            reconcile::error_policy,
+            context.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");
@@ -312,6 +321,9 @@ async fn run_controller(
         .await;
     sweeper.abort();
     rounds.abort();
+    // What reconciles reported last, written before the lease goes (bounded: the API server
+    // may be what is failing).
+    let _ = tokio::time::timeout(STATUS_FLUSH_LIMIT, context.statuses.flush()).await;
     ready.store(false, Ordering::SeqCst);
 }
 

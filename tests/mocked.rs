@@ -6,13 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncpool::crd::AsyncWorkerPool;
+use asyncpool::crd::{AsyncWorkerPool, AsyncWorkerPoolStatus};
 use asyncpool::leader::{LeaderElector, LeaseTiming};
-use asyncpool::reconcile::{Context, PodIndex, Round, Settings, decision_round, reconcile};
+use asyncpool::pool::PoolKey;
+use asyncpool::reconcile::{
+    Context, PodIndex, Round, Settings, Submission, decision_round, reconcile,
+};
 use asyncpool_contract::pod::POOL_LABEL;
 use asyncpool_testkit::mock_api::{MockApi, Recorded};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -57,10 +62,12 @@ fn describe(requests: &[Recorded]) -> String {
         .join(", ")
 }
 
+/// One reconcile, and the status it handed over written.
 async fn reconcile_once(pool: AsyncWorkerPool, ctx: &Arc<Context>) {
     reconcile(Arc::new(pool), ctx.clone())
         .await
         .expect("reconcile succeeds");
+    ctx.statuses.flush().await;
 }
 
 #[tokio::test]
@@ -297,6 +304,97 @@ async fn a_resize_alone_patches_the_size_and_anything_else_applies_the_whole_dep
         containers.iter().any(|c| c["image"] == "example/chat:2"),
         "the new image was not applied: {containers:?}"
     );
+}
+
+/// A status to hand to the desk directly.
+fn submission(status: AsyncWorkerPoolStatus) -> Submission {
+    Submission {
+        status,
+        warnings: Vec::new(),
+        reference: ObjectReference::default(),
+    }
+}
+
+fn chat() -> PoolKey {
+    PoolKey {
+        namespace: "team".into(),
+        name: "chat".into(),
+    }
+}
+
+fn status_writes(api: &MockApi) -> Vec<Recorded> {
+    let path = format!("{POOL}/status");
+    api.writes()
+        .into_iter()
+        .filter(|w| w.path == path)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_handed_over_within_the_settle_time_are_written_once_keeping_the_scale() {
+    let api = MockApi::default();
+    let ctx = Context::for_tests(api.client(), Settings::default());
+    api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
+    let scaled_at = Time(Timestamp::from_second(1_800_000_000).expect("a time"));
+    // A resize, then what the next reconcile saw: the Deployment at the new size.
+    ctx.statuses.submit(
+        &chat(),
+        submission(AsyncWorkerPoolStatus {
+            desired_replicas: 5,
+            last_scale_time: Some(scaled_at.clone()),
+            ..AsyncWorkerPoolStatus::default()
+        }),
+    );
+    ctx.statuses.submit(
+        &chat(),
+        submission(AsyncWorkerPoolStatus {
+            desired_replicas: 5,
+            replicas: 5,
+            ..AsyncWorkerPoolStatus::default()
+        }),
+    );
+    // The settle time passes (paused time: nothing else moves meanwhile).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ctx.statuses.flush().await;
+
+    let writes = status_writes(&api);
+    assert_eq!(writes.len(), 1, "{}", describe(&writes));
+    let status = stored_pool(&api).status.expect("a status");
+    assert_eq!((status.desired_replicas, status.replicas), (5, 5));
+    assert_eq!(status.last_scale_time, Some(scaled_at));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_status_write_is_retried_and_a_withdrawn_one_is_not_written() {
+    let api = MockApi::default();
+    let ctx = Context::for_tests(api.client(), Settings::default());
+    api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
+    api.fail(&format!("{POOL}/status"), 1);
+    let status = AsyncWorkerPoolStatus {
+        desired_replicas: 3,
+        ..AsyncWorkerPoolStatus::default()
+    };
+    ctx.statuses.submit(&chat(), submission(status.clone()));
+    ctx.statuses.flush().await;
+    assert_eq!(
+        status_writes(&api).len(),
+        2,
+        "one failed write and its retry"
+    );
+    assert_eq!(stored_pool(&api).status, Some(status));
+
+    api.clear_requests();
+    ctx.statuses.submit(
+        &chat(),
+        submission(AsyncWorkerPoolStatus {
+            desired_replicas: 4,
+            ..AsyncWorkerPoolStatus::default()
+        }),
+    );
+    ctx.statuses.withdraw(&chat());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ctx.statuses.flush().await;
+    assert!(status_writes(&api).is_empty());
 }
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/team/leases/asyncpool-operator";

@@ -240,23 +240,25 @@ async fn pool_becomes_a_deployment_and_service_that_scale_with_load() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(replicas(&s.deployments, "chat").await, Some(1));
 
+    // Events go out once the status' settle time has passed.
     let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(
-        reasons.iter().any(|r| r == "ScaledUp"),
-        "events: {reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r == "ScaledDown"),
-        "events: {reasons:?}"
-    );
+    eventually(
+        "ScaledUp and ScaledDown Events",
+        Duration::from_secs(10),
+        || async {
+            let reasons: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter_map(|e| e.reason)
+                .collect();
+            (reasons.iter().any(|r| r == "ScaledUp") && reasons.iter().any(|r| r == "ScaledDown"))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// The operator's `asyncpool_pools_at_rest` gauge.

@@ -37,9 +37,11 @@ use crate::status::{self, Judgement, merge_conditions};
 mod live;
 mod pod_index;
 mod pool_store;
+mod status_desk;
 pub use live::{LiveDeployment, LiveService};
 pub use pod_index::PodIndex;
 pub use pool_store::PoolStore;
+pub use status_desk::{StatusDesk, Submission};
 
 /// Annotation holding a hash of what the operator last applied, so that an unchanged pool
 /// costs no API write.
@@ -116,6 +118,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// What the operator remembers per pool between reconciles.
     pub pools: PoolStore,
+    /// Writes the statuses reconciles hand over.
+    pub statuses: StatusDesk,
 }
 
 impl Context {
@@ -129,6 +133,7 @@ impl Context {
             controller: FIELD_MANAGER.into(),
             instance: None,
         };
+        let recorder = Recorder::new(client.clone(), reporter);
         Self {
             caches: Caches {
                 pods: PodIndex::default(),
@@ -142,7 +147,8 @@ impl Context {
                 metrics.clone(),
             ),
             external: ExternalQueues::new(changes, client.clone(), settings.redis_tls.clone()),
-            recorder: Recorder::new(client.clone(), reporter),
+            statuses: StatusDesk::start(client.clone(), recorder.clone(), metrics.clone()),
+            recorder,
             urgent: client.clone(),
             client,
             settings,
@@ -153,6 +159,7 @@ impl Context {
 
     /// Drops everything kept for pools that no longer exist.
     pub fn forget_pools_except(&self, live: &HashSet<PoolKey>) {
+        self.statuses.forget_except(live);
         for pool in self.pools.forget_except(live) {
             self.readers.forget_pool(&pool);
             self.external.stop(&pool);
@@ -178,8 +185,6 @@ pub enum ReconcileError {
         what: &'static str,
         source: kube::Error,
     },
-    #[error("writing the status: {0}")]
-    Status(kube::Error),
     #[error("building the {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -207,7 +212,6 @@ impl ReconcileError {
             ReconcileError::NoNamespace => "invalid_object",
             ReconcileError::Observe { .. } => "observe",
             ReconcileError::Apply { .. } => "apply",
-            ReconcileError::Status(_) => "status",
             ReconcileError::Serialize { .. } => "serialize",
         }
     }
@@ -288,7 +292,9 @@ pub fn error_policy(
             note: error.to_string(),
         };
         let (pool, ctx) = (pool.clone(), ctx.clone());
-        tokio::spawn(async move { publish_warning(&pool, &ctx, warning).await });
+        tokio::spawn(async move {
+            status_desk::publish_warning(&ctx.recorder, &pool.object_ref(&()), warning).await;
+        });
     }
     if user_must_fix {
         Action::await_change()
@@ -317,7 +323,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
     let observed = observe(pool, &key, ctx).await?;
     let effective = match accept(pool, &observed) {
         Ok(effective) => effective,
-        Err((refusal, next)) => return refuse(pool, ctx, &key, &observed, refusal, next).await,
+        Err((refusal, next)) => return Ok(refuse(pool, ctx, &key, &observed, refusal, next)),
     };
 
     let own_reading = own_queue_reading(pool, &key, ctx, &observed, &effective);
@@ -344,7 +350,14 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         (Ok(d), Ok(s)) => (d, s),
         (Err(problem), _) | (_, Err(problem)) => {
             let refusal = status::refused("InvalidTemplate", problem.to_string());
-            return refuse(pool, ctx, &key, &observed, refusal, Action::await_change()).await;
+            return Ok(refuse(
+                pool,
+                ctx,
+                &key,
+                &observed,
+                refusal,
+                Action::await_change(),
+            ));
         }
     };
 
@@ -376,7 +389,7 @@ async fn reconcile_pool(pool: &AsyncWorkerPool, ctx: &Context) -> Result<Action,
         judgements: &judgements,
         urgent: scaled,
     };
-    write_status(pool, ctx, &key, report).await?;
+    write_status(pool, ctx, &key, report);
     ctx.pools.set_carried_out(&key, true);
 
     if let (true, Some(from)) = (scaled, scaled_from) {
@@ -525,8 +538,13 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
         }
     });
     match change {
-        StatusChange::None => Round::InSync,
+        StatusChange::None => {
+            ctx.statuses.withdraw(&key);
+            Round::InSync
+        }
         StatusChange::FiguresOnly if status_written_recently(ctx, &key) => Round::InSync,
+        // The status desk writes one soon; what still differs after it shows is seen then.
+        _ if ctx.statuses.holds(&key) => Round::InSync,
         StatusChange::FiguresOnly | StatusChange::Conditions => Round::ReconcileDue,
     }
 }
@@ -907,15 +925,15 @@ fn judge(pool: &AsyncWorkerPool, observed: &Observed, plan: &Plan) -> Vec<Judgem
 }
 
 /// The one way out of the pipeline for a pool the operator will not act on: its refusal
-/// (`status::refused`) written at once; then `next`.
-async fn refuse(
+/// (`status::refused`) reported, past the throttle; then `next`.
+fn refuse(
     pool: &AsyncWorkerPool,
     ctx: &Context,
     key: &PoolKey,
     observed: &Observed,
     refusal: Vec<Judgement>,
     next: Action,
-) -> Result<Action, ReconcileError> {
+) -> Action {
     ctx.pools.set_carried_out(key, false);
     let report = StatusReport {
         observed,
@@ -923,8 +941,8 @@ async fn refuse(
         judgements: &refusal,
         urgent: true,
     };
-    write_status(pool, ctx, key, report).await?;
-    Ok(next)
+    write_status(pool, ctx, key, report);
+    next
 }
 
 /// What one reconcile reports in the pool's status.
@@ -933,16 +951,13 @@ struct StatusReport<'a> {
     /// What was planned, or `None` when the operator refused to act on the pool.
     plan: Option<&'a Plan>,
     judgements: &'a [Judgement],
-    /// Written at once, past the throttle: a scale or a refusal.
+    /// Past the throttle of figure-only changes: a scale or a refusal.
     urgent: bool,
 }
 
-async fn write_status(
-    pool: &AsyncWorkerPool,
-    ctx: &Context,
-    key: &PoolKey,
-    report: StatusReport<'_>,
-) -> Result<(), ReconcileError> {
+/// Hands the pool's next status to the status desk, which writes it off the reconcile (and sends
+/// the Warning Events its new conditions call for once it is written).
+fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: StatusReport<'_>) {
     let StatusReport {
         observed,
         plan,
@@ -954,36 +969,26 @@ async fn write_status(
     ctx.metrics.record_pool(key, &figures(pool, &next, plan));
     let change = status_change(&previous, &next, load_step(pool, previous.load));
     if change == StatusChange::None {
-        return Ok(());
+        // A status still waiting to be written would only move the pool away from this one.
+        ctx.statuses.withdraw(key);
+        return;
     }
     // Load figures, and condition messages that quote them, move every second under traffic;
     // a status that differs only there is written at a bounded rate.
     if change == StatusChange::FiguresOnly && !urgent && status_written_recently(ctx, key) {
-        return Ok(());
+        return;
     }
     ctx.pools.with_memory(key, |memory| {
         if let Some(entry) = memory {
             entry.last_status_write = Some(Instant::now());
         }
     });
-    let api: Api<AsyncWorkerPool> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "asyncpool.dev/v1alpha1",
-        "kind": "AsyncWorkerPool",
-        "status": next,
-    });
-    api.patch_status(
-        &key.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(ReconcileError::Status)?;
-    // After the write, so that a failed one is retried without a second Event.
-    for warning in status::new_warnings(&previous.conditions, judgements) {
-        publish_warning(pool, ctx, warning).await;
-    }
-    Ok(())
+    let submission = status_desk::Submission {
+        warnings: status::new_warnings(&previous.conditions, judgements),
+        reference: pool.object_ref(&()),
+        status: next,
+    };
+    ctx.statuses.submit(key, submission);
 }
 
 /// The status this round would report, after `previous` (the pool's status, or the default).
@@ -1165,37 +1170,17 @@ fn publish_scale_event(pool: &AsyncWorkerPool, ctx: &Context, from: i32, plan: &
         secondary: None,
     };
     // Sent on the side: the reconcile's slot goes to the next pool instead of waiting on an
-    // Event (when a hundred pools scale at once, the API server answers slowly). Events are
-    // best effort: a failure to record one must not fail the reconcile.
+    // Event. And sent once the status' settle time has passed, as the status is: when a hundred
+    // pools scale at once, the API server's first moments go to their resizes. Events are best
+    // effort: a failure to record one must not fail the reconcile.
     let recorder = ctx.recorder.clone();
     let reference = pool.object_ref(&());
     tokio::spawn(async move {
+        tokio::time::sleep(status_desk::SETTLE).await;
         if let Err(error) = recorder.publish(&event, &reference).await {
             tracing::debug!(%error, "could not publish the scale event");
         }
     });
-}
-
-/// A Warning Event for a problem the user must fix (kubectl describe, event exporters, alerts).
-async fn publish_warning(pool: &AsyncWorkerPool, ctx: &Context, warning: status::Warning) {
-    tracing::warn!(
-        namespace = ?pool.namespace(),
-        pool = %pool.name_any(),
-        reason = warning.reason,
-        note = %warning.note,
-        "pool needs attention"
-    );
-    let event = Event {
-        type_: EventType::Warning,
-        reason: warning.reason.into(),
-        note: Some(warning.note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    // Best effort, like every Event.
-    if let Err(error) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        tracing::debug!(%error, "could not publish the warning event");
-    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ struct State {
     objects: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
     resource_version: u64,
+    /// Requests to these paths still to be answered with a 500.
+    failing: BTreeMap<String, usize>,
 }
 
 /// The mocked API server; its task ends when the last client is dropped.
@@ -81,7 +83,16 @@ impl MockApi {
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
-                let (status, object) = answer(&mut lock(&state), &recorded, is_apply);
+                let (status, object) = {
+                    let mut state = lock(&state);
+                    match state.failing.get_mut(&recorded.path) {
+                        Some(left) if *left > 0 => {
+                            *left -= 1;
+                            (StatusCode::INTERNAL_SERVER_ERROR, None)
+                        }
+                        _ => answer(&mut state, &recorded, is_apply),
+                    }
+                };
                 hook(&recorded, object.as_ref());
                 lock(&state).requests.push(recorded);
                 let reply = object.unwrap_or_else(|| failure(status));
@@ -102,6 +113,12 @@ impl MockApi {
         let previous = state.objects.get(path).cloned();
         stamp(&mut state, previous.as_ref(), &mut object);
         state.objects.insert(path.to_owned(), object);
+    }
+
+    /// Answers the next `times` requests to `path` (a subresource's own, like `.../status`)
+    /// with a 500, as an API server that is failing.
+    pub fn fail(&self, path: &str, times: usize) {
+        lock(&self.state).failing.insert(path.to_owned(), times);
     }
 
     /// The object at `path`, if any.
