@@ -344,6 +344,7 @@ async fn statuses_handed_over_within_the_settle_time_are_written_once_keeping_th
             last_scale_time: Some(scaled_at.clone()),
             ..AsyncWorkerPoolStatus::default()
         }),
+        |_, _| true,
     );
     ctx.statuses.submit(
         &chat(),
@@ -352,6 +353,7 @@ async fn statuses_handed_over_within_the_settle_time_are_written_once_keeping_th
             replicas: 5,
             ..AsyncWorkerPoolStatus::default()
         }),
+        |_, _| true,
     );
     // The settle time passes (paused time: nothing else moves meanwhile).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -365,7 +367,7 @@ async fn statuses_handed_over_within_the_settle_time_are_written_once_keeping_th
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_status_write_is_retried_and_a_withdrawn_one_is_not_written() {
+async fn a_failed_status_write_is_retried() {
     let api = MockApi::default();
     let ctx = Context::for_tests(api.client(), Settings::default());
     api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
@@ -374,7 +376,8 @@ async fn a_failed_status_write_is_retried_and_a_withdrawn_one_is_not_written() {
         desired_replicas: 3,
         ..AsyncWorkerPoolStatus::default()
     };
-    ctx.statuses.submit(&chat(), submission(status.clone()));
+    ctx.statuses
+        .submit(&chat(), submission(status.clone()), |_, _| true);
     ctx.statuses.flush().await;
     assert_eq!(
         status_writes(&api).len(),
@@ -382,19 +385,30 @@ async fn a_failed_status_write_is_retried_and_a_withdrawn_one_is_not_written() {
         "one failed write and its retry"
     );
     assert_eq!(stored_pool(&api).status, Some(status));
+}
 
-    api.clear_requests();
-    ctx.statuses.submit(
-        &chat(),
-        submission(AsyncWorkerPoolStatus {
-            desired_replicas: 4,
-            ..AsyncWorkerPoolStatus::default()
-        }),
+#[tokio::test(start_paused = true)]
+async fn a_waiting_status_stays_unless_the_next_one_supersedes_it() {
+    let api = MockApi::default();
+    let ctx = Context::for_tests(api.client(), Settings::default());
+    api.insert(POOL, serde_json::to_value(pool(json!({}))).unwrap());
+    let with_load = |load: f64| AsyncWorkerPoolStatus {
+        desired_replicas: 3,
+        load: Some(load),
+        ..AsyncWorkerPoolStatus::default()
+    };
+    assert!(
+        ctx.statuses
+            .submit(&chat(), submission(with_load(30.0)), |_, _| true)
     );
-    ctx.statuses.withdraw(&chat());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Noise in the figures does not take its place.
+    assert!(
+        !ctx.statuses
+            .submit(&chat(), submission(with_load(23.0)), |_, _| false)
+    );
     ctx.statuses.flush().await;
-    assert!(status_writes(&api).is_empty());
+    assert_eq!(status_writes(&api).len(), 1);
+    assert_eq!(stored_pool(&api).status, Some(with_load(30.0)));
 }
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/team/leases/asyncpool-operator";

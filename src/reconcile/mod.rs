@@ -538,10 +538,7 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
         }
     });
     match change {
-        StatusChange::None => {
-            ctx.statuses.withdraw(&key);
-            Round::InSync
-        }
+        StatusChange::None => Round::InSync,
         StatusChange::FiguresOnly if status_written_recently(ctx, &key) => Round::InSync,
         // The status desk writes one soon; what still differs after it shows is seen then.
         _ if ctx.statuses.holds(&key) => Round::InSync,
@@ -969,8 +966,6 @@ fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: St
     ctx.metrics.record_pool(key, &figures(pool, &next, plan));
     let change = status_change(&previous, &next, load_step(pool, previous.load));
     if change == StatusChange::None {
-        // A status still waiting to be written would only move the pool away from this one.
-        ctx.statuses.withdraw(key);
         return;
     }
     // Load figures, and condition messages that quote them, move every second under traffic;
@@ -978,17 +973,25 @@ fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: St
     if change == StatusChange::FiguresOnly && !urgent && status_written_recently(ctx, key) {
         return;
     }
-    ctx.pools.with_memory(key, |memory| {
-        if let Some(entry) = memory {
-            entry.last_status_write = Some(Instant::now());
-        }
-    });
     let submission = status_desk::Submission {
         warnings: status::new_warnings(&previous.conditions, judgements),
         reference: pool.object_ref(&()),
         status: next,
     };
-    ctx.statuses.submit(key, submission);
+    // A status still waiting gives way to a scale, a refusal or other conditions, not to
+    // figures alone.
+    let taken = ctx.statuses.submit(key, submission, |waiting, next| {
+        urgent
+            || status_change(waiting, next, load_step(pool, waiting.load))
+                == StatusChange::Conditions
+    });
+    if taken {
+        ctx.pools.with_memory(key, |memory| {
+            if let Some(entry) = memory {
+                entry.last_status_write = Some(Instant::now());
+            }
+        });
+    }
 }
 
 /// The status this round would report, after `previous` (the pool's status, or the default).

@@ -97,41 +97,46 @@ impl StatusDesk {
         Self { shared }
     }
 
-    /// Hands over the pool's next status, in place of any still waiting, which keeps its turn
-    /// (and its back-off after a failed write). The later of the two scale times is kept: the
-    /// one waiting may carry a resize this one only followed.
-    pub fn submit(&self, key: &PoolKey, mut submission: Submission) {
+    /// Hands over the pool's next status. A status still waiting keeps its turn (and its
+    /// back-off after a failed write), and stays unless `supersedes(waiting, next)`: the noise
+    /// of figures in the reconciles that follow a resize must not take the place of the status
+    /// that reports it. Either way the later of the two scale times is kept. Returns whether
+    /// the status was taken.
+    pub fn submit(
+        &self,
+        key: &PoolKey,
+        mut submission: Submission,
+        supersedes: impl FnOnce(&AsyncWorkerPoolStatus, &AsyncWorkerPoolStatus) -> bool,
+    ) -> bool {
         let mut desk = self.shared.desk();
-        let due = Instant::now() + SETTLE;
-        let (due, failures) = match desk.waiting.remove(key) {
-            Some(older) => {
-                submission.status.last_scale_time = later(
-                    older.submission.status.last_scale_time,
-                    submission.status.last_scale_time.take(),
-                );
-                (older.due, older.failures)
+        if let Some(waiting) = desk.waiting.get_mut(key) {
+            let scaled = later(
+                waiting.submission.status.last_scale_time.take(),
+                submission.status.last_scale_time.take(),
+            );
+            waiting
+                .submission
+                .status
+                .last_scale_time
+                .clone_from(&scaled);
+            submission.status.last_scale_time = scaled;
+            let taken = supersedes(&waiting.submission.status, &submission.status);
+            if taken {
+                waiting.submission = submission;
             }
-            None => (due, 0),
-        };
+            return taken;
+        }
         desk.waiting.insert(
             key.clone(),
             Waiting {
                 submission,
-                due,
-                failures,
+                due: Instant::now() + SETTLE,
+                failures: 0,
             },
         );
         drop(desk);
         self.shared.wake.notify_one();
-    }
-
-    /// Drops the pool's waiting status: the pool shows what it should (a write in flight goes
-    /// on).
-    pub fn withdraw(&self, key: &PoolKey) {
-        let mut desk = self.shared.desk();
-        if !desk.waiting.is_empty() {
-            desk.waiting.remove(key);
-        }
+        true
     }
 
     /// Whether a status of the pool waits or is being written.
