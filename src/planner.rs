@@ -22,7 +22,8 @@ use asyncpool_contract::queue::QueueSnapshot;
 /// history, so a restart causes no flapping).
 pub(crate) struct PoolMemory {
     pub(crate) scaler: Scaler,
-    /// When the status was last written (reconcile's write throttle).
+    /// When the status was last handed to the status desk (reconcile's throttle of figure-only
+    /// changes).
     pub(crate) last_status_write: Option<Instant>,
     /// The worker being recycled, and why.
     pub(crate) recycling: Option<(String, String)>,
