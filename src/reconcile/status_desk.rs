@@ -190,13 +190,9 @@ fn later<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-/// How a write ended.
-struct Written {
-    key: PoolKey,
-    /// The submission again when the write failed and may be retried, with the failures in a
-    /// row so far (this one included).
-    retry: Option<(Submission, u32)>,
-}
+/// How a write ended: `None` when done with, or the submission again when the write failed and
+/// may be retried, with the failures in a row so far (this one included).
+type Retry = Option<(Submission, u32)>;
 
 struct Writer {
     shared: Arc<Shared>,
@@ -207,7 +203,10 @@ struct Writer {
 
 impl Writer {
     async fn run(self) {
-        let mut writes: JoinSet<Written> = JoinSet::new();
+        let mut writes: JoinSet<Retry> = JoinSet::new();
+        // Whose write each task is: a task that panicked returns nothing, and its pool must
+        // not stay "in flight" for good.
+        let mut writing: HashMap<tokio::task::Id, PoolKey> = HashMap::new();
         loop {
             let next_due = {
                 let mut desk = self.shared.desk();
@@ -223,7 +222,9 @@ impl Writer {
                         break;
                     };
                     desk.in_flight.insert(key.clone());
-                    writes.spawn(self.write(key, waiting.submission, waiting.failures));
+                    let task =
+                        writes.spawn(self.write(key.clone(), waiting.submission, waiting.failures));
+                    writing.insert(task.id(), key);
                 }
                 desk.waiting
                     .iter()
@@ -242,9 +243,16 @@ impl Writer {
             tokio::select! {
                 () = self.shared.wake.notified() => {}
                 () = until_due => {}
-                Some(ended) = writes.join_next(), if !writes.is_empty() => {
-                    if let Ok(written) = ended {
-                        self.ended(written);
+                Some(ended) = writes.join_next_with_id(), if !writes.is_empty() => {
+                    let (id, retry) = match ended {
+                        Ok((id, retry)) => (id, retry),
+                        Err(error) => {
+                            tracing::error!(%error, "a status write failed unexpectedly");
+                            (error.id(), None)
+                        }
+                    };
+                    if let Some(key) = writing.remove(&id) {
+                        self.ended(key, retry);
                     }
                 }
             }
@@ -252,12 +260,12 @@ impl Writer {
     }
 
     /// Back from a write: a failed one waits out its back-off unless a newer status came.
-    fn ended(&self, written: Written) {
+    fn ended(&self, key: PoolKey, retry: Retry) {
         let mut desk = self.shared.desk();
-        desk.in_flight.remove(&written.key);
-        if let Some((submission, failures)) = written.retry {
+        desk.in_flight.remove(&key);
+        if let Some((submission, failures)) = retry {
             // A newer status waiting takes the failed one's place.
-            desk.waiting.entry(written.key).or_insert_with(|| Waiting {
+            desk.waiting.entry(key).or_insert_with(|| Waiting {
                 submission,
                 due: Instant::now() + super::retry_delay(failures),
                 failures,
@@ -273,7 +281,7 @@ impl Writer {
         key: PoolKey,
         submission: Submission,
         failures: u32,
-    ) -> impl std::future::Future<Output = Written> + Send + 'static {
+    ) -> impl std::future::Future<Output = Retry> + Send + 'static {
         let (client, recorder, metrics) = (
             self.client.clone(),
             self.recorder.clone(),
@@ -298,10 +306,10 @@ impl Writer {
                     for warning in submission.warnings {
                         publish_warning(&recorder, &submission.reference, warning).await;
                     }
-                    Written { key, retry: None }
+                    None
                 }
                 // The pool is gone: nothing to report on.
-                Err(kube::Error::Api(status)) if status.code == 404 => Written { key, retry: None },
+                Err(kube::Error::Api(status)) if status.code == 404 => None,
                 Err(error) => {
                     metrics
                         .reconcile_errors
@@ -309,10 +317,7 @@ impl Writer {
                         .inc();
                     let failures = failures.saturating_add(1);
                     tracing::warn!(namespace = %key.namespace, pool = %key.name, %error, failures, "could not write the pool's status; retrying");
-                    Written {
-                        key,
-                        retry: Some((submission, failures)),
-                    }
+                    Some((submission, failures))
                 }
             }
         }
