@@ -22,6 +22,10 @@
 #                                           # then, with no operator running, the control
 #                                           # plane's floor: a tenth of the Deployments resized
 #                                           # at once by a bare client, timed the same way
+#   benches/scale.sh --pools 1000 --operators none --floor-rounds 3 --floor-modes merge/64,merge/4,scale/64
+#                                           # the floor alone, the bare client's ways of writing
+#                                           # taking turns: a merge patch of the Deployment or
+#                                           # of its /scale, so many requests in flight
 #   benches/scale.sh --pools 3000 --pods-per-pool 3
 #                                           # every pool 3 pods: 3,000 pools within the open-file
 #                                           # limit (the operator holds a watch stream per pod)

@@ -18,7 +18,8 @@
 //!   starts from a settled fleet: the pods the round before created and removed are gone;
 //! - the operator's peak RSS over the whole run;
 //! - with `--floor-rounds N`, after the builds: the control plane's own part of a reaction on
-//!   this machine, a tenth of the Deployments resized at once by a bare client (`Floor`).
+//!   this machine, a tenth of the Deployments resized at once by a bare client (`Floor`), in
+//!   each of the ways `--floor-modes` names, taking turns; `--operators none` measures only that.
 //!
 //! ```sh
 //! benches/scale.sh                         # 100 and 1,000 pools
@@ -88,14 +89,54 @@ struct Args {
     /// Builds of the operator measured one after the other on the same fleet, side by side
     /// (`--operators`); empty: the one built beside this benchmark.
     operators: Vec<PathBuf>,
+    /// `--operators none`: no build measured, only the floor.
+    no_operator: bool,
     /// Rounds of the control plane's floor after the builds (`--floor-rounds`, 0: none).
     floor_rounds: usize,
+    /// How the floor's bare client resizes, each measured `floor_rounds` times, in turns
+    /// (`--floor-modes merge/64,scale/4`).
+    floor_modes: Vec<FloorMode>,
+}
+
+/// How the floor's bare client resizes a Deployment: through the Deployment itself or its
+/// `/scale` subresource, and how many requests it keeps in flight at once.
+#[derive(Clone, Copy)]
+struct FloorMode {
+    subresource: bool,
+    in_flight: usize,
+}
+
+impl FloorMode {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (how, in_flight) = text.trim().split_once('/').unwrap_or((text.trim(), "64"));
+        let subresource = match how {
+            "merge" => false,
+            "scale" => true,
+            _ => return Err(format!("a floor mode is merge or scale, not {how:?}")),
+        };
+        match in_flight.parse::<usize>() {
+            Ok(in_flight) if in_flight > 0 => Ok(Self {
+                subresource,
+                in_flight,
+            }),
+            _ => Err(format!(
+                "requests in flight are a positive number, not {in_flight:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for FloorMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.subresource { "scale" } else { "merge" };
+        write!(f, "{how}/{}", self.in_flight)
+    }
 }
 
 const USAGE: &str = "usage: cargo bench --bench scale -- [--pools 100,1000] [--rounds 3] \
                      [--rest-seconds 30] [--pods-per-pool N] [--service-time 100ms|0] \
                      [--watch-pace 1s] [--change-load 25] [--operators BIN,BIN] \
-                     [--floor-rounds 2]";
+                     [--floor-rounds 2] [--floor-modes merge/64,scale/64] [--operators none]";
 
 fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
@@ -109,7 +150,12 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
         change_load: CHANGE_LOAD,
         build_qps: None,
         operators: Vec::new(),
+        no_operator: false,
         floor_rounds: 0,
+        floor_modes: vec![FloorMode {
+            subresource: false,
+            in_flight: 64,
+        }],
     };
     let mut raw = raw.into_iter();
     while let Some(flag) = raw.next() {
@@ -151,6 +197,14 @@ fn parse_args(raw: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 }
                 args.change_load = load;
             }
+            "--floor-modes" => {
+                args.floor_modes = value
+                    .split(',')
+                    .map(FloorMode::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("{flag}: {e}"))?;
+            }
+            "--operators" if value == "none" => args.no_operator = true,
             "--operators" => {
                 args.operators = value.split(',').map(PathBuf::from).collect();
                 if let Some(missing) = args.operators.iter().find(|path| !path.is_file()) {
@@ -376,7 +430,11 @@ async fn run_count(
     }
 
     let mut rows = Vec::new();
-    let builds = operator_builds(&args.operators);
+    let builds = if args.no_operator {
+        Vec::new()
+    } else {
+        operator_builds(&args.operators)
+    };
     for (index, (label, binary)) in builds.iter().enumerate() {
         let run = Measured {
             client,
@@ -425,10 +483,13 @@ async fn run_count(
 /// The control plane's own part of a reaction on this machine: a tenth of the pools' Deployments
 /// resized at once by a bare client while no operator runs, from the first request to each new
 /// size showing in the benchmark's watch (as the operator's reactions are timed). The client is
-/// the operator's transport (one HTTP/2 connection, `asyncpool::api_client`) with its
-/// concurrency (64 at once) and no rate limit; each pool goes to the size the operator gives it
-/// (2.5 times its minimum at the default change load), which the controller-manager, the
-/// scheduler and kwok then act on as they do on the operator's writes.
+/// the operator's transport (one HTTP/2 connection, `asyncpool::api_client`) with no rate limit,
+/// writing as each `FloorMode` says (by default as the operator does: a merge patch of the
+/// Deployment, up to 64 at once); each pool goes to the size the operator gives it (2.5 times
+/// its minimum at the default change load), which the controller-manager, the scheduler and kwok
+/// then act on as they do on the operator's writes. Each round also says when the last write
+/// was answered (the API server's throughput) and how long the watch took to show a write after
+/// its answer (the watch's own delay).
 struct Floor<'a> {
     namespace: &'a str,
     fleet: &'a Fleet,
@@ -452,9 +513,20 @@ impl Floor<'_> {
             // The pools' maximum is three times their minimum (`pool_object`).
             wanted.min(pool_size(index) * 3)
         };
-        let mut reactions = Vec::new();
-        let mut round_trips = Vec::new();
-        for round in self.first_round..self.first_round + self.args.floor_rounds {
+        let modes = &self.args.floor_modes;
+        let mut reactions = vec![Vec::new(); modes.len()];
+        let mut round_trips = vec![Vec::new(); modes.len()];
+        // The modes take turns, so that drift in the machine's load falls on each alike.
+        let turns = (0..self.args.floor_rounds).flat_map(|_| 0..modes.len());
+        // A first round, not counted: the controller-manager and the scheduler were just
+        // restarted at their default QPS and are still relisting the fleet.
+        let turns = std::iter::once(None).chain(turns.map(Some));
+        for (turn, m) in turns.enumerate() {
+            let round = self.first_round + turn;
+            let counted = m.is_some();
+            let m = m.unwrap_or(0);
+            let mode = modes[m];
+            let (mut round_reactions, mut round_trips_now) = (Vec::new(), Vec::new());
             let sample: Vec<usize> = (0..self.count).filter(|i| i % 10 == round % 10).collect();
             deployments.drain();
             let t0 = Instant::now();
@@ -462,26 +534,32 @@ impl Floor<'_> {
                 let api = api.clone();
                 async move {
                     let sent = Instant::now();
-                    resize(&api, i, grown(i)).await?;
-                    BenchResult::Ok(sent.elapsed())
+                    resize(&api, i, grown(i), mode.subresource).await?;
+                    BenchResult::Ok((pool_name(i), sent, Instant::now()))
                 }
             }))
-            .buffer_unordered(64);
+            .buffer_unordered(mode.in_flight);
             let mut waiting: HashMap<String, i32> =
                 sample.iter().map(|&i| (pool_name(i), grown(i))).collect();
             let deadline = t0 + REACTION_TIMEOUT;
             let mut sent = 0;
+            // When each write's answer came, and when the watch showed it: the time from one
+            // to the other is the watch's own delay.
+            let (mut answered, mut shown) = (HashMap::new(), HashMap::new());
             while sent < sample.len() || !waiting.is_empty() {
                 tokio::select! {
-                    Some(round_trip) = patches.next(), if sent < sample.len() => {
-                        round_trips.push(round_trip?);
+                    Some(answer) = patches.next(), if sent < sample.len() => {
+                        let (name, at, answered_at) = answer?;
+                        round_trips_now.push(answered_at.duration_since(at));
+                        answered.insert(name, answered_at);
                         sent += 1;
                     }
                     change = deployments.next(deadline), if !waiting.is_empty() => {
                         let Some(change) = change else { break };
                         if waiting.get(&change.name).is_some_and(|to| change.replicas == Some(*to)) {
                             waiting.remove(&change.name);
-                            reactions.push(change.at.duration_since(t0));
+                            round_reactions.push(change.at.duration_since(t0));
+                            shown.insert(change.name.clone(), change.at);
                         }
                     }
                 }
@@ -489,40 +567,85 @@ impl Floor<'_> {
             drop(patches);
             if !waiting.is_empty() {
                 return Err(format!(
-                    "floor round {round}: {} Deployments never showed their size",
+                    "floor round {round} ({mode}): {} Deployments never showed their size",
                     waiting.len()
                 )
                 .into());
             }
+            round_reactions.sort();
+            round_trips_now.sort();
+            let all_answered = answered.values().max().map(|at| at.duration_since(t0));
+            let mut watch_delays: Vec<Duration> = shown
+                .iter()
+                .filter_map(|(name, at)| Some(at.saturating_duration_since(*answered.get(name)?)))
+                .collect();
+            watch_delays.sort();
+            println!(
+                "floor round {round}, {mode}{}: new size in the watch median {} ms, p99 {} ms; request round trip median {} ms; every write answered after {} ms; watch after the answer median {} ms",
+                if counted {
+                    ""
+                } else {
+                    " (warm-up, not counted)"
+                },
+                fmt_ms(percentile(&round_reactions, 50.0)),
+                fmt_ms(percentile(&round_reactions, 99.0)),
+                fmt_ms(percentile(&round_trips_now, 50.0)),
+                fmt_ms(all_answered.map(|d| d.as_secs_f64() * 1000.0)),
+                fmt_ms(percentile(&watch_delays, 50.0)),
+            );
+            if counted {
+                reactions[m].extend(round_reactions);
+                round_trips[m].extend(round_trips_now);
+            }
             // Back, and settled, before the next round.
             for &i in &sample {
-                resize(&api, i, pool_size(i)).await?;
+                resize(&api, i, pool_size(i), mode.subresource).await?;
             }
             settle(self.fleet, self.total).await?;
         }
-        reactions.sort();
-        round_trips.sort();
-        println!(
-            "control-plane floor ({} rounds, no operator; a tenth of the pools' Deployments resized at once by a bare client over one HTTP/2 connection, 64 at once): new size in the watch median {} ms, p99 {} ms; PATCH round trip median {} ms, p99 {} ms",
-            self.args.floor_rounds,
-            fmt_ms(percentile(&reactions, 50.0)),
-            fmt_ms(percentile(&reactions, 99.0)),
-            fmt_ms(percentile(&round_trips, 50.0)),
-            fmt_ms(percentile(&round_trips, 99.0)),
-        );
+        for ((mode, reactions), round_trips) in
+            modes.iter().zip(&mut reactions).zip(&mut round_trips)
+        {
+            reactions.sort();
+            round_trips.sort();
+            println!(
+                "control-plane floor, {mode} ({} rounds, no operator; a tenth of the pools' Deployments resized at once by a bare client over one HTTP/2 connection, {} at once, {}): new size in the watch median {} ms, p99 {} ms; request round trip median {} ms, p99 {} ms",
+                self.args.floor_rounds,
+                mode.in_flight,
+                if mode.subresource {
+                    "a merge patch of /scale"
+                } else {
+                    "a merge patch of the Deployment"
+                },
+                fmt_ms(percentile(reactions, 50.0)),
+                fmt_ms(percentile(reactions, 99.0)),
+                fmt_ms(percentile(round_trips, 50.0)),
+                fmt_ms(percentile(round_trips, 99.0)),
+            );
+        }
         Ok(())
     }
 }
 
-/// Sets pool `index`'s Deployment to `replicas`, as the operator's resizes do (a merge patch).
-async fn resize(api: &Api<Deployment>, index: usize, replicas: i32) -> BenchResult<()> {
+/// Sets pool `index`'s Deployment to `replicas` with a merge patch, of the Deployment (as the
+/// operator's resizes do) or of its `/scale` subresource.
+async fn resize(
+    api: &Api<Deployment>,
+    index: usize,
+    replicas: i32,
+    subresource: bool,
+) -> BenchResult<()> {
     let patch = serde_json::json!({"spec": {"replicas": replicas}});
-    api.patch(
-        &pool_name(index),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    let (name, params, patch) = (
+        pool_name(index),
+        PatchParams::default(),
+        Patch::Merge(&patch),
+    );
+    if subresource {
+        api.patch_scale(&name, &params, &patch).await?;
+    } else {
+        api.patch(&name, &params, &patch).await?;
+    }
     Ok(())
 }
 
