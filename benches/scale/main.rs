@@ -590,7 +590,7 @@ impl Floor<'_> {
                 fmt_ms(percentile(&round_reactions, 50.0)),
                 fmt_ms(percentile(&round_reactions, 99.0)),
                 fmt_ms(percentile(&round_trips_now, 50.0)),
-                fmt_ms(all_answered.map(|d| d.as_secs_f64() * 1000.0)),
+                millis(all_answered.map(|d| d.as_secs_f64())),
                 fmt_ms(percentile(&watch_delays, 50.0)),
             );
             if counted {
@@ -649,6 +649,7 @@ async fn resize(
     Ok(())
 }
 
+/// Milliseconds as the tables print them, "–" for none.
 fn fmt_ms(ms: Option<f64>) -> String {
     ms.map_or("–".to_owned(), |ms| format!("{ms:.0}"))
 }
@@ -948,7 +949,7 @@ fn cluster_qps(qps: &str) -> BenchResult<()> {
 
 /// Seconds as whole milliseconds, or a dash.
 fn millis(seconds: Option<f64>) -> String {
-    seconds.map_or("–".to_owned(), |s| format!("{:.0}", s * 1000.0))
+    fmt_ms(seconds.map(|s| s * 1000.0))
 }
 
 fn table(rows: &[Row]) -> String {
@@ -956,7 +957,6 @@ fn table(rows: &[Row]) -> String {
         "| operator | pools | pods | ready s | every pool read s | API requests at start | CPU at rest % (pools at rest) | RSS at rest MiB | peak RSS MiB | watch lines/s at rest | reconciles/s at rest | writes at rest (Deployment / pool) | reaction median ms | p99 ms | operator's part to reconcile start / to Deployment written, median ms | p99 ms | timeouts | Deployment writes per resize | client rate-limit wait s (start / changes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let fmt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.1} ({:.0}) | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} | {} / {} | {} / {} | {} | {:.2} | {:.2} / {:.2} |",
@@ -974,8 +974,8 @@ fn table(rows: &[Row]) -> String {
             r.rest_reconciles_per_s,
             r.rest_deployment_writes,
             r.rest_status_writes,
-            fmt(percentile(&r.reactions, 50.0)),
-            fmt(percentile(&r.reactions, 99.0)),
+            fmt_ms(percentile(&r.reactions, 50.0)),
+            fmt_ms(percentile(&r.reactions, 99.0)),
             millis(r.operator_started.quantile(0.5)),
             millis(r.operator_scaled.quantile(0.5)),
             millis(r.operator_started.quantile(0.99)),
