@@ -24,7 +24,7 @@ pub(crate) struct PoolMemory {
     pub(crate) scaler: Scaler,
     /// When the status was last handed to the status desk (reconcile's throttle of figure-only
     /// changes).
-    pub(crate) last_status_write: Option<Instant>,
+    pub(crate) last_status_submitted: Option<Instant>,
     /// The worker being recycled, and why.
     pub(crate) recycling: Option<(String, String)>,
     /// The Deployment size that carries that recycling's extra worker. The scaler sees one
@@ -185,7 +185,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         .collect();
     let entry = memory.get_or_insert_with(|| PoolMemory {
         scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
-        last_status_write: None,
+        last_status_submitted: None,
         recycling: None,
         surge: None,
         rest: None,
@@ -436,7 +436,7 @@ mod tests {
     fn memory() -> PoolMemory {
         PoolMemory {
             scaler: Scaler::new(Duration::ZERO, 2),
-            last_status_write: None,
+            last_status_submitted: None,
             recycling: None,
             surge: None,
             rest: None,

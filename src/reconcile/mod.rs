@@ -539,7 +539,7 @@ pub fn decision_round(pool: &AsyncWorkerPool, ctx: &Context) -> Round {
     });
     match change {
         StatusChange::None => Round::InSync,
-        StatusChange::FiguresOnly if status_written_recently(ctx, &key) => Round::InSync,
+        StatusChange::FiguresOnly if status_submitted_recently(ctx, &key) => Round::InSync,
         // The status desk writes one soon; what still differs after it shows is seen then.
         _ if ctx.statuses.holds(&key) => Round::InSync,
         StatusChange::FiguresOnly | StatusChange::Conditions => Round::ReconcileDue,
@@ -970,7 +970,7 @@ fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: St
     }
     // Load figures, and condition messages that quote them, move every second under traffic;
     // a status that differs only there is written at a bounded rate.
-    if change == StatusChange::FiguresOnly && !urgent && status_written_recently(ctx, key) {
+    if change == StatusChange::FiguresOnly && !urgent && status_submitted_recently(ctx, key) {
         return;
     }
     let submission = status_desk::Submission {
@@ -988,7 +988,7 @@ fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: St
     if taken {
         ctx.pools.with_memory(key, |memory| {
             if let Some(entry) = memory {
-                entry.last_status_write = Some(Instant::now());
+                entry.last_status_submitted = Some(Instant::now());
             }
         });
     }
@@ -1133,13 +1133,13 @@ fn status_change(
     }
 }
 
-/// Whether the pool's status was written within the status interval (the throttle of
-/// figure-only changes).
-fn status_written_recently(ctx: &Context, key: &PoolKey) -> bool {
+/// Whether the status desk took a status of the pool within the status interval (the throttle
+/// of figure-only changes).
+fn status_submitted_recently(ctx: &Context, key: &PoolKey) -> bool {
     ctx.pools.with_memory(key, |memory| {
         memory
             .as_ref()
-            .and_then(|entry| entry.last_status_write)
+            .and_then(|entry| entry.last_status_submitted)
             .is_some_and(|t| t.elapsed() < ctx.settings.status_interval)
     })
 }

@@ -204,7 +204,7 @@ mod tests {
     fn memory() -> PoolMemory {
         PoolMemory {
             scaler: Scaler::new(Duration::ZERO, 1),
-            last_status_write: None,
+            last_status_submitted: None,
             recycling: None,
             surge: None,
             rest: None,

@@ -4,10 +4,11 @@
 //! reconciles started a median 761 ms after the reading in such a round).
 //!
 //! Each pool has at most one status waiting (a newer one that differs in more than its figures
-//! takes its place) and one write in flight. A status waits a short settle time before it is written, so that what follows a
-//! resize within it (the Deployment showing the new size ends the Scaling condition a hundred
-//! milliseconds later) goes out as one write, not two; a few writes run at once. A failed write
-//! is retried with a per-pool back-off unless a newer status replaces it.
+//! takes its place) and one write in flight. A status waits a short settle time before it is
+//! written, so that what follows a resize within it (the Deployment showing the new size ends
+//! the Scaling condition a hundred milliseconds later) goes out as one write, not two; a few
+//! writes run at once. A failed write is retried with a per-pool back-off unless a newer status
+//! replaces it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
