@@ -22,6 +22,7 @@ pub mod env {
     pub const MAX_QUEUE: &str = "ASYNCPOOL_MAX_QUEUE";
     pub const QUEUE_TIMEOUT: &str = "ASYNCPOOL_QUEUE_TIMEOUT";
     pub const DRAIN_GRACE: &str = "ASYNCPOOL_DRAIN_GRACE";
+    pub const DRAIN_QUIET: &str = "ASYNCPOOL_DRAIN_QUIET";
     pub const DRAIN_TIMEOUT: &str = "ASYNCPOOL_DRAIN_TIMEOUT";
     pub const DRAIN_TOKEN: &str = "ASYNCPOOL_DRAIN_TOKEN";
     pub const SOURCE: &str = "ASYNCPOOL_SOURCE";

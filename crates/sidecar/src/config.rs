@@ -52,9 +52,16 @@ pub struct Args {
     #[arg(long, env = env::QUEUE_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
-    /// After a drain starts, how long new requests are still served (endpoint removal propagates).
+    /// After a drain starts, how long new requests are still served at least (endpoint removal
+    /// propagates).
     #[arg(long, env = env::DRAIN_GRACE, default_value = "5s", value_parser = parse_duration)]
     pub drain_grace: Duration,
+
+    /// After `--drain-grace`, new requests are still served until none has arrived for this long
+    /// (some proxy still routes to the pod), up to half of `--drain-timeout`; 0 ends the grace
+    /// at `--drain-grace`.
+    #[arg(long, env = env::DRAIN_QUIET, default_value = "2s", value_parser = parse_duration)]
+    pub drain_quiet: Duration,
 
     /// Deadline from the drain's start for everything admitted or queued to complete.
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
@@ -148,6 +155,7 @@ pub struct Config {
     pub max_queue: usize,
     pub queue_timeout: Duration,
     pub drain_grace: Duration,
+    pub drain_quiet: Duration,
     pub drain_timeout: Duration,
     pub drain_token: Option<String>,
     pub source: SourceKind,
@@ -297,6 +305,7 @@ impl Args {
             max_queue,
             queue_timeout: self.queue_timeout,
             drain_grace: self.drain_grace,
+            drain_quiet: self.drain_quiet,
             drain_timeout: self.drain_timeout,
             drain_token: self.drain_token,
             source: self.source,
@@ -330,6 +339,7 @@ mod tests {
         assert_eq!((config.concurrency, config.max_queue), (10, 100));
         assert_eq!(config.queue_timeout, Duration::from_secs(30));
         assert_eq!(config.drain_grace, Duration::from_secs(5));
+        assert_eq!(config.drain_quiet, Duration::from_secs(2));
         assert_eq!(config.drain_timeout, Duration::from_secs(30));
         assert_eq!(config.source, SourceKind::Proxy);
         assert_eq!(config.log_format, LogFormat::Text);
@@ -482,6 +492,8 @@ mod tests {
             (&["--drain-grace", "1d"], "--drain-grace"),
             (&["--drain-grace", "40s"], "--drain-grace"),
             (&["--drain-timeout", "0"], "--drain-timeout"),
+            (&["--drain-quiet", "1d"], "--drain-quiet"),
+            (&["--drain-quiet", "soon"], "--drain-quiet"),
             (&["--listen", "8080"], "--listen"),
             (&["--admin-listen", "0.0.0.0:8080"], "--admin-listen"),
             (&["--upstream", "http://app:8000"], "--upstream"),
@@ -546,6 +558,7 @@ mod tests {
             "ASYNCPOOL_MAX_QUEUE",
             "ASYNCPOOL_QUEUE_TIMEOUT",
             "ASYNCPOOL_DRAIN_GRACE",
+            "ASYNCPOOL_DRAIN_QUIET",
             "ASYNCPOOL_DRAIN_TIMEOUT",
             "ASYNCPOOL_DRAIN_TOKEN",
             "ASYNCPOOL_SOURCE",

@@ -97,8 +97,9 @@ pub async fn run(config: Config) -> Result<Outcome, SidecarError> {
             Source::Redis(redis)
         }
     };
+    let grace = drain::Grace::within(config.drain_timeout, config.drain_grace, config.drain_quiet);
     let drain = Arc::new(drain::Drain::new(
-        config.drain_grace,
+        grace,
         Arc::clone(&limiter),
         source.clone(),
     ));

@@ -209,6 +209,11 @@ impl Limiter {
         state.queue.is_empty() && state.in_flight.is_empty()
     }
 
+    /// Requests that arrived so far, refused ones included.
+    pub fn arrived_total(&self) -> u64 {
+        self.lock().arrived_total
+    }
+
     pub fn outcomes(&self) -> Outcomes {
         self.lock().outcomes
     }

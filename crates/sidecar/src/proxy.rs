@@ -705,12 +705,14 @@ where
     // An HTTP/1.0 client cannot read chunks: it gets the data, delimited by the close.
     let dechunk = head.http10 && response.framing == Framing::Chunked;
     // A request body the app answered before reading is still on its way: the connection cannot
-    // be read for a next request, which the client is told.
+    // be read for a next request, which the client is told. Draining, every response closes its
+    // connection: the client's next request opens a new one, which the proxies route elsewhere
+    // once they have dropped this pod (and the drain sees its traffic stop).
     let close_client = !head.keep_alive
         || !body_sent.load(Ordering::Relaxed)
         || dechunk
         || response.framing == Framing::UntilClose
-        || *phase.borrow() == Phase::Closed;
+        || *phase.borrow() != Phase::Serving;
     if response.framing == Framing::Chunked && !dechunk {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }

@@ -580,6 +580,9 @@ async fn sigterm_during_load_loses_no_admitted_request() {
             "4",
             "--drain-grace",
             "300ms",
+            // The grace ends at 300 ms although the requests below keep coming.
+            "--drain-quiet",
+            "0",
             "--drain-timeout",
             "20s",
         ],
@@ -654,10 +657,73 @@ async fn new_requests_are_served_during_the_drain_grace() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A proxy that has not dropped the pod yet (a slow control plane) keeps sending it requests
+/// after `--drain-grace`: they are served, and the grace ends once none came for
+/// `--drain-quiet`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_keep_coming_keep_the_drain_grace_open() {
+    let app = App::start().await;
+    let quiet = Duration::from_millis(800);
+    let mut sidecar = Sidecar::in_front_of(
+        &app,
+        &[
+            "--drain-grace",
+            "200ms",
+            "--drain-quiet",
+            "800ms",
+            "--drain-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    // A keep-alive connection opened before the drain.
+    let mut kept = TcpStream::connect(sidecar.addr).await.unwrap();
+    sidecar.proc.signal("TERM");
+    wait_until("readiness to drop", UP, || async {
+        get(sidecar.admin, "/readyz").await.map(|r| r.status) == Ok(503)
+    })
+    .await;
+    let draining_since = Instant::now();
+    // Its next request is served and closes it: the client reconnects through the proxies,
+    // which route it elsewhere once they have dropped this pod.
+    kept.write_all(b"GET /sleep?s=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(UP, kept.read_to_end(&mut answer))
+        .await
+        .expect("the kept connection was not closed after its answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    // Ten times the least grace of requests, each on a new connection, 100 ms apart.
+    let mut last_sent = Instant::now();
+    while draining_since.elapsed() < Duration::from_secs(2) {
+        last_sent = Instant::now();
+        let reply = get(sidecar.addr, "/sleep?s=0").await.unwrap();
+        assert_eq!(
+            reply.status,
+            200,
+            "refused {:?} into the drain, while requests kept coming",
+            draining_since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = sidecar.proc.wait_exit(UP).await;
+    assert_eq!(status.code(), Some(0));
+    let quiet_before_exit = last_sent.elapsed();
+    assert!(
+        quiet_before_exit >= quiet,
+        "exited {quiet_before_exit:?} after the last request, before {quiet:?} of quiet"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_drain_drains_and_stays_up() {
     let app = App::start().await;
-    let mut sidecar = Sidecar::in_front_of(&app, &["--drain-grace", "100ms"]).await;
+    let mut sidecar =
+        Sidecar::in_front_of(&app, &["--drain-grace", "100ms", "--drain-quiet", "0"]).await;
     let wrong_method = get(sidecar.admin, "/drain").await.unwrap();
     assert_eq!(wrong_method.status, 405);
     let reply = request(sidecar.admin, "POST", "/drain", Bytes::new())
