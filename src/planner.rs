@@ -131,6 +131,10 @@ pub(crate) struct PlanInput<'a> {
     /// Each pod's latest sidecar reading, in the order of `pods`; why not where data is
     /// missing.
     pub(crate) readings: Vec<Result<Current, Unavailable>>,
+    /// The pool's pods being deleted that may still serve (their sidecars drain), and their
+    /// readings in the same order: what they still serve is load, never capacity.
+    pub(crate) draining: &'a [WorkerPod],
+    pub(crate) draining_readings: Vec<Result<Current, Unavailable>>,
     /// The operator's own read of a Redis queue, when it made one (no worker ready).
     pub(crate) own_reading: Option<Result<QueueSnapshot, String>>,
     pub(crate) now: Duration,
@@ -146,6 +150,8 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         deployment_replicas,
         pods: workers,
         readings,
+        draining,
+        draining_readings,
         own_reading,
         now,
     } = input;
@@ -162,19 +168,16 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         .map(|reading| reading.as_ref().map(|_| ()).map_err(Clone::clone));
     let crashes = CrashLoops::of(workers);
     let degraded = crashes.describe();
-    let pods: Vec<PodReading> = workers
-        .iter()
-        .zip(readings)
-        .map(|(pod, reading)| PodReading {
-            name: pod.name.clone(),
-            unread: reading == Err(Unavailable::NotReadYet),
-            age: reading
-                .as_ref()
-                .map_or(Duration::ZERO, |current| current.age),
-            snapshot: reading.ok().map(|current| current.snapshot),
-            ready: pod.ready,
-        })
-        .collect();
+    let pod_reading = |(pod, reading): (&WorkerPod, Result<Current, Unavailable>)| PodReading {
+        name: pod.name.clone(),
+        unread: reading == Err(Unavailable::NotReadYet),
+        age: reading
+            .as_ref()
+            .map_or(Duration::ZERO, |current| current.age),
+        snapshot: reading.ok().map(|current| current.snapshot),
+        ready: pod.ready,
+    };
+    let mut pods: Vec<PodReading> = workers.iter().zip(readings).map(pod_reading).collect();
     let candidates: Vec<Candidate> = pods
         .iter()
         .map(|p| Candidate {
@@ -183,6 +186,23 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
             load: p.snapshot.as_ref().map(|s| s.load()),
         })
         .collect();
+    let workers_read = pods.len();
+    // A draining pod is no worker (never a victim, never recycled, no capacity), but what it
+    // still serves is load: a proxy that has not dropped it yet sends it requests that the
+    // workers would take otherwise. Left out, that load would look gone while the control plane
+    // is slow to remove endpoints, and the pool would shrink under it. Only its answers count:
+    // its silence (it has exited) is not missing data, nor a source of a pool at zero.
+    pods.extend(
+        draining
+            .iter()
+            .zip(draining_readings)
+            .filter(|(_, reading)| reading.is_ok())
+            .map(pod_reading)
+            .map(|pod| PodReading {
+                ready: false,
+                ..pod
+            }),
+    );
     let entry = memory.get_or_insert_with(|| PoolMemory {
         scaler: Scaler::new(now, u32::try_from(current).unwrap_or(0)),
         last_status_submitted: None,
@@ -262,7 +282,7 @@ pub(crate) fn plan(input: PlanInput, memory: &mut Option<PoolMemory>) -> Plan {
         let step = recycle_step(
             entry,
             &effective.supervision,
-            &observation.pods,
+            &observation.pods[..workers_read],
             workers,
             crashes.alone.first().copied(),
             replicas,
@@ -432,6 +452,7 @@ fn shrink_victims(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scaling::MetricsState;
 
     fn memory() -> PoolMemory {
         PoolMemory {
@@ -508,6 +529,8 @@ spec:
                 deployment_replicas: Some(3),
                 pods: &workers,
                 readings: vec![Ok(Current::just_read(QueueSnapshot::of_pod(0, load))); 3],
+                draining: &[],
+                draining_readings: Vec::new(),
                 own_reading: None,
                 now: Duration::from_secs(100),
             },
@@ -525,6 +548,59 @@ spec:
         assert_eq!(planned.replicas, 3);
         assert!(planned.decision.is_some());
         assert!(planned.victims.is_empty());
+    }
+
+    #[test]
+    fn what_a_draining_pod_still_serves_is_load_but_it_is_no_worker() {
+        let (pool, effective) = pool_with("");
+        let workers = [pod("a", true), pod("b", true), pod("c", true)];
+        // Still routed to by a proxy that has not dropped it, and reporting its drain.
+        let draining = [pod("d", true), pod("e", true)];
+        let mut serving = QueueSnapshot::of_pod(10, 10);
+        serving.draining = true;
+        let planned = plan(
+            PlanInput {
+                pool: &pool,
+                effective: &effective,
+                deployment_replicas: Some(3),
+                pods: &workers,
+                readings: vec![Ok(Current::just_read(QueueSnapshot::of_pod(0, 2))); 3],
+                draining: &draining,
+                // One drained and gone already: not missing data.
+                draining_readings: vec![
+                    Ok(Current::just_read(serving)),
+                    Err(Unavailable::Failed("connection refused".into())),
+                ],
+                own_reading: None,
+                now: Duration::from_secs(100),
+            },
+            &mut None,
+        );
+        let decision = planned.decision.expect("a decision");
+        assert_eq!(decision.observed_load, Some(3.0 * 2.0 + 20.0));
+        assert_eq!(decision.metrics, MetricsState::Available);
+        // The load needs more than the three workers: the draining pod is no capacity.
+        assert!(decision.replicas > 3, "{}", decision.reason);
+        assert!(planned.victims.is_empty());
+
+        // A pool with no worker left but one that has exited and is not gone yet: nothing to
+        // read, not a silent source (which would bring the fallback size after a while).
+        let planned = plan(
+            PlanInput {
+                pool: &pool,
+                effective: &effective,
+                deployment_replicas: Some(0),
+                pods: &[],
+                readings: Vec::new(),
+                draining: &draining[..1],
+                draining_readings: vec![Err(Unavailable::Failed("connection refused".into()))],
+                own_reading: None,
+                now: Duration::from_secs(100),
+            },
+            &mut None,
+        );
+        let decision = planned.decision.expect("a decision");
+        assert_eq!(decision.metrics, MetricsState::NoSource);
     }
 
     #[test]
@@ -614,6 +690,8 @@ spec:
                 deployment_replicas: Some(deployment_replicas),
                 pods: workers,
                 readings,
+                draining: &[],
+                draining_readings: Vec::new(),
                 own_reading: None,
                 now: Duration::from_secs(100),
             },
@@ -732,6 +810,8 @@ spec:
                     deployment_replicas: Some(deployment_replicas),
                     pods: &workers,
                     readings: vec![worn(150), worn(3), worn(3)],
+                    draining: &[],
+                    draining_readings: Vec::new(),
                     own_reading: None,
                     now: Duration::from_secs(seconds),
                 },
@@ -773,6 +853,8 @@ spec:
                 deployment_replicas: Some(3),
                 pods: &workers,
                 readings: vec![worn, fresh.clone(), fresh],
+                draining: &[],
+                draining_readings: Vec::new(),
                 own_reading: None,
                 now: Duration::from_secs(100),
             },

@@ -224,6 +224,9 @@ struct Observed {
     /// Same-named objects that belong to someone else.
     foreign: Vec<String>,
     pods: Arc<[WorkerPod]>,
+    /// Its pods being deleted that may still serve: what the proxies still route to them (late
+    /// when the control plane is slow) is the pool's load too.
+    draining: Arc<[WorkerPod]>,
 }
 
 pub async fn reconcile(
@@ -569,9 +572,11 @@ async fn observe(
         owned_object(&ctx.client, &ctx.caches.services, key, "Service"),
     )?;
     let observed = assemble(pool, key, ctx, deployment, service);
+    // A draining pod is read until it is gone: its sidecar reports what it still serves.
     let readable: Vec<(Arc<str>, IpAddr)> = observed
         .pods
         .iter()
+        .chain(observed.draining.iter())
         .filter_map(|p| Some((p.name.clone(), p.ip?)))
         .collect();
     ctx.readers.sync_pool(key, &readable);
@@ -615,12 +620,12 @@ fn assemble(
         }
         other => other,
     };
-    let pods = ctx.caches.pods.workers_of(key);
     Observed {
         deployment,
         service,
         foreign,
-        pods,
+        pods: ctx.caches.pods.workers_of(key),
+        draining: ctx.caches.pods.draining_of(key),
     }
 }
 
@@ -692,12 +697,17 @@ fn decide(
     let readings = ctx
         .readers
         .snapshots(key, observed.pods.iter().map(|p| &*p.name));
+    let draining_readings = ctx
+        .readers
+        .snapshots(key, observed.draining.iter().map(|p| &*p.name));
     let input = PlanInput {
         pool,
         effective,
         deployment_replicas: live_replicas(observed),
         pods: &observed.pods,
         readings,
+        draining: &observed.draining,
+        draining_readings,
         own_reading,
         now: ctx.pools.now(),
     };

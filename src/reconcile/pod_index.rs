@@ -27,6 +27,9 @@ pub(crate) struct IndexedPod {
     pub(crate) worker: WorkerPod,
     /// Being deleted, or finished (Succeeded or Failed): no longer one of the pool's workers.
     pub(crate) leaving: bool,
+    /// Being deleted and not finished: its sidecar drains, and serves what the proxies still
+    /// route to it until they drop it.
+    pub(crate) draining: bool,
     /// Its deletion-cost annotation (the mark of a worker chosen to go first).
     pub(crate) deletion_cost: Option<String>,
 }
@@ -49,6 +52,7 @@ impl IndexedPod {
         Self {
             worker: worker_pod(pod, name, template),
             leaving: pod.metadata.deletion_timestamp.is_some() || finished,
+            draining: pod.metadata.deletion_timestamp.is_some() && !finished,
             deletion_cost: pod.annotations().get(DELETION_COST).cloned(),
         }
     }
@@ -91,12 +95,32 @@ struct PoolPods {
     /// Its workers (the pods not leaving), made on first read after a change: a busy pool is
     /// planned every second, and its pods change far less often.
     workers: OnceLock<Arc<[WorkerPod]>>,
+    /// Its pods being deleted that may still serve, made the same way.
+    draining: OnceLock<Arc<[WorkerPod]>>,
 }
 
 impl PoolPods {
     fn changed(&mut self, change: u64) {
         self.version = change;
         self.workers = OnceLock::new();
+        self.draining = OnceLock::new();
+    }
+
+    /// The pods that pass `filter`, made once per change into `cache`.
+    fn selected(
+        &self,
+        cache: &OnceLock<Arc<[WorkerPod]>>,
+        filter: fn(&IndexedPod) -> bool,
+    ) -> Arc<[WorkerPod]> {
+        cache
+            .get_or_init(|| {
+                self.pods
+                    .values()
+                    .filter(|p| filter(p))
+                    .map(|p| p.worker.clone())
+                    .collect()
+            })
+            .clone()
     }
 }
 
@@ -248,19 +272,15 @@ impl PodIndex {
     pub(crate) fn workers_of(&self, pool: &PoolKey) -> Arc<[WorkerPod]> {
         read(&self.pods).by_pool.get(pool).map_or_else(
             || Arc::from([]),
-            |entry| {
-                entry
-                    .workers
-                    .get_or_init(|| {
-                        entry
-                            .pods
-                            .values()
-                            .filter(|p| !p.leaving)
-                            .map(|p| p.worker.clone())
-                            .collect()
-                    })
-                    .clone()
-            },
+            |entry| entry.selected(&entry.workers, |p| !p.leaving),
+        )
+    }
+
+    /// The pods of `pool` being deleted that may still serve (their sidecars drain), by name.
+    pub(crate) fn draining_of(&self, pool: &PoolKey) -> Arc<[WorkerPod]> {
+        read(&self.pods).by_pool.get(pool).map_or_else(
+            || Arc::from([]),
+            |entry| entry.selected(&entry.draining, |p| p.draining),
         )
     }
 
@@ -343,8 +363,16 @@ mod tests {
         deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         index.apply(&Event::Apply(deleting));
         assert_eq!(names(&index, &web), ["web-2"]);
+        let draining = |index: &PodIndex| -> Vec<String> {
+            let pods = index.draining_of(&web);
+            pods.iter().map(|p| p.name.to_string()).collect()
+        };
+        assert_eq!(draining(&index), ["web-1"]);
         index.apply(&Event::Delete(pod("a", "web-2", "web")));
         assert!(names(&index, &web).is_empty());
+        // Gone from the API, it drains no more.
+        index.apply(&Event::Delete(pod("a", "web-1", "web")));
+        assert!(draining(&index).is_empty());
     }
 
     #[test]
