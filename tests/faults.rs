@@ -682,6 +682,10 @@ async fn the_pool_loses_no_request_through_faults() {
         println!("{row}");
     }
     println!("whole run: {base}");
+    println!("the operators' leadership and scale decisions:");
+    for line in decisions(&pools.ns.name) {
+        println!("  {line}");
+    }
     for row in &rows {
         assert_eq!(row.load.lost, 0, "{}: {}", row.fault, row.load);
         assert_eq!(row.load.streams_cut, 0, "{}: {}", row.fault, row.load);
@@ -718,6 +722,67 @@ async fn wait_for_size(history: &ReplicaHistory, wanted: impl Fn(i32) -> bool) {
         },
     )
     .await;
+}
+
+/// The operator replicas' leadership changes and scale decisions, in time order, from their
+/// logs: when the suite fails, what they did and when (the logs themselves stay in
+/// target/e2e-logs, which a CI run does not keep).
+fn decisions(namespace: &str) -> Vec<String> {
+    let prefix = format!("{namespace}-replica-");
+    let mut lines = Vec::new();
+    let logs = std::fs::read_dir(repo_root().join("target/e2e-logs"));
+    for entry in logs.into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(replica) = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".log"))
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines().map(without_colours) {
+            let Some((at, _)) = line.split_once(' ') else {
+                continue;
+            };
+            // A decision's line without its span: `from=… to=… reason=…`.
+            let event = match line.split_once(&format!(" pool={POOL} from=")) {
+                Some((_, decision)) if line.contains(" scaled ") => {
+                    format!("scaled from={decision}")
+                }
+                _ if ["became leader", "operator stopped"]
+                    .iter()
+                    .any(|event| line.contains(event)) =>
+                {
+                    line[at.len()..].trim().to_owned()
+                }
+                _ => continue,
+            };
+            let event: String = event.chars().take(200).collect();
+            lines.push(format!("{at} replica-{replica}: {event}"));
+        }
+    }
+    // Each line starts with its RFC 3339 timestamp.
+    lines.sort();
+    lines
+}
+
+/// `line` without its ANSI colour codes.
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// `scripts/cluster ARGS` (stopping and starting a control-plane component).

@@ -277,9 +277,11 @@ async fn one(
             Kind::Stream => r.streams_cut += 1,
         }
         if r.failures.len() < 5 {
+            // The wall clock too, to find the moment in the cluster's and operators' logs.
             r.failures.push(format!(
-                "{failure} (sent at {:.1} s)",
-                sent_at.as_secs_f64()
+                "{failure} (sent at {:.1} s, failed at {})",
+                sent_at.as_secs_f64(),
+                k8s_openapi::jiff::Timestamp::now()
             ));
         }
     }
