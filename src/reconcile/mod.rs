@@ -988,12 +988,8 @@ fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: St
         reference: pool.object_ref(&()),
         status: next,
     };
-    // A status still waiting gives way to a scale, a refusal or other conditions, not to
-    // figures alone.
     let taken = ctx.statuses.submit(key, submission, |waiting, next| {
-        urgent
-            || status_change(waiting, next, load_step(pool, waiting.load))
-                == StatusChange::Conditions
+        supersedes(waiting, next, urgent, load_step(pool, waiting.load))
     });
     if taken {
         ctx.pools.with_memory(key, |memory| {
@@ -1002,6 +998,18 @@ fn write_status(pool: &AsyncWorkerPool, ctx: &Context, key: &PoolKey, report: St
             }
         });
     }
+}
+
+/// Whether `next` takes the place of a status still waiting at the status desk: a scale or a
+/// refusal (`urgent`) does, and so do other conditions; figures alone do not, so that a status
+/// under traffic is written rather than replaced again and again.
+fn supersedes(
+    waiting: &AsyncWorkerPoolStatus,
+    next: &AsyncWorkerPoolStatus,
+    urgent: bool,
+    load_step: f64,
+) -> bool {
+    urgent || status_change(waiting, next, load_step) == StatusChange::Conditions
 }
 
 /// The status this round would report, after `previous` (the pool's status, or the default).
@@ -1327,6 +1335,13 @@ mod tests {
             status_change(&before, &grown, STEP),
             StatusChange::Conditions
         );
+
+        // A status waiting at the desk gives way to a scale or to conditions, not to figures.
+        assert!(!supersedes(&before, &load, false, STEP));
+        assert!(!supersedes(&before, &ready, false, STEP));
+        assert!(supersedes(&before, &load, true, STEP));
+        assert!(supersedes(&before, &silent, false, STEP));
+        assert!(supersedes(&before, &grown, false, STEP));
     }
 
     #[test]
