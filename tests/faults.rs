@@ -377,6 +377,7 @@ impl Suite<'_> {
 async fn the_pool_loses_no_request_through_faults() {
     let durations = Durations::from_env();
     let pools = RealPools::setup("faults").await;
+    let _pod_logs = asyncpool_testkit::real_node::PodLogKeeper::start(&pools.ns.name);
     let account = "asyncpool-operator";
     let kubeconfig =
         identity::operator_service_account(&pools.client, &pools.ns.name, account).await;

@@ -124,3 +124,87 @@ pub fn app_processes(pod: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Keeps a copy of the container logs of `namespace`'s pods on the real nodes in
+/// `target/e2e-logs/<namespace>-pods/`, refreshed every half second while it lives: the kubelet
+/// removes a pod's logs with the pod, and a fault's victims are gone by the time a suite fails.
+pub struct PodLogKeeper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    copier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodLogKeeper {
+    pub fn start(namespace: &str) -> Self {
+        let nodes = crate::audit::log_dir()
+            .parent()
+            .map(|state| state.join("nodes"))
+            .unwrap_or_default();
+        let into = repo_root()
+            .join("target/e2e-logs")
+            .join(format!("{namespace}-pods"));
+        let prefix = format!("{namespace}_");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let copier = std::thread::spawn(move || {
+            // A copier, not a synchronisation: it polls because the kubelet writes when it will.
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                copy_pod_logs(&nodes, &prefix, &into);
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            copy_pod_logs(&nodes, &prefix, &into);
+        });
+        Self {
+            stop,
+            copier: Some(copier),
+        }
+    }
+}
+
+impl Drop for PodLogKeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(copier) = self.copier.take() {
+            let _ = copier.join();
+        }
+    }
+}
+
+/// `nodes/<i>/pods-logs/<namespace>_<pod>_<uid>/<container>/<n>.log` of the pods whose
+/// directory starts with `prefix`, as `into/<pod>-<container>-<n>.log`, each copied again when it
+/// grew.
+fn copy_pod_logs(nodes: &std::path::Path, prefix: &str, into: &std::path::Path) {
+    let entries = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect::<Vec<_>>()
+    };
+    let name = |path: &std::path::Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    for node in entries(nodes) {
+        for pod_dir in entries(&node.join("pods-logs")) {
+            let Some(pod) = name(&pod_dir)
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.rsplit_once('_').map(|(pod, _uid)| pod.to_owned()))
+            else {
+                continue;
+            };
+            for container in entries(&pod_dir) {
+                for log in entries(&container) {
+                    let copy = into.join(format!("{pod}-{}-{}", name(&container), name(&log)));
+                    let size =
+                        |path: &std::path::Path| std::fs::metadata(path).map(|m| m.len()).ok();
+                    if size(&log) != size(&copy) {
+                        let _ = std::fs::create_dir_all(into);
+                        let _ = std::fs::copy(&log, &copy);
+                    }
+                }
+            }
+        }
+    }
+}
