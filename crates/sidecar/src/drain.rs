@@ -115,12 +115,8 @@ impl Drain {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(ends) => return counted - first,
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        // The limiter is gone (it never is while the drain holds it).
-                        tokio::time::sleep_until(ends).await;
-                        return counted - first;
-                    }
+                // The drain holds the limiter, so its change channel never closes.
+                Ok(()) = changes.changed() => {
                     let arrived = self.limiter.arrived_total();
                     if arrived != counted && !grace.quiet.is_zero() {
                         counted = arrived;
