@@ -93,10 +93,7 @@ impl AuditRequest {
 
 /// Where the local cluster keeps its logs (`$ASYNCPOOL_CLUSTER_DIR/logs`).
 pub fn log_dir() -> PathBuf {
-    std::env::var_os("ASYNCPOOL_CLUSTER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/asyncpool-cluster"))
-        .join("logs")
+    crate::cluster::state_dir().join("logs")
 }
 
 /// The audit log, if the cluster writes one (a cluster started before `scripts/cluster` turned

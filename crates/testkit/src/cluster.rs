@@ -51,11 +51,15 @@ pub fn kubeconfig_path() -> &'static Path {
             .status()
             .expect("run scripts/cluster up");
         assert!(status.success(), "scripts/cluster up failed");
-        let state = std::env::var_os("ASYNCPOOL_CLUSTER_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp/asyncpool-cluster"));
-        state.join("kubeconfig")
+        state_dir().join("kubeconfig")
     })
+}
+
+/// Where the local cluster keeps its state (`$ASYNCPOOL_CLUSTER_DIR`, as `scripts/cluster`).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("ASYNCPOOL_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/asyncpool-cluster"))
 }
 
 /// A client of the test cluster; fails the test if there is none.

@@ -135,10 +135,7 @@ pub struct PodLogKeeper {
 
 impl PodLogKeeper {
     pub fn start(namespace: &str) -> Self {
-        let nodes = crate::audit::log_dir()
-            .parent()
-            .map(|state| state.join("nodes"))
-            .unwrap_or_default();
+        let nodes = crate::cluster::state_dir().join("nodes");
         let into = repo_root()
             .join("target/e2e-logs")
             .join(format!("{namespace}-pods"));
